@@ -1,0 +1,57 @@
+"""decision-trace: who did what to which business object, and why, as OpenTelemetry spans.
+
+Quick start::
+
+    from decision_trace import DecisionTraceClient
+
+    client = DecisionTraceClient()
+    client.trace("order.cancelled", "Order cancelled by customer") \\
+        .by_user("cust-123", "John Doe") \\
+        .affecting_order("ord-456", {"status": "cancelled"}) \\
+        .because("Customer found better price elsewhere") \\
+        .record()
+"""
+
+from .builder import TraceBuilder
+from .client import DecisionTraceClient
+from .errors import (
+    DecisionTraceError,
+    EventNotFoundError,
+    InvalidInputError,
+    SchemaVersionError,
+    StoreError,
+)
+from .models import (
+    Actor,
+    ActorType,
+    DecisionTrace,
+    ObjectType,
+    Outcome,
+    RiskLevel,
+    TraceEvent,
+    TrackedObject,
+)
+from .processor import LedgerStats
+from .query import ChainNode
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Actor",
+    "ActorType",
+    "ChainNode",
+    "DecisionTrace",
+    "DecisionTraceClient",
+    "DecisionTraceError",
+    "EventNotFoundError",
+    "InvalidInputError",
+    "LedgerStats",
+    "ObjectType",
+    "Outcome",
+    "RiskLevel",
+    "SchemaVersionError",
+    "StoreError",
+    "TraceBuilder",
+    "TraceEvent",
+    "TrackedObject",
+]

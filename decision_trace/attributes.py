@@ -1,0 +1,695 @@
+"""Every span attribute key decision-trace emits, and the encoding both ways.
+
+This module is the wire format. The builder encodes models into span attributes with
+it; the SQLite exporter decodes finished spans into :class:`EventRecord` rows with it;
+the query module turns stored records back into :class:`~decision_trace.models.TraceEvent`
+with it. No other module spells an attribute key.
+
+OpenTelemetry semantic conventions are used where one exists (``user.*``, ``gen_ai.*``,
+``service.*``), so any tracing backend understands actors without knowing
+decision-trace. Everything else lives under ``decision_trace.*``. Structured values are
+JSON strings.
+
+Coercion rules (how values JSON cannot hold are stored; applied to ``context``,
+``alternatives``, object ``state`` and ``metadata`` values, at any depth):
+
+====================================  ==================================================
+value                                 stored as
+====================================  ==================================================
+``str``, ``int``, ``bool``, ``None``  itself (integers of any size stay exact; over
+                                      4300 digits is an error)
+finite ``float``                      itself
+NaN, +inf, -inf (float or Decimal)    the strings ``"NaN"``, ``"Infinity"``,
+                                      ``"-Infinity"``
+``Decimal``                           a JSON number if a float prints back to the same
+                                      decimal (every two-decimal money amount below
+                                      10**13 does), else its string (``"0.1234567890123456789"``)
+``datetime``, ``date``, ``time``      ISO 8601 string (``datetime.isoformat()``)
+``timedelta``                         its total seconds, a number
+``UUID``, ``pathlib.Path``            ``str(value)``
+``bytes``, ``bytearray``              standard base64 string
+``Enum``                              its ``.value``, coerced again
+dataclass instance                    a dict of its fields
+``set``, ``frozenset``                a list, sorted by each item's JSON form
+``tuple``, ``list``, other sequences  a list
+mapping                               a dict; keys must be ``str``, ``int``, ``float``,
+                                      ``bool``, ``None`` or an ``Enum`` (stored as JSON
+                                      would: ``1`` -> ``"1"``, ``True`` -> ``"true"``)
+====================================  ==================================================
+
+Any other type, and a structure that contains itself, raise
+:class:`~decision_trace.errors.InvalidInputError` naming the field (``context['items'][2]``).
+Strings are never truncated. Inside JSON values every string is kept exactly, lone
+surrogates included; in plain text fields (description, reasoning, ids, names, tags) a
+lone surrogate, which UTF-8 cannot hold, is replaced by U+FFFD.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone
+from decimal import Decimal
+from enum import Enum
+from pathlib import PurePath
+from typing import Any
+from uuid import UUID
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import StatusCode
+
+from .errors import InvalidInputError
+from .models import (
+    Actor,
+    ActorType,
+    DecisionTrace,
+    ObjectType,
+    Outcome,
+    RiskLevel,
+    TraceEvent,
+    TrackedObject,
+)
+
+# --- Semantic-convention keys -------------------------------------------------------
+
+USER_ID = "user.id"
+"""Semconv: the acting user's id (``Actor.id`` of a user)."""
+USER_NAME = "user.name"
+"""Semconv: the acting user's name (``Actor.name`` of a user)."""
+USER_EMAIL = "user.email"
+"""Semconv: the acting user's e-mail address. Personal data."""
+USER_ROLES = "user.roles"
+"""Semconv: the acting user's roles, a string array (``[Actor.role]``)."""
+GEN_AI_AGENT_ID = "gen_ai.agent.id"
+"""Semconv: the acting AI agent's id."""
+GEN_AI_AGENT_NAME = "gen_ai.agent.name"
+"""Semconv: the acting AI agent's name."""
+GEN_AI_AGENT_VERSION = "gen_ai.agent.version"
+"""Semconv: the acting AI agent's version."""
+GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
+"""Semconv: the model the AI agent runs."""
+GEN_AI_OPERATION_NAME = "gen_ai.operation.name"
+"""Semconv: set to ``invoke_agent`` on events whose actor is an AI agent."""
+GEN_AI_OPERATION_INVOKE_AGENT = "invoke_agent"
+"""The ``gen_ai.operation.name`` value for an agent's decision."""
+SERVICE_NAME = "service.name"
+"""Semconv (resource): the service that recorded the event."""
+SERVICE_PEER_NAME = "service.peer.name"
+"""Semconv: the name of an external actor's service."""
+
+# --- decision-trace keys ------------------------------------------------------------
+
+NAMESPACE = "decision_trace."
+"""The prefix of every key of ours."""
+EVENT_TYPE = "decision_trace.event_type"
+"""What happened (``order.created``). Its presence marks a span as a decision event."""
+DESCRIPTION = "decision_trace.description"
+"""A sentence describing the event."""
+ACTOR_TYPE = "decision_trace.actor.type"
+"""The kind of actor: one of :class:`~decision_trace.models.ActorType`'s values."""
+ACTOR_ID = "decision_trace.actor.id"
+"""The actor's id, whatever its type."""
+ACTOR_NAME = "decision_trace.actor.name"
+"""The actor's display name."""
+ACTOR_VERSION = "decision_trace.actor.version"
+"""The version of a job or system actor (AI agents use ``gen_ai.agent.version``)."""
+ACTOR_SERVICE_NAME = "decision_trace.actor.service_name"
+"""The service a compute, system or external actor runs as."""
+ACTOR_METADATA = "decision_trace.actor.metadata"
+"""Other facts about the actor, JSON object."""
+REASONING = "decision_trace.reasoning"
+"""Why the action was taken, in words."""
+CONTEXT = "decision_trace.context"
+"""The facts the decision was based on, JSON object."""
+ALTERNATIVES = "decision_trace.alternatives"
+"""Options considered, JSON array of objects."""
+REJECTION_REASONS = "decision_trace.rejection_reasons"
+"""Why each alternative was rejected, JSON object keyed by action."""
+CONFIDENCE = "decision_trace.confidence"
+"""The actor's confidence, a float from 0 to 1."""
+RISK_LEVEL = "decision_trace.risk_level"
+"""One of :class:`~decision_trace.models.RiskLevel`'s values."""
+OBJECT_TYPES = "decision_trace.object.types"
+"""The types of the objects touched, string array aligned with ``object.ids``."""
+OBJECT_IDS = "decision_trace.object.ids"
+"""The ids of the objects touched, string array (searchable in any backend)."""
+OBJECT_STATES = "decision_trace.object.states"
+"""JSON array aligned with ``object.ids``: ``{"state":…,"before":…,"after":…}``."""
+TAGS = "decision_trace.tags"
+"""Free-form labels, string array."""
+METADATA = "decision_trace.metadata"
+"""Extra data attached with ``with_metadata()``, JSON object."""
+OUTCOME = "decision_trace.outcome"
+"""One of :class:`~decision_trace.models.Outcome`'s values."""
+ERROR = "decision_trace.error"
+"""The error message of a failed event."""
+
+PERSONAL_DATA_KEYS = (USER_EMAIL, USER_NAME)
+"""Keys that carry personal data about a human actor (redaction covers these)."""
+
+# --- JSON coercion ------------------------------------------------------------------
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_INT_DIGITS_LIMIT = 4300
+
+
+def clean_text(value: str) -> str:
+    """Replace lone surrogates (which UTF-8 cannot hold) with U+FFFD; else unchanged."""
+    if value.isascii():
+        return value
+    return _LONE_SURROGATE.sub("\ufffd", value)
+
+
+def _float_value(value: float) -> float | str:
+    if math.isfinite(value):
+        return value
+    if math.isnan(value):
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
+
+
+def _decimal_value(value: Decimal) -> float | str:
+    if not value.is_finite():
+        return "NaN" if value.is_nan() else ("Infinity" if value > 0 else "-Infinity")
+    as_float = float(value)
+    if math.isfinite(as_float) and Decimal(repr(as_float)) == value:
+        return as_float
+    return str(value)
+
+
+def _key(key: Any, path: str) -> str:
+    if isinstance(key, str):
+        return key
+    if isinstance(key, Enum):
+        return _key(key.value, path)
+    if key is None or isinstance(key, (bool, int, float)):
+        return json.dumps(key)
+    raise InvalidInputError(path, f"keys must be strings, got {type(key).__name__} {key!r}")
+
+
+def coerce_json(value: Any, path: str) -> Any:
+    """Return ``value`` made of JSON types only, by the rules in this module's docstring.
+
+    Args:
+        value: Any Python value.
+        path: The field's name, used in error messages (``"context"``).
+
+    Raises:
+        InvalidInputError: the value holds a type with no rule, or contains itself.
+    """
+    return _coerce(value, path, set())
+
+
+def _coerce(value: Any, path: str, seen: set[int]) -> Any:
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, Enum):
+        return _coerce(value.value, path, seen)
+    if isinstance(value, int):
+        if value.bit_length() > _INT_DIGITS_LIMIT * 3:
+            raise InvalidInputError(path, "integer too large to store (over 4300 digits)")
+        return int(value)
+    if isinstance(value, float):
+        return _float_value(value)
+    if isinstance(value, Decimal):
+        return _decimal_value(value)
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, UUID | PurePath):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    marker = id(value)
+    if marker in seen:
+        raise InvalidInputError(path, "contains a reference to itself (a cycle)")
+    seen.add(marker)
+    try:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {
+                f.name: _coerce(getattr(value, f.name), f"{path}.{f.name}", seen)
+                for f in dataclasses.fields(value)
+            }
+        if isinstance(value, Mapping):
+            result: dict[str, Any] = {}
+            for key, item in value.items():
+                name = _key(key, path)
+                result[name] = _coerce(item, f"{path}[{name!r}]", seen)
+            return result
+        if isinstance(value, set | frozenset):
+            items = [_coerce(item, f"{path}[…]", seen) for item in value]
+            return sorted(items, key=_canonical)
+        if isinstance(value, Sequence):
+            return [_coerce(item, f"{path}[{i}]", seen) for i, item in enumerate(value)]
+    finally:
+        seen.discard(marker)
+    raise InvalidInputError(
+        path,
+        f"cannot store a value of type {type(value).__name__}; "
+        "convert it to a string, number, list or dict first",
+    )
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=True)
+
+
+def dumps(value: Any, path: str) -> str:
+    """Encode ``value`` as compact JSON, coercing as documented above.
+
+    Raises:
+        InvalidInputError: the value cannot be stored; the message names ``path``.
+    """
+    try:
+        # Fast path: most values are plain JSON already.
+        return json.dumps(value, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError):
+        pass
+    try:
+        coerced = coerce_json(value, path)
+    except RecursionError:
+        raise InvalidInputError(path, "is nested too deeply to store") from None
+    return json.dumps(coerced, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+
+
+# --- Encoding: models -> attributes -------------------------------------------------
+
+AttributeValue = str | bool | int | float | Sequence[str]
+
+
+def actor_attributes(actor: Actor) -> dict[str, AttributeValue]:
+    """The span attributes that describe ``actor``, semconv keys included."""
+    attrs: dict[str, AttributeValue] = {
+        ACTOR_TYPE: actor.type.value,
+        ACTOR_ID: clean_text(actor.id),
+    }
+    if actor.name is not None:
+        attrs[ACTOR_NAME] = clean_text(actor.name)
+    if actor.type is ActorType.USER:
+        attrs[USER_ID] = attrs[ACTOR_ID]
+        if actor.name is not None:
+            attrs[USER_NAME] = attrs[ACTOR_NAME]
+        if actor.email is not None:
+            attrs[USER_EMAIL] = clean_text(actor.email)
+        if actor.role is not None:
+            attrs[USER_ROLES] = [clean_text(actor.role)]
+    elif actor.type is ActorType.AI_AGENT:
+        attrs[GEN_AI_OPERATION_NAME] = GEN_AI_OPERATION_INVOKE_AGENT
+        attrs[GEN_AI_AGENT_ID] = attrs[ACTOR_ID]
+        if actor.name is not None:
+            attrs[GEN_AI_AGENT_NAME] = attrs[ACTOR_NAME]
+        if actor.model is not None:
+            attrs[GEN_AI_REQUEST_MODEL] = clean_text(actor.model)
+        if actor.version is not None:
+            attrs[GEN_AI_AGENT_VERSION] = clean_text(actor.version)
+    if actor.type is not ActorType.AI_AGENT and actor.version is not None:
+        attrs[ACTOR_VERSION] = clean_text(actor.version)
+    if actor.type is not ActorType.USER and actor.role is not None:
+        attrs[USER_ROLES] = [clean_text(actor.role)]
+    if actor.type is not ActorType.USER and actor.email is not None:
+        attrs[USER_EMAIL] = clean_text(actor.email)
+    if actor.type is not ActorType.AI_AGENT and actor.model is not None:
+        attrs[GEN_AI_REQUEST_MODEL] = clean_text(actor.model)
+    if actor.service_name is not None:
+        attrs[ACTOR_SERVICE_NAME] = clean_text(actor.service_name)
+        if actor.type is ActorType.EXTERNAL:
+            attrs[SERVICE_PEER_NAME] = attrs[ACTOR_SERVICE_NAME]
+    if actor.metadata:
+        attrs[ACTOR_METADATA] = dumps(actor.metadata, "actor.metadata")
+    return attrs
+
+
+def decision_attributes(decision: DecisionTrace) -> dict[str, AttributeValue]:
+    """The span attributes that describe ``decision``."""
+    attrs: dict[str, AttributeValue] = {REASONING: clean_text(decision.reasoning)}
+    if decision.context:
+        attrs[CONTEXT] = dumps(decision.context, "context")
+    if decision.alternatives:
+        attrs[ALTERNATIVES] = dumps(decision.alternatives, "alternatives")
+    if decision.rejection_reasons:
+        attrs[REJECTION_REASONS] = dumps(decision.rejection_reasons, "rejection_reasons")
+    if decision.confidence is not None:
+        attrs[CONFIDENCE] = decision.confidence
+    if decision.risk_level is not None:
+        attrs[RISK_LEVEL] = decision.risk_level.value
+    return attrs
+
+
+def object_state_json(obj: TrackedObject) -> str:
+    """The JSON element of ``decision_trace.object.states`` for one object."""
+    name = obj.object_type.value
+    parts = [f'"state":{dumps(obj.state, f"{name} state")}']
+    if obj.state_before is not None:
+        parts.append(f'"before":{dumps(obj.state_before, f"{name} state_before")}')
+    if obj.state_after is not None:
+        parts.append(f'"after":{dumps(obj.state_after, f"{name} state_after")}')
+    return "{" + ",".join(parts) + "}"
+
+
+EMPTY_OBJECT_STATE = '{"state":{}}'
+"""The state element of an object recorded with no state."""
+
+
+def objects_attributes(
+    types: Sequence[str], ids: Sequence[str], states: Sequence[str]
+) -> dict[str, AttributeValue]:
+    """The span attributes for the objects touched (aligned lists of types, ids, states)."""
+    if not ids:
+        return {}
+    attrs: dict[str, AttributeValue] = {OBJECT_TYPES: list(types), OBJECT_IDS: list(ids)}
+    if any(state != EMPTY_OBJECT_STATE for state in states):
+        attrs[OBJECT_STATES] = "[" + ",".join(states) + "]"
+    return attrs
+
+
+# --- Decoding: spans -> records -> models -------------------------------------------
+
+
+@dataclass(slots=True)
+class EventRecord:
+    """One event in the flat form the store keeps: ids, integers, text and JSON text."""
+
+    id: str
+    trace_id: str
+    parent_id: str | None
+    start_ns: int
+    duration_ns: int
+    event_type: str
+    description: str
+    actor_type: str | None
+    actor_id: str | None
+    actor_name: str | None
+    actor_json: str | None
+    reasoning: str | None
+    decision_json: str | None
+    object_types: tuple[str, ...]
+    object_ids: tuple[str, ...]
+    objects_json: str | None
+    tags: tuple[str, ...]
+    outcome: str
+    error: str | None
+    metadata_json: str | None
+    service_name: str | None
+
+
+def span_id_hex(span_id: int) -> str:
+    """A span id as 16 lowercase hex characters."""
+    return format(span_id, "016x")
+
+
+def trace_id_hex(trace_id: int) -> str:
+    """A trace id as 32 lowercase hex characters."""
+    return format(trace_id, "032x")
+
+
+def _json_or_null(value: Any) -> str:
+    return value if isinstance(value, str) else "null"
+
+
+def _str_tuple(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(str(v) for v in value)
+
+
+def record_from_span_data(
+    *,
+    span_id: int,
+    trace_id: int,
+    parent_span_id: int | None,
+    name: str,
+    start_ns: int,
+    end_ns: int,
+    attributes: Mapping[str, Any],
+    resource_attributes: Mapping[str, Any],
+    status_error: str | None,
+    failed: bool,
+) -> EventRecord:
+    """Decode one finished span's data into an :class:`EventRecord`.
+
+    Spans made by decision-trace carry ``decision_trace.event_type``. Any other span (an
+    auto-instrumented HTTP request, say) becomes an event whose type is the span name,
+    whose actor comes from ``user.id`` or the resource's ``service.name``, and whose
+    metadata holds all its attributes, so ``get_chain`` shows what led to a decision.
+    """
+    attrs = attributes
+    service = resource_attributes.get(SERVICE_NAME)
+    service_name = str(service) if service is not None else None
+    event_type = attrs.get(EVENT_TYPE)
+    if event_type is None:
+        return _foreign_record(
+            span_id,
+            trace_id,
+            parent_span_id,
+            name,
+            start_ns,
+            end_ns,
+            attrs,
+            service_name,
+            status_error,
+            failed,
+        )
+    actor_type = attrs.get(ACTOR_TYPE)
+    actor_json = None
+    if actor_type is not None:
+        extras = {field: attrs[key] for field, key in _ACTOR_EXTRA_KEYS if key in attrs}
+        if USER_ROLES in attrs:
+            roles = _str_tuple(attrs[USER_ROLES])
+            if roles:
+                extras["role"] = roles[0]
+        if ACTOR_METADATA in attrs:
+            extras["metadata"] = _RawJSON(attrs[ACTOR_METADATA])
+        if extras:
+            actor_json = _dump_with_raw(extras)
+    reasoning = attrs.get(REASONING)
+    decision_json = None
+    if any(key in attrs for key in _DECISION_KEYS):
+        confidence = attrs.get(CONFIDENCE)
+        risk = attrs.get(RISK_LEVEL)
+        decision_json = (
+            '{"context":'
+            + attrs.get(CONTEXT, "{}")
+            + ',"alternatives":'
+            + attrs.get(ALTERNATIVES, "[]")
+            + ',"rejection_reasons":'
+            + attrs.get(REJECTION_REASONS, "{}")
+            + ',"confidence":'
+            + (json.dumps(confidence) if confidence is not None else "null")
+            + ',"risk_level":'
+            + (json.dumps(risk) if risk is not None else "null")
+            + "}"
+        )
+    outcome = attrs.get(OUTCOME) or (Outcome.FAILURE.value if failed else Outcome.SUCCESS.value)
+    error = attrs.get(ERROR)
+    if error is None and failed:
+        error = status_error
+    return EventRecord(
+        id=span_id_hex(span_id),
+        trace_id=trace_id_hex(trace_id),
+        parent_id=span_id_hex(parent_span_id) if parent_span_id else None,
+        start_ns=start_ns,
+        duration_ns=max(0, end_ns - start_ns),
+        event_type=str(event_type),
+        description=str(attrs.get(DESCRIPTION, "")),
+        actor_type=actor_type,
+        actor_id=attrs.get(ACTOR_ID),
+        actor_name=attrs.get(ACTOR_NAME),
+        actor_json=actor_json,
+        reasoning=reasoning,
+        decision_json=decision_json,
+        object_types=_str_tuple(attrs.get(OBJECT_TYPES)),
+        object_ids=_str_tuple(attrs.get(OBJECT_IDS)),
+        objects_json=attrs.get(OBJECT_STATES),
+        tags=_str_tuple(attrs.get(TAGS)),
+        outcome=str(outcome),
+        error=error,
+        metadata_json=attrs.get(METADATA),
+        service_name=service_name,
+    )
+
+
+_DECISION_KEYS = (REASONING, CONTEXT, ALTERNATIVES, REJECTION_REASONS, CONFIDENCE, RISK_LEVEL)
+
+_ACTOR_EXTRA_KEYS = (
+    ("email", USER_EMAIL),
+    ("model", GEN_AI_REQUEST_MODEL),
+    ("version", GEN_AI_AGENT_VERSION),
+    ("version", ACTOR_VERSION),
+    ("service_name", ACTOR_SERVICE_NAME),
+)
+
+
+class _RawJSON(str):
+    """A string that is already JSON, to splice into a larger JSON document."""
+
+
+def _dump_with_raw(values: Mapping[str, Any]) -> str:
+    parts = []
+    for key, value in values.items():
+        encoded = str(value) if isinstance(value, _RawJSON) else json.dumps(value)
+        parts.append(f"{json.dumps(key)}:{encoded}")
+    return "{" + ",".join(parts) + "}"
+
+
+def _foreign_record(
+    span_id: int,
+    trace_id: int,
+    parent_span_id: int | None,
+    name: str,
+    start_ns: int,
+    end_ns: int,
+    attrs: Mapping[str, Any],
+    service_name: str | None,
+    status_error: str | None,
+    failed: bool,
+) -> EventRecord:
+    actor_type: str | None = None
+    actor_id: str | None = None
+    actor_name: str | None = None
+    if attrs.get(USER_ID):
+        actor_type, actor_id = ActorType.USER.value, str(attrs[USER_ID])
+        actor_name = str(attrs[USER_NAME]) if attrs.get(USER_NAME) else None
+    elif service_name:
+        actor_type, actor_id = ActorType.SYSTEM.value, service_name
+    metadata = {key: list(v) if isinstance(v, tuple) else v for key, v in attrs.items()}
+    return EventRecord(
+        id=span_id_hex(span_id),
+        trace_id=trace_id_hex(trace_id),
+        parent_id=span_id_hex(parent_span_id) if parent_span_id else None,
+        start_ns=start_ns,
+        duration_ns=max(0, end_ns - start_ns),
+        event_type=clean_text(name) or "span",
+        description="",
+        actor_type=actor_type,
+        actor_id=actor_id,
+        actor_name=actor_name,
+        actor_json=None,
+        reasoning=None,
+        decision_json=None,
+        object_types=(),
+        object_ids=(),
+        objects_json=None,
+        tags=(),
+        outcome=Outcome.FAILURE.value if failed else Outcome.SUCCESS.value,
+        error=status_error if failed else None,
+        metadata_json=dumps(metadata, "attributes") if metadata else None,
+        service_name=service_name,
+    )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def datetime_from_ns(ns: int) -> datetime:
+    """An aware UTC datetime from nanoseconds since the epoch (microsecond precision)."""
+    return _EPOCH + timedelta(microseconds=ns // 1000)
+
+
+def ns_from_datetime(value: datetime, field: str) -> int:
+    """Nanoseconds since the epoch; a naive datetime is taken as UTC."""
+    if not isinstance(value, datetime):
+        raise InvalidInputError(field, f"must be a datetime, got {type(value).__name__}")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+
+
+def _enum_or(parser: Any, value: str, fallback: Any) -> Any:
+    try:
+        return parser(value, "stored value")
+    except InvalidInputError:
+        return fallback
+
+
+def event_from_record(record: EventRecord) -> TraceEvent:
+    """Turn a stored record back into the :class:`TraceEvent` model."""
+    actor = None
+    if record.actor_type is not None and record.actor_id:
+        extras = json.loads(record.actor_json) if record.actor_json else {}
+        actor = Actor(
+            type=_enum_or(ActorType.parse, record.actor_type, ActorType.SYSTEM),
+            id=record.actor_id,
+            name=record.actor_name,
+            email=extras.get("email"),
+            role=extras.get("role"),
+            model=extras.get("model"),
+            version=extras.get("version"),
+            service_name=extras.get("service_name"),
+            metadata=extras.get("metadata") or {},
+        )
+    decision = None
+    if record.decision_json is not None:
+        data = json.loads(record.decision_json)
+        decision = DecisionTrace(
+            reasoning=record.reasoning or "",
+            context=data.get("context") or {},
+            alternatives=tuple(data.get("alternatives") or ()),
+            rejection_reasons=data.get("rejection_reasons") or {},
+            confidence=data.get("confidence"),
+            risk_level=_enum_or(RiskLevel.parse, data["risk_level"], None)
+            if data.get("risk_level")
+            else None,
+        )
+    states = json.loads(record.objects_json) if record.objects_json else []
+    objects = []
+    for index, (object_type, external_id) in enumerate(
+        zip(record.object_types, record.object_ids, strict=False)
+    ):
+        state = states[index] if index < len(states) else {}
+        objects.append(
+            TrackedObject(
+                object_type=_enum_or(ObjectType.parse, object_type, ObjectType.OTHER),
+                external_id=external_id,
+                state=state.get("state") or {},
+                state_before=state.get("before"),
+                state_after=state.get("after"),
+            )
+        )
+    return TraceEvent(
+        id=record.id,
+        timestamp=datetime_from_ns(record.start_ns),
+        duration=timedelta(microseconds=record.duration_ns / 1000),
+        event_type=record.event_type,
+        description=record.description,
+        actor=actor,
+        decision=decision,
+        objects=tuple(objects),
+        outcome=_enum_or(Outcome.parse, record.outcome, Outcome.SUCCESS),
+        error=record.error,
+        tags=record.tags,
+        metadata=json.loads(record.metadata_json) if record.metadata_json else {},
+        correlation_id=record.trace_id,
+        parent_event_id=record.parent_id,
+        service_name=record.service_name,
+    )
+
+
+def record_from_span(span: ReadableSpan) -> EventRecord:
+    """Decode one finished SDK span into an :class:`EventRecord`."""
+    context = span.context
+    if context is None:
+        raise ValueError("span has no context")
+    parent = span.parent
+    status = span.status
+    failed = status.status_code is StatusCode.ERROR
+    return record_from_span_data(
+        span_id=context.span_id,
+        trace_id=context.trace_id,
+        parent_span_id=parent.span_id if parent is not None else None,
+        name=span.name,
+        start_ns=span.start_time or 0,
+        end_ns=span.end_time or span.start_time or 0,
+        attributes=span.attributes or {},
+        resource_attributes=span.resource.attributes if span.resource is not None else {},
+        status_error=status.description,
+        failed=failed,
+    )

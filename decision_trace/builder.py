@@ -1,0 +1,469 @@
+"""``TraceBuilder``: the fluent API that turns one business event into one span.
+
+Get a builder from :meth:`DecisionTraceClient.trace` (recorded by ``record()``) or
+:meth:`DecisionTraceClient.span` (a context manager, recorded when the block ends with
+its real duration). Every method validates its input at once, raising
+:class:`~decision_trace.errors.InvalidInputError` naming the field, and returns the
+builder so calls chain::
+
+    client.trace("order.cancelled", "Order cancelled by customer") \\
+        .by_user("cust-123", "John Doe") \\
+        .affecting_order("ord-456", {"status": "cancelled"}) \\
+        .because("Customer found better price elsewhere") \\
+        .record()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace as otel_trace
+from opentelemetry.trace import Span, SpanContext, Status, StatusCode
+
+from . import attributes as keys
+from .attributes import AttributeValue, clean_text, dumps
+from .errors import DecisionTraceError, InvalidInputError
+from .models import (
+    Actor,
+    DecisionTrace,
+    ObjectType,
+    Outcome,
+    RiskLevel,
+    TrackedObject,
+    check_confidence,
+    require_text,
+)
+
+if TYPE_CHECKING:
+    from .client import DecisionTraceClient
+
+__all__ = ["TraceBuilder"]
+
+
+class TraceBuilder:
+    """Collects one event's actor, decision, objects and tags, then records it as a span.
+
+    Builders are mutable and single-use: a second ``record()`` raises instead of writing
+    a duplicate event.
+    """
+
+    def __init__(
+        self,
+        client: DecisionTraceClient,
+        event_type: str,
+        description: str = "",
+        *,
+        as_span: bool = False,
+    ) -> None:
+        require_text(event_type, "event_type")
+        if not isinstance(description, str):
+            raise InvalidInputError(
+                "description", f"must be a string, got {type(description).__name__}"
+            )
+        self._client = client
+        self._event_type = clean_text(event_type)
+        self._attrs: dict[str, AttributeValue] = {
+            keys.EVENT_TYPE: self._event_type,
+            keys.DESCRIPTION: clean_text(description),
+        }
+        self._actor_keys: tuple[str, ...] = ()
+        self._object_types: list[str] = []
+        self._object_ids: list[str] = []
+        self._object_states: list[str] = []
+        self._tags: list[str] = []
+        self._metadata: dict[str, Any] = {}
+        self._outcome: Outcome | None = None
+        self._error: str | None = None
+        self._parent: SpanContext | None = None
+        self._as_span = as_span
+        self._span: Span | None = None
+        self._token: object | None = None
+        self._recorded_id: str | None = None
+
+    # -- who ---------------------------------------------------------------------------
+
+    def by(self, actor: Actor) -> TraceBuilder:
+        """Set who performed the action (replaces any actor set before)."""
+        if not isinstance(actor, Actor):
+            raise InvalidInputError("actor", f"must be an Actor, got {type(actor).__name__}")
+        for key in self._actor_keys:
+            self._attrs.pop(key, None)
+        actor_attrs = keys.actor_attributes(actor)
+        self._actor_keys = tuple(actor_attrs)
+        self._attrs.update(actor_attrs)
+        return self
+
+    def by_user(
+        self,
+        user_id: str,
+        name: str | None = None,
+        *,
+        email: str | None = None,
+        role: str | None = None,
+        **metadata: Any,
+    ) -> TraceBuilder:
+        """Performed by a human user; see :meth:`Actor.user`."""
+        return self.by(Actor.user(user_id, name, email=email, role=role, **metadata))
+
+    def by_ai_agent(
+        self,
+        agent_id: str,
+        name: str | None = None,
+        *,
+        model: str | None = None,
+        version: str | None = None,
+        **metadata: Any,
+    ) -> TraceBuilder:
+        """Performed by an AI agent; see :meth:`Actor.ai_agent`."""
+        return self.by(Actor.ai_agent(agent_id, name, model=model, version=version, **metadata))
+
+    def by_compute(
+        self,
+        job_id: str,
+        name: str | None = None,
+        *,
+        service_name: str | None = None,
+        version: str | None = None,
+        **metadata: Any,
+    ) -> TraceBuilder:
+        """Performed by an automated job; see :meth:`Actor.compute`."""
+        return self.by(
+            Actor.compute(job_id, name, service_name=service_name, version=version, **metadata)
+        )
+
+    def by_system(
+        self,
+        system_id: str,
+        name: str | None = None,
+        *,
+        service_name: str | None = None,
+        **metadata: Any,
+    ) -> TraceBuilder:
+        """Performed by the platform itself; see :meth:`Actor.system`."""
+        return self.by(Actor.system(system_id, name, service_name=service_name, **metadata))
+
+    def by_external(
+        self,
+        service_id: str,
+        name: str | None = None,
+        *,
+        service_name: str | None = None,
+        **metadata: Any,
+    ) -> TraceBuilder:
+        """Performed by a third-party service; see :meth:`Actor.external`."""
+        return self.by(Actor.external(service_id, name, service_name=service_name, **metadata))
+
+    # -- why ---------------------------------------------------------------------------
+
+    def because(
+        self,
+        reasoning: str,
+        context: Mapping[str, Any] | None = None,
+        alternatives: Sequence[Mapping[str, Any]] | None = None,
+        rejection_reasons: Mapping[str, str] | None = None,
+        *,
+        confidence: float | None = None,
+        risk_level: RiskLevel | str | None = None,
+    ) -> TraceBuilder:
+        """Say why: the reasoning, the facts it rested on, and the options rejected.
+
+        Args:
+            reasoning: The explanation in words (full-text searchable).
+            context: Facts the decision was based on. Values are coerced to JSON by the
+                rules in :mod:`decision_trace.attributes`.
+            alternatives: Options considered, e.g. ``[{"action": "replace"}]``.
+            rejection_reasons: Why each alternative was rejected, keyed by action.
+            confidence: Optional confidence from 0 to 1 (same as :meth:`with_confidence`).
+            risk_level: Optional risk level (same as :meth:`with_risk`).
+        """
+        require_text(reasoning, "reasoning")
+        decision = DecisionTrace(
+            reasoning=reasoning,
+            context=context if context is not None else {},
+            alternatives=alternatives if alternatives is not None else (),
+            rejection_reasons=rejection_reasons if rejection_reasons is not None else {},
+            confidence=confidence,
+            risk_level=RiskLevel.parse(risk_level, "risk_level") if risk_level else None,
+        )
+        for key in (keys.CONTEXT, keys.ALTERNATIVES, keys.REJECTION_REASONS):
+            self._attrs.pop(key, None)
+        self._attrs.update(keys.decision_attributes(decision))
+        return self
+
+    def with_confidence(self, confidence: float) -> TraceBuilder:
+        """The actor's confidence in the decision, from 0 to 1."""
+        self._attrs[keys.CONFIDENCE] = check_confidence(confidence)
+        return self
+
+    def with_risk(self, risk_level: RiskLevel | str) -> TraceBuilder:
+        """How risky the decision is: ``"low"``, ``"medium"``, ``"high"`` or ``"critical"``."""
+        self._attrs[keys.RISK_LEVEL] = RiskLevel.parse(risk_level, "risk_level").value
+        return self
+
+    # -- what --------------------------------------------------------------------------
+
+    def affecting(
+        self,
+        object_type: ObjectType | str,
+        external_id: str,
+        state: Mapping[str, Any] | None = None,
+        *,
+        state_before: Mapping[str, Any] | None = None,
+        state_after: Mapping[str, Any] | None = None,
+    ) -> TraceBuilder:
+        """Link a business object the event touched.
+
+        Args:
+            object_type: An :class:`ObjectType` or its value (``"order"``).
+            external_id: The object's id in your application.
+            state: Facts about the object at the time.
+            state_before: Fields before the change.
+            state_after: The same fields after the change.
+        """
+        obj = TrackedObject(
+            object_type=ObjectType.parse(object_type, "object_type"),
+            external_id=external_id,
+            state=state if state is not None else {},
+            state_before=state_before,
+            state_after=state_after,
+        )
+        return self._add_object(obj)
+
+    def _add_object(self, obj: TrackedObject) -> TraceBuilder:
+        state_json = keys.object_state_json(obj)
+        self._object_types.append(obj.object_type.value)
+        self._object_ids.append(clean_text(obj.external_id))
+        self._object_states.append(state_json)
+        return self
+
+    def affecting_order(
+        self, order_id: str, state: Mapping[str, Any] | None = None, **changes: Any
+    ) -> TraceBuilder:
+        """Link an order; see :meth:`affecting` for ``state_before``/``state_after``."""
+        return self.affecting(ObjectType.ORDER, order_id, state, **changes)
+
+    def affecting_product(
+        self, product_id: str, state: Mapping[str, Any] | None = None, **changes: Any
+    ) -> TraceBuilder:
+        """Link a product."""
+        return self.affecting(ObjectType.PRODUCT, product_id, state, **changes)
+
+    def affecting_customer(
+        self, customer_id: str, state: Mapping[str, Any] | None = None, **changes: Any
+    ) -> TraceBuilder:
+        """Link a customer."""
+        return self.affecting(ObjectType.CUSTOMER, customer_id, state, **changes)
+
+    def affecting_payment(
+        self, payment_id: str, state: Mapping[str, Any] | None = None, **changes: Any
+    ) -> TraceBuilder:
+        """Link a payment."""
+        return self.affecting(ObjectType.PAYMENT, payment_id, state, **changes)
+
+    def affecting_shipment(
+        self, shipment_id: str, state: Mapping[str, Any] | None = None, **changes: Any
+    ) -> TraceBuilder:
+        """Link a shipment."""
+        return self.affecting(ObjectType.SHIPMENT, shipment_id, state, **changes)
+
+    def affecting_return(
+        self, return_id: str, state: Mapping[str, Any] | None = None, **changes: Any
+    ) -> TraceBuilder:
+        """Link a return (also available as :meth:`affecting_return_`)."""
+        return self.affecting(ObjectType.RETURN, return_id, state, **changes)
+
+    affecting_return_ = affecting_return
+
+    def affecting_campaign(
+        self, campaign_id: str, state: Mapping[str, Any] | None = None, **changes: Any
+    ) -> TraceBuilder:
+        """Link a marketing campaign."""
+        return self.affecting(ObjectType.CAMPAIGN, campaign_id, state, **changes)
+
+    def affecting_promotion(
+        self, promotion_id: str, state: Mapping[str, Any] | None = None, **changes: Any
+    ) -> TraceBuilder:
+        """Link a promotion."""
+        return self.affecting(ObjectType.PROMOTION, promotion_id, state, **changes)
+
+    def affecting_inventory(
+        self,
+        sku: str,
+        quantity_before: int | None = None,
+        quantity_after: int | None = None,
+        state: Mapping[str, Any] | None = None,
+    ) -> TraceBuilder:
+        """Link an inventory item, with its quantity before and after the change.
+
+        The quantities are stored as ``state_before={"quantity": …}`` and
+        ``state_after={"quantity": …}``; ``state`` holds anything else (the warehouse).
+        """
+        for name, value in (
+            ("quantity_before", quantity_before),
+            ("quantity_after", quantity_after),
+        ):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise InvalidInputError(name, f"must be an integer, got {value!r}")
+        return self.affecting(
+            ObjectType.INVENTORY,
+            sku,
+            state,
+            state_before={"quantity": quantity_before} if quantity_before is not None else None,
+            state_after={"quantity": quantity_after} if quantity_after is not None else None,
+        )
+
+    # -- labels, metadata, outcome, parent -----------------------------------------------
+
+    def with_tags(self, *tags: str) -> TraceBuilder:
+        """Add free-form labels (duplicates are ignored)."""
+        for index, tag in enumerate(tags):
+            require_text(tag, f"tags[{index}]")
+            tag = clean_text(tag)
+            if tag not in self._tags:
+                self._tags.append(tag)
+        return self
+
+    def with_metadata(
+        self, metadata: Mapping[str, Any] | None = None, **values: Any
+    ) -> TraceBuilder:
+        """Attach extra data (a mapping and/or keyword arguments), coerced to JSON."""
+        if metadata is not None:
+            if not isinstance(metadata, Mapping):
+                raise InvalidInputError("metadata", "must be a mapping")
+            values = {**metadata, **values}
+        dumps(values, "metadata")  # validate now, at the call that gave the values
+        self._metadata.update(values)
+        return self
+
+    def succeeded(self) -> TraceBuilder:
+        """Mark the outcome a success (the default)."""
+        self._outcome = Outcome.SUCCESS
+        self._error = None
+        return self
+
+    def failed(self, error: str | BaseException | None = None) -> TraceBuilder:
+        """Mark the outcome a failure, with the error message or exception."""
+        self._outcome = Outcome.FAILURE
+        if isinstance(error, BaseException):
+            self._error = f"{type(error).__name__}: {error}"
+        elif error is not None:
+            if not isinstance(error, str):
+                raise InvalidInputError("error", "must be a string or an exception")
+            self._error = clean_text(error)
+        return self
+
+    def pending(self) -> TraceBuilder:
+        """Mark the outcome pending (the action was started, its result is not known)."""
+        self._outcome = Outcome.PENDING
+        return self
+
+    def child_of(self, parent: str) -> TraceBuilder:
+        """Record this event as a child of another.
+
+        Args:
+            parent: An event id returned by ``record()`` (in this process or any other
+                writing to the same store), or a W3C ``traceparent`` header value from
+                an upstream service (``00-<trace id>-<span id>-<flags>``).
+
+        Raises:
+            EventNotFoundError: no event with that id is known.
+            InvalidInputError: ``parent`` is neither an event id nor a traceparent.
+        """
+        if self._span is not None:
+            raise DecisionTraceError("child_of() must be called before the span starts")
+        self._parent = self._client._parent_context(parent)
+        return self
+
+    # -- recording ---------------------------------------------------------------------
+
+    def _final_attributes(self) -> dict[str, AttributeValue]:
+        attrs = dict(self._attrs)
+        attrs.update(
+            keys.objects_attributes(self._object_types, self._object_ids, self._object_states)
+        )
+        if self._tags:
+            attrs[keys.TAGS] = list(self._tags)
+        if self._metadata:
+            attrs[keys.METADATA] = dumps(self._metadata, "metadata")
+        if self._outcome is not None:
+            attrs[keys.OUTCOME] = self._outcome.value
+        if self._error is not None:
+            attrs[keys.ERROR] = self._error
+        return attrs
+
+    def _parent_otel_context(self) -> otel_context.Context | None:
+        if self._parent is None:
+            return None
+        return otel_trace.set_span_in_context(otel_trace.NonRecordingSpan(self._parent))
+
+    def record(self) -> str:
+        """Record the event and return its id (16 hex characters: the span id).
+
+        In ``durability="sync"`` mode the event is committed when this returns.
+
+        Raises:
+            DecisionTraceError: this builder was already recorded, or it belongs to a
+                ``span()`` block (which records when the block ends).
+        """
+        if self._as_span:
+            raise DecisionTraceError(
+                "a span() builder is recorded when its with-block ends; do not call record()"
+            )
+        if self._recorded_id is not None:
+            raise DecisionTraceError(
+                f"this event was already recorded as {self._recorded_id}; "
+                "build a new one with client.trace()"
+            )
+        attrs = self._final_attributes()
+        span = self._client._tracer.start_span(
+            self._event_type, context=self._parent_otel_context(), attributes=attrs
+        )
+        self._recorded_id = self._client._remember(span)
+        if self._outcome is Outcome.FAILURE:
+            span.set_status(Status(StatusCode.ERROR, self._error))
+        span.end()
+        return self._recorded_id
+
+    @property
+    def event_id(self) -> str | None:
+        """The event id once the span has started (``span()``) or been recorded."""
+        return self._recorded_id
+
+    # -- span() context manager -----------------------------------------------------------
+
+    def __enter__(self) -> TraceBuilder:
+        if not self._as_span:
+            raise DecisionTraceError("use client.span(...) for a with-block, not client.trace()")
+        if self._span is not None:
+            raise DecisionTraceError("this span() builder was already entered")
+        self._span = self._client._tracer.start_span(
+            self._event_type, context=self._parent_otel_context()
+        )
+        self._recorded_id = self._client._remember(self._span)
+        self._token = otel_context.attach(otel_trace.set_span_in_context(self._span))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        span = self._span
+        if span is None:
+            return
+        try:
+            if exc is not None:
+                self.failed(exc)
+                span.record_exception(exc)
+            span.set_attributes(self._final_attributes())
+            if self._outcome is Outcome.FAILURE:
+                span.set_status(Status(StatusCode.ERROR, self._error))
+        finally:
+            if self._token is not None:
+                otel_context.detach(self._token)  # type: ignore[arg-type]
+                self._token = None
+            span.end()

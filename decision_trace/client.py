@@ -1,0 +1,463 @@
+"""``DecisionTraceClient``: wires the OpenTelemetry pipeline and answers queries.
+
+One client owns a private ``TracerProvider`` (so decision spans are recorded whatever
+the application's sampler or span limits), a :class:`LedgerSpanProcessor` writing to the
+SQLite store, and, when configured, an OTLP exporter to a collector.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import signal
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from types import FrameType, TracebackType
+from typing import Any
+
+from opentelemetry import trace as otel_trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import Attributes
+
+from . import attributes as keys
+from . import query as q
+from .builder import TraceBuilder
+from .errors import EventNotFoundError, InvalidInputError
+from .exporters import SQLiteSpanExporter
+from .models import ActorType, ObjectType, Outcome, TraceEvent
+from .processor import LedgerSpanProcessor, LedgerStats
+from .store import Durability, Store, default_db_path
+
+__all__ = ["DecisionTraceClient"]
+
+INSTRUMENTATION_NAME = "decision_trace"
+
+DEFAULT_DURABILITY: Durability = "batch"
+"""Why batch: ``record()`` then costs about what a bare OpenTelemetry span costs, so it
+can sit on a checkout path; the background writer commits within 0.2 s, every exit path
+(normal exit, ``sys.exit``, an uncaught exception, SIGTERM) flushes, and the queue
+applies back-pressure instead of dropping. Choose ``"sync"`` when an event must be on
+disk before ``record()`` returns, e.g. to survive ``kill -9``."""
+
+_EVENT_ID = re.compile(r"^[0-9a-fA-F]{16}$")
+_RECENT_EVENTS = 10_000
+
+
+class _LedgerSampler(Sampler):
+    """Record every decision; mark it sampled only when the parent is (or there is none).
+
+    The ledger keeps RECORD_ONLY spans too, so no decision is lost to the application's
+    sampling, while OTLP export (which skips unsampled spans) follows it, and the sampled
+    flag passed on to children is never changed.
+    """
+
+    def should_sample(
+        self,
+        parent_context: Any,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: Any = None,
+    ) -> SamplingResult:
+        parent = otel_trace.get_current_span(parent_context).get_span_context()
+        if parent.is_valid:
+            decision = (
+                Decision.RECORD_AND_SAMPLE if parent.trace_flags.sampled else Decision.RECORD_ONLY
+            )
+            return SamplingResult(decision, attributes, parent.trace_state)
+        return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
+
+    def get_description(self) -> str:
+        return "DecisionTraceLedgerSampler"
+
+
+# Decision spans must never be truncated or lose attributes to the application's
+# OTEL_SPAN_* limits: UNSET means "no limit" and ignores the environment.
+_NO_LIMITS = SpanLimits(
+    max_attributes=SpanLimits.UNSET,
+    max_events=SpanLimits.UNSET,
+    max_links=SpanLimits.UNSET,
+    max_span_attributes=SpanLimits.UNSET,
+    max_event_attributes=SpanLimits.UNSET,
+    max_link_attributes=SpanLimits.UNSET,
+    max_attribute_length=SpanLimits.UNSET,
+    max_span_attribute_length=SpanLimits.UNSET,
+)
+
+_live_clients: weakref.WeakSet[DecisionTraceClient] = weakref.WeakSet()
+_exit_hooks_lock = threading.Lock()
+_exit_hooks_installed = False
+
+
+def _close_all_clients() -> None:
+    for client in list(_live_clients):
+        client.close()
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # Flush every client, then die of SIGTERM as the process would have without us.
+    _close_all_clients()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _install_exit_hooks() -> None:
+    global _exit_hooks_installed
+    with _exit_hooks_lock:
+        if _exit_hooks_installed:
+            return
+        _exit_hooks_installed = True
+        atexit.register(_close_all_clients)
+        # Only take over SIGTERM if nobody else handles it (never a host's own handler).
+        if threading.current_thread() is threading.main_thread():
+            try:
+                if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+                    signal.signal(signal.SIGTERM, _on_sigterm)
+            except (ValueError, OSError):
+                pass
+
+
+def _otlp_exporter(endpoint: str | None) -> SpanExporter | None:
+    """The OTLP exporter the environment (or ``endpoint``) asks for, or None."""
+    env = os.environ
+    configured = (
+        endpoint
+        or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
+    if not configured:
+        return None
+    protocol = (
+        env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    ).strip()
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcExporter,
+        )
+
+        return GrpcExporter(endpoint=endpoint) if endpoint else GrpcExporter()
+    if protocol != "http/protobuf":
+        raise InvalidInputError(
+            "OTEL_EXPORTER_OTLP_PROTOCOL", f"must be 'http/protobuf' or 'grpc', got {protocol!r}"
+        )
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        OTLPSpanExporter as HttpExporter,
+    )
+
+    if endpoint:
+        # An explicit base endpoint gets the standard signal path, as the env var does.
+        url = (
+            endpoint
+            if endpoint.rstrip("/").endswith("/v1/traces")
+            else (endpoint.rstrip("/") + "/v1/traces")
+        )
+        return HttpExporter(endpoint=url)
+    return HttpExporter()
+
+
+class DecisionTraceClient:
+    """Record business decisions as OpenTelemetry spans and query them back.
+
+    Example::
+
+        client = DecisionTraceClient(db_path="traces.db")
+        event_id = client.trace("order.refunded", "Refund issued") \\
+            .by_user("agent-7", "Sam", role="support") \\
+            .affecting_order("ord-1", {"status": "refunded"}) \\
+            .because("Item arrived broken") \\
+            .record()
+        client.get_event(event_id).decision.reasoning   # 'Item arrived broken'
+
+    Args:
+        db_path: The SQLite file. Default ``$DECISION_TRACE_DB``, else
+            ``$XDG_DATA_HOME/decision-trace/traces.db``, else
+            ``~/.local/share/decision-trace/traces.db``. Folders are created.
+        durability: ``"batch"`` (default; see ``DEFAULT_DURABILITY``) or ``"sync"``
+            (``record()`` returns after the event is committed).
+        service_name: ``service.name`` of the spans; default ``$OTEL_SERVICE_NAME``.
+        otlp_endpoint: Send decision spans to this OTLP collector too. Without it, OTLP
+            export is on only when ``OTEL_EXPORTER_OTLP_ENDPOINT`` or
+            ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is set.
+        exporters: More span exporters to send decision spans to (batched).
+        max_queue_size: Batch mode: events held in memory before ``record()`` waits.
+    """
+
+    def __init__(
+        self,
+        db_path: str | os.PathLike[str] | None = None,
+        *,
+        durability: Durability = DEFAULT_DURABILITY,
+        service_name: str | None = None,
+        otlp_endpoint: str | None = None,
+        exporters: Iterable[SpanExporter] = (),
+        max_queue_size: int = 20_000,
+    ) -> None:
+        if durability not in ("sync", "batch"):
+            raise InvalidInputError("durability", f"must be 'sync' or 'batch', got {durability!r}")
+        self.durability: Durability = durability
+        path = db_path if db_path is not None else default_db_path()
+        self._store = Store(path, durability=durability)
+        self._exporter = SQLiteSpanExporter(store=self._store)
+        self._ledger = LedgerSpanProcessor(
+            self._exporter, durability=durability, max_queue_size=max_queue_size
+        )
+        resource_attrs = {keys.SERVICE_NAME: service_name} if service_name else {}
+        self._provider = TracerProvider(
+            sampler=_LedgerSampler(),
+            resource=Resource.create(resource_attrs),
+            span_limits=_NO_LIMITS,
+            shutdown_on_exit=False,
+        )
+        self._provider.add_span_processor(self._ledger)
+        extra = list(exporters)
+        otlp = _otlp_exporter(otlp_endpoint)
+        if otlp is not None:
+            extra.append(otlp)
+        for exporter in extra:
+            self._provider.add_span_processor(BatchSpanProcessor(exporter))
+        self._tracer = self._provider.get_tracer(INSTRUMENTATION_NAME)
+        self._recent: OrderedDict[str, SpanContext] = OrderedDict()
+        self._recent_lock = threading.Lock()
+        self._closed = False
+        _live_clients.add(self)
+        _install_exit_hooks()
+
+    @property
+    def db_path(self) -> str:
+        """The path of the SQLite ledger."""
+        return str(self._store.path)
+
+    @property
+    def tracer_provider(self) -> TracerProvider:
+        """decision-trace's own provider (for adding span processors)."""
+        return self._provider
+
+    # -- recording ---------------------------------------------------------------------
+
+    def trace(self, event_type: str, description: str = "") -> TraceBuilder:
+        """Start building an event; ``record()`` records it and returns its id.
+
+        Args:
+            event_type: What happened, ``noun.verb`` style (``"order.cancelled"``).
+            description: A sentence for humans.
+        """
+        return TraceBuilder(self, event_type, description)
+
+    def span(self, event_type: str, description: str = "") -> TraceBuilder:
+        """A context manager recording an event that lasts as long as the block.
+
+        Events recorded inside the block become its children. An exception marks the
+        event failed, is recorded on the span, and propagates::
+
+            with client.span("report.generation", "Monthly report") as trace:
+                trace.by_compute("report-service", "Report Generator")
+        """
+        return TraceBuilder(self, event_type, description, as_span=True)
+
+    def _remember(self, span: Span) -> str:
+        context = span.get_span_context()
+        event_id = keys.span_id_hex(context.span_id)
+        with self._recent_lock:
+            self._recent[event_id] = context
+            if len(self._recent) > _RECENT_EVENTS:
+                self._recent.popitem(last=False)
+        return event_id
+
+    def _parent_context(self, parent: str) -> SpanContext:
+        if not isinstance(parent, str):
+            raise InvalidInputError(
+                "parent", f"must be an event id or traceparent, got {type(parent).__name__}"
+            )
+        if _EVENT_ID.match(parent):
+            event_id = parent.lower()
+            with self._recent_lock:
+                known = self._recent.get(event_id)
+            if known is not None:
+                return SpanContext(
+                    known.trace_id,
+                    known.span_id,
+                    is_remote=False,
+                    trace_flags=known.trace_flags,
+                    trace_state=known.trace_state,
+                )
+            with self._store.reader() as conn:
+                trace_id = q.trace_id_of(conn, event_id)
+            if trace_id is None:
+                self.flush()
+                with self._store.reader() as conn:
+                    trace_id = q.trace_id_of(conn, event_id)
+            if trace_id is None:
+                raise EventNotFoundError(parent)
+            return SpanContext(
+                int(trace_id, 16),
+                int(event_id, 16),
+                is_remote=False,
+                trace_flags=TraceFlags(TraceFlags.SAMPLED),
+            )
+        carrier = {"traceparent": parent.strip()}
+        span_context = otel_trace.get_current_span(
+            TraceContextTextMapPropagator().extract(carrier)
+        ).get_span_context()
+        if not span_context.is_valid:
+            raise InvalidInputError(
+                "parent",
+                f"must be an event id (16 hex characters) or a W3C traceparent, got {parent!r}",
+            )
+        return span_context
+
+    def current_traceparent(self) -> str | None:
+        """The W3C ``traceparent`` of the current span, to hand to a downstream service.
+
+        Inside ``with client.span(...)`` it names that span; otherwise the application's
+        current span, or None when there is none.
+        """
+        carrier: dict[str, str] = {}
+        TraceContextTextMapPropagator().inject(carrier)
+        return carrier.get("traceparent")
+
+    # -- reading -----------------------------------------------------------------------
+
+    def _read_your_writes(self) -> None:
+        if self.durability == "batch" and not self._closed:
+            self._ledger.force_flush()
+
+    def query(
+        self,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        event_types: Iterable[str] | str | None = None,
+        actor_types: Iterable[ActorType | str] | ActorType | str | None = None,
+        actor_ids: Iterable[str] | str | None = None,
+        object_types: Iterable[ObjectType | str] | ObjectType | str | None = None,
+        object_ids: Iterable[str] | str | None = None,
+        tags: Iterable[str] | str | None = None,
+        outcome: Outcome | str | None = None,
+        correlation_id: str | None = None,
+        limit: int | None = 100,
+        offset: int = 0,
+        order: q.Order = "desc",
+    ) -> list[TraceEvent]:
+        """Events matching every filter given, newest first by default.
+
+        Each list filter matches any of its values; a single string counts as a list of
+        one. ``object_types`` and ``object_ids`` together match an event that touched an
+        object of one of those types with one of those ids.
+
+        Args:
+            start: Events at or after this time. A naive datetime is taken as UTC.
+            end: Events before this time. A naive datetime is taken as UTC.
+            event_types: Event types, e.g. ``["order.created"]``.
+            actor_types: Actor types (``ActorType`` or values like ``"ai_agent"``).
+            actor_ids: Actor ids.
+            object_types: Types of affected objects.
+            object_ids: External ids of affected objects.
+            tags: Events carrying any of these tags.
+            outcome: ``"success"``, ``"failure"`` or ``"pending"``.
+            correlation_id: The trace id.
+            limit: At most this many events (default 100); None for all.
+            offset: Skip this many first.
+            order: ``"desc"`` (newest first) or ``"asc"``.
+        """
+        filters = q.QueryFilters.build(
+            start=start,
+            end=end,
+            event_types=event_types,
+            actor_types=actor_types,
+            actor_ids=actor_ids,
+            object_types=object_types,
+            object_ids=object_ids,
+            tags=tags,
+            outcome=outcome,
+            correlation_id=correlation_id,
+        )
+        self._read_your_writes()
+        with self._store.reader() as conn:
+            return q.query_events(conn, filters, limit=limit, offset=offset, order=order)
+
+    def search(self, text: str, limit: int | None = 50) -> list[TraceEvent]:
+        """Full-text search over descriptions, reasoning and context, newest first.
+
+        Every word must match (prefixes do not). Any text is safe: quotes, ``AND``,
+        ``*`` or ``-`` are searched for as words, never parsed as syntax.
+        """
+        self._read_your_writes()
+        with self._store.reader() as conn:
+            return q.search_events(conn, text, limit=limit)
+
+    def get_event(self, event_id: str) -> TraceEvent | None:
+        """The event with this id, or None."""
+        self._read_your_writes()
+        with self._store.reader() as conn:
+            return q.get_event(conn, event_id)
+
+    def get_chain(self, event_id: str) -> q.ChainNode:
+        """The chain an event belongs to: its topmost stored ancestor and every
+        descendant, as a tree of :class:`~decision_trace.query.ChainNode`.
+
+        Raises:
+            EventNotFoundError: the event is not in the store.
+        """
+        self._read_your_writes()
+        with self._store.reader() as conn:
+            return q.get_chain(conn, event_id)
+
+    def get_object_history(
+        self,
+        external_id: str,
+        object_type: ObjectType | str | None = None,
+        *,
+        limit: int | None = None,
+    ) -> list[TraceEvent]:
+        """Every event that touched an object, oldest first."""
+        self._read_your_writes()
+        with self._store.reader() as conn:
+            return q.object_history(conn, external_id, object_type, limit=limit)
+
+    def stats(self) -> LedgerStats:
+        """Counters of recorded, written, failed and queued events in this process."""
+        return self._ledger.stats()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Write everything recorded so far; False if it did not all reach the ledger
+        (timeout or failure) or another exporter did not flush in time."""
+        if self._closed:
+            return True
+        return bool(self._provider.force_flush(int(timeout_s * 1000)))
+
+    def close(self) -> None:
+        """Flush and release everything. Idempotent; also runs at interpreter exit."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._provider.shutdown()
+        finally:
+            self._store.close()
+            _live_clients.discard(self)
+
+    def __enter__(self) -> DecisionTraceClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,58 @@
+"""Errors raised by decision-trace.
+
+Every error derives from one base class, so ``except DecisionTraceError`` catches them all::
+
+    DecisionTraceError
+    ├── InvalidInputError      bad input at the call that made it (also a ValueError)
+    ├── EventNotFoundError     an event id that the store does not hold (also a KeyError)
+    └── StoreError             the store cannot be opened, read or written
+        └── SchemaVersionError the file was written by a newer decision-trace
+
+The export thread never raises into the application: failures there are logged and
+counted (see ``DecisionTraceClient.stats``), and ``flush()`` reports them.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DecisionTraceError",
+    "EventNotFoundError",
+    "InvalidInputError",
+    "SchemaVersionError",
+    "StoreError",
+]
+
+
+class DecisionTraceError(Exception):
+    """Base class of every error decision-trace raises."""
+
+
+class InvalidInputError(DecisionTraceError, ValueError):
+    """Raised when a value given to the builder, a model or a query is invalid.
+
+    The message names the field, for example ``confidence: must be between 0 and 1, got 1.5``.
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
+class EventNotFoundError(DecisionTraceError, KeyError):
+    """Raised when an event id (for ``child_of()`` or ``get_chain()``) is not known."""
+
+    def __init__(self, event_id: str) -> None:
+        self.event_id = event_id
+        super().__init__(event_id)
+
+    def __str__(self) -> str:
+        return f"no event with id {self.event_id!r} in this process or in the store"
+
+
+class StoreError(DecisionTraceError):
+    """Raised when the SQLite store cannot be opened, read or written."""
+
+
+class SchemaVersionError(StoreError):
+    """Raised when the database was written by a newer version of decision-trace."""

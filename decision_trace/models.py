@@ -1,0 +1,370 @@
+"""The value types of decision-trace: who acted, why, on what, and the recorded event.
+
+These are plain frozen dataclasses. They know nothing of OpenTelemetry or SQLite: the
+builder turns them into span attributes (``attributes.py``) and the query module turns
+stored rows back into the same types.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any
+
+from .errors import InvalidInputError
+
+__all__ = [
+    "Actor",
+    "ActorType",
+    "DecisionTrace",
+    "ObjectType",
+    "Outcome",
+    "RiskLevel",
+    "TraceEvent",
+    "TrackedObject",
+]
+
+
+class _ValueEnum(str, Enum):
+    """A ``str`` enum that parses its values case-insensitively."""
+
+    @classmethod
+    def parse(cls, value: Any, field_name: str) -> Any:
+        """Return the member for ``value`` (a member, its value or its name, any case).
+
+        Raises:
+            InvalidInputError: ``value`` names no member; the message lists the valid ones.
+        """
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            wanted = value.strip().lower()
+            for member in cls:
+                if wanted in (member.value, member.name.lower()):
+                    return member
+        valid = ", ".join(repr(m.value) for m in cls)
+        raise InvalidInputError(field_name, f"must be one of {valid}, got {value!r}")
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class ActorType(_ValueEnum):
+    """Who performed an action."""
+
+    USER = "user"
+    """A human: a customer, a support agent, an operator."""
+    AI_AGENT = "ai_agent"
+    """An AI or ML model acting on its own judgement."""
+    COMPUTE = "compute"
+    """An automated script, scheduled job or worker."""
+    SYSTEM = "system"
+    """The platform itself (rules engines, workflow engines)."""
+    EXTERNAL = "external"
+    """A third-party service (payment provider, carrier, marketplace)."""
+
+
+class ObjectType(_ValueEnum):
+    """The kinds of business object an event can affect."""
+
+    ORDER = "order"
+    ORDER_ITEM = "order_item"
+    CART = "cart"
+    PRODUCT = "product"
+    PRICE = "price"
+    CUSTOMER = "customer"
+    INVENTORY = "inventory"
+    WAREHOUSE = "warehouse"
+    SUPPLIER = "supplier"
+    PURCHASE_ORDER = "purchase_order"
+    PAYMENT = "payment"
+    REFUND = "refund"
+    SHIPMENT = "shipment"
+    RETURN = "return"
+    CAMPAIGN = "campaign"
+    PROMOTION = "promotion"
+    COUPON = "coupon"
+    REVIEW = "review"
+    RECOMMENDATION = "recommendation"
+    REPORT = "report"
+    WORKFLOW = "workflow"
+    OTHER = "other"
+
+
+class Outcome(_ValueEnum):
+    """How an event ended."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+    PENDING = "pending"
+
+
+class RiskLevel(_ValueEnum):
+    """How risky a decision was judged to be."""
+
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+def require_text(value: Any, field_name: str) -> str:
+    """Return ``value`` if it is a non-blank ``str``, else raise naming ``field_name``."""
+    if not isinstance(value, str):
+        raise InvalidInputError(field_name, f"must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise InvalidInputError(field_name, "must not be empty")
+    return value
+
+
+def _optional_text(value: Any, field_name: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInputError(field_name, f"must be a string, got {type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who performed an action.
+
+    Build one with the constructor that matches the kind of actor::
+
+        Actor.user("user-123", "John Doe", email="john@example.com", role="support")
+        Actor.ai_agent("pricing-ai", "Dynamic Pricing", model="gpt-4", version="2.1")
+        Actor.compute("cron-job", "Inventory Sync", service_name="warehouse-api")
+
+    Attributes:
+        type: The kind of actor.
+        id: A stable identifier (user id, agent id, job name).
+        name: A display name.
+        email: A user's e-mail address (personal data).
+        role: A user's role, such as ``"support"`` or ``"customer"``.
+        model: The model an AI agent runs.
+        version: The version of an agent or job.
+        service_name: The service a job, system or external actor runs as.
+        metadata: Anything else worth keeping about the actor (JSON-compatible values).
+    """
+
+    type: ActorType
+    id: str
+    name: str | None = None
+    email: str | None = None
+    role: str | None = None
+    model: str | None = None
+    version: str | None = None
+    service_name: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "type", ActorType.parse(self.type, "actor.type"))
+        require_text(self.id, "actor.id")
+        for name in ("name", "email", "role", "model", "version", "service_name"):
+            _optional_text(getattr(self, name), f"actor.{name}")
+        if not isinstance(self.metadata, Mapping):
+            raise InvalidInputError("actor.metadata", "must be a mapping")
+
+    @classmethod
+    def user(
+        cls,
+        user_id: str,
+        name: str | None = None,
+        *,
+        email: str | None = None,
+        role: str | None = None,
+        **metadata: Any,
+    ) -> Actor:
+        """A human user (customer, support agent, operator)."""
+        return cls(ActorType.USER, user_id, name, email=email, role=role, metadata=metadata)
+
+    @classmethod
+    def ai_agent(
+        cls,
+        agent_id: str,
+        name: str | None = None,
+        *,
+        model: str | None = None,
+        version: str | None = None,
+        **metadata: Any,
+    ) -> Actor:
+        """An AI agent; ``model`` is what it runs (``"gpt-4"``), ``version`` its own version."""
+        return cls(
+            ActorType.AI_AGENT, agent_id, name, model=model, version=version, metadata=metadata
+        )
+
+    @classmethod
+    def compute(
+        cls,
+        job_id: str,
+        name: str | None = None,
+        *,
+        service_name: str | None = None,
+        version: str | None = None,
+        **metadata: Any,
+    ) -> Actor:
+        """An automated job, script or worker."""
+        return cls(
+            ActorType.COMPUTE,
+            job_id,
+            name,
+            service_name=service_name,
+            version=version,
+            metadata=metadata,
+        )
+
+    @classmethod
+    def system(
+        cls,
+        system_id: str,
+        name: str | None = None,
+        *,
+        service_name: str | None = None,
+        **metadata: Any,
+    ) -> Actor:
+        """The platform itself (a rules or workflow engine)."""
+        return cls(ActorType.SYSTEM, system_id, name, service_name=service_name, metadata=metadata)
+
+    @classmethod
+    def external(
+        cls,
+        service_id: str,
+        name: str | None = None,
+        *,
+        service_name: str | None = None,
+        **metadata: Any,
+    ) -> Actor:
+        """A third-party service; ``service_name`` is how it is known on the network."""
+        return cls(
+            ActorType.EXTERNAL, service_id, name, service_name=service_name, metadata=metadata
+        )
+
+
+@dataclass(frozen=True)
+class DecisionTrace:
+    """Why an action was taken.
+
+    Attributes:
+        reasoning: The explanation, in words. Full-text searchable.
+        context: The facts the decision was based on.
+        alternatives: Options that were considered, each a mapping (``{"action": ...}``).
+        rejection_reasons: Why each alternative was not taken, keyed by its action.
+        confidence: How sure the actor was, from 0 to 1.
+        risk_level: How risky the decision was judged to be.
+    """
+
+    reasoning: str
+    context: Mapping[str, Any] = field(default_factory=dict)
+    alternatives: Sequence[Mapping[str, Any]] = ()
+    rejection_reasons: Mapping[str, str] = field(default_factory=dict)
+    confidence: float | None = None
+    risk_level: RiskLevel | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.reasoning, str):
+            raise InvalidInputError("reasoning", "must be a string")
+        if not isinstance(self.context, Mapping):
+            raise InvalidInputError("context", "must be a mapping")
+        if isinstance(self.alternatives, (str, bytes)) or not isinstance(
+            self.alternatives, Sequence
+        ):
+            raise InvalidInputError("alternatives", "must be a list of mappings")
+        for index, alternative in enumerate(self.alternatives):
+            if not isinstance(alternative, Mapping):
+                raise InvalidInputError(f"alternatives[{index}]", "must be a mapping")
+        object.__setattr__(self, "alternatives", tuple(self.alternatives))
+        if not isinstance(self.rejection_reasons, Mapping):
+            raise InvalidInputError("rejection_reasons", "must be a mapping")
+        for key, reason in self.rejection_reasons.items():
+            if not isinstance(key, str) or not isinstance(reason, str):
+                raise InvalidInputError(
+                    "rejection_reasons", f"keys and reasons must be strings, got {key!r}"
+                )
+        if self.confidence is not None:
+            object.__setattr__(self, "confidence", check_confidence(self.confidence))
+        if self.risk_level is not None:
+            object.__setattr__(self, "risk_level", RiskLevel.parse(self.risk_level, "risk_level"))
+
+
+def check_confidence(value: Any) -> float:
+    """Return ``value`` as a float in [0, 1], or raise naming the ``confidence`` field."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInputError("confidence", f"must be a number, got {type(value).__name__}")
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise InvalidInputError("confidence", f"must be between 0 and 1, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class TrackedObject:
+    """A business object an event touched.
+
+    Attributes:
+        object_type: What kind of object it is.
+        external_id: The object's id in the application (order number, SKU…).
+        state: Facts about the object at the time of the event.
+        state_before: The relevant fields before the change, if the event changed it.
+        state_after: The same fields after the change.
+    """
+
+    object_type: ObjectType
+    external_id: str
+    state: Mapping[str, Any] = field(default_factory=dict)
+    state_before: Mapping[str, Any] | None = None
+    state_after: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "object_type", ObjectType.parse(self.object_type, "object_type"))
+        require_text(self.external_id, f"{self.object_type.value} id")
+        for name in ("state", "state_before", "state_after"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Mapping):
+                raise InvalidInputError(name, "must be a mapping")
+
+
+@dataclass(frozen=True)
+class TraceEvent:
+    """One recorded event, as read back from the store.
+
+    Attributes:
+        id: The span id, 16 lowercase hex characters.
+        timestamp: When the event started (timezone-aware, UTC).
+        duration: How long it took (zero for instantaneous events).
+        event_type: What happened, such as ``"order.created"``.
+        description: A sentence describing the event.
+        actor: Who did it, if known.
+        decision: Why it was done, if recorded.
+        objects: The business objects it touched.
+        outcome: How it ended.
+        error: The error message when the outcome is a failure.
+        tags: Free-form labels.
+        metadata: Extra JSON-compatible data (for spans not made by decision-trace, their
+            attributes).
+        correlation_id: The trace id, 32 lowercase hex characters.
+        parent_event_id: The parent span id, or None for a root event.
+        service_name: The ``service.name`` of the process that recorded it.
+    """
+
+    id: str
+    timestamp: datetime
+    duration: timedelta
+    event_type: str
+    description: str
+    actor: Actor | None
+    decision: DecisionTrace | None
+    objects: tuple[TrackedObject, ...]
+    outcome: Outcome
+    error: str | None
+    tags: tuple[str, ...]
+    metadata: Mapping[str, Any]
+    correlation_id: str
+    parent_event_id: str | None
+    service_name: str | None = None
+
+    def objects_of(self, object_type: ObjectType | str) -> tuple[TrackedObject, ...]:
+        """The objects of one type that this event touched."""
+        wanted = ObjectType.parse(object_type, "object_type")
+        return tuple(o for o in self.objects if o.object_type is wanted)

@@ -1,0 +1,238 @@
+"""``LedgerSpanProcessor``: hands every finished decision span to the SQLite exporter.
+
+Unlike the SDK's ``BatchSpanProcessor``, it never drops a span because a queue is full,
+and it ignores the sampled flag (the ledger keeps every decision; sampling only governs
+what goes to collectors).
+
+- ``durability="sync"``: ``on_end`` commits the span before returning, in the caller's
+  thread. A failed commit raises :class:`~decision_trace.errors.StoreError` to the caller.
+- ``durability="batch"``: ``on_end`` appends to a bounded in-memory queue and returns; a
+  background thread commits up to ``max_batch_size`` spans a transaction. When the queue
+  is full, ``on_end`` waits for room (back-pressure) instead of dropping. A batch that
+  still cannot be written after retries is counted in ``stats().failed``, logged, and
+  makes ``force_flush()`` return False.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from dataclasses import dataclass
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+
+from .errors import InvalidInputError
+from .exporters import SQLiteSpanExporter
+from .store import Durability
+
+__all__ = ["LedgerSpanProcessor", "LedgerStats"]
+
+_logger = logging.getLogger(__name__)
+
+RETRY_DELAYS_S = (0.05, 0.2, 0.5, 1.0, 2.0, 4.0)
+"""Waits between attempts to write a batch before its spans are counted as failed."""
+
+
+@dataclass(frozen=True)
+class LedgerStats:
+    """Counters of a ledger processor since it was created (in this process).
+
+    Attributes:
+        recorded: Spans handed to the processor.
+        written: Spans committed to the store (including ones already stored).
+        failed: Spans that could not be written after retries (lost to the ledger).
+        queued: Spans waiting for the background writer.
+    """
+
+    recorded: int
+    written: int
+    failed: int
+    queued: int
+
+
+class LedgerSpanProcessor(SpanProcessor):
+    """Write every span that ends to the SQLite ledger; see the module docstring.
+
+    Args:
+        exporter: The exporter that commits spans.
+        durability: ``"sync"`` or ``"batch"``.
+        max_queue_size: Spans held in memory before ``on_end`` waits (batch only).
+        max_batch_size: Spans committed per transaction (batch only).
+        schedule_delay_s: How long the writer waits to fill a batch (batch only).
+    """
+
+    def __init__(
+        self,
+        exporter: SQLiteSpanExporter,
+        *,
+        durability: Durability = "batch",
+        max_queue_size: int = 20_000,
+        max_batch_size: int = 512,
+        schedule_delay_s: float = 0.2,
+    ) -> None:
+        if durability not in ("sync", "batch"):
+            raise InvalidInputError("durability", f"must be 'sync' or 'batch', got {durability!r}")
+        if max_queue_size < 1 or max_batch_size < 1:
+            raise InvalidInputError("max_queue_size", "queue and batch sizes must be >= 1")
+        self._exporter = exporter
+        self.durability = durability
+        self._max_queue_size = max_queue_size
+        self._max_batch_size = max_batch_size
+        self._schedule_delay_s = schedule_delay_s
+        self._init_state()
+        if hasattr(os, "register_at_fork"):
+            ref = weakref.WeakMethod(self._after_fork_in_child)
+            os.register_at_fork(after_in_child=lambda: (m := ref()) and m())
+
+    def _init_state(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: deque[ReadableSpan] = deque()
+        self._recorded = 0
+        self._written = 0
+        self._failed = 0
+        self._in_flight = 0
+        self._flush_requested = False
+        self._shutdown = False
+        self._thread: threading.Thread | None = None
+        self._failure_logged = False
+        self._sync_lock = threading.Lock()
+
+    def _after_fork_in_child(self) -> None:
+        # The parent still owns (and will write) whatever was queued before fork();
+        # the child starts empty with fresh locks and starts its own writer on demand.
+        shutdown = self._shutdown
+        self._init_state()
+        self._shutdown = shutdown
+
+    # -- SpanProcessor ------------------------------------------------------------------
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        return None
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.durability == "sync":
+            with self._sync_lock:
+                self._recorded += 1
+                self._exporter.write([span])
+                self._written += 1
+            return
+        with self._cond:
+            if self._shutdown:
+                # Closed client: write directly rather than lose the span.
+                self._recorded += 1
+                self._exporter.write([span])
+                self._written += 1
+                return
+            self._ensure_writer()
+            while len(self._queue) >= self._max_queue_size and not self._shutdown:
+                self._cond.notify_all()
+                self._cond.wait(0.1)
+            self._queue.append(span)
+            self._recorded += 1
+            if len(self._queue) >= self._max_batch_size:
+                self._cond.notify_all()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Wait until every span recorded so far is written; False on timeout or failure."""
+        if self.durability == "sync":
+            return True
+        deadline = time.monotonic() + timeout_millis / 1000
+        with self._cond:
+            target = self._recorded
+            failed_before = self._failed
+            if self._written + self._failed >= target:
+                return self._failed == failed_before
+            self._ensure_writer()
+            self._flush_requested = True
+            self._cond.notify_all()
+            while self._written + self._failed < target:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return self._failed == failed_before
+
+    def shutdown(self) -> None:
+        """Write what is queued, stop the writer thread. Idempotent."""
+        with self._cond:
+            if self._shutdown:
+                return
+        self.force_flush()
+        with self._cond:
+            self._shutdown = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=30)
+
+    def stats(self) -> LedgerStats:
+        """Current counters; see :class:`LedgerStats`."""
+        with self._cond:
+            return LedgerStats(
+                recorded=self._recorded,
+                written=self._written,
+                failed=self._failed,
+                queued=len(self._queue) + self._in_flight,
+            )
+
+    # -- the writer thread --------------------------------------------------------------
+
+    def _ensure_writer(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(
+                target=self._run, name="decision-trace-writer", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if len(self._queue) < self._max_batch_size and not (
+                    self._flush_requested or self._shutdown
+                ):
+                    self._cond.wait(self._schedule_delay_s)
+                if not self._queue:
+                    self._flush_requested = False
+                    if self._shutdown:
+                        return
+                    continue
+                count = min(len(self._queue), self._max_batch_size)
+                batch = [self._queue.popleft() for _ in range(count)]
+                self._in_flight = count
+                self._cond.notify_all()  # room in the queue for waiting producers
+            ok = self._write_with_retries(batch)
+            with self._cond:
+                self._in_flight = 0
+                if ok:
+                    self._written += count
+                else:
+                    self._failed += count
+                self._cond.notify_all()
+
+    def _write_with_retries(self, batch: list[ReadableSpan]) -> bool:
+        for attempt, delay in enumerate((0.0, *RETRY_DELAYS_S)):
+            if delay:
+                time.sleep(delay)
+            try:
+                self._exporter.write(batch)
+            except Exception as exc:
+                if attempt == len(RETRY_DELAYS_S):
+                    if not self._failure_logged:
+                        self._failure_logged = True
+                        _logger.error(
+                            "decision-trace: %d event(s) could not be written to %s and are "
+                            "lost to the ledger: %s (further failures are counted in "
+                            "client.stats(), not logged)",
+                            len(batch),
+                            self._exporter.store.path,
+                            exc,
+                        )
+                    return False
+                continue
+            return True
+        return False

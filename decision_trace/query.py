@@ -1,0 +1,352 @@
+"""The read side: filters become SQL, rows become :class:`TraceEvent` models.
+
+Every function takes an open SQLite connection from
+:meth:`decision_trace.store.Store.reader`; every value is bound as a parameter.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from .attributes import EventRecord, clean_text, event_from_record, ns_from_datetime
+from .errors import EventNotFoundError, InvalidInputError, StoreError
+from .models import ActorType, ObjectType, Outcome, TraceEvent
+
+__all__ = ["ChainNode", "QueryFilters", "fts_query"]
+
+Order = Literal["desc", "asc"]
+
+_COLUMNS = (
+    "e.rowid, e.id, e.trace_id, e.parent_id, e.start_ns, e.duration_ns, e.event_type, "
+    "e.description, e.actor_type, e.actor_id, e.actor_name, e.actor_json, e.reasoning, "
+    "e.decision_json, e.objects_json, e.tags_json, e.outcome, e.error, e.metadata_json, "
+    "e.service_name"
+)
+_SELECT = f"SELECT {_COLUMNS} FROM events AS e"
+
+
+@dataclass(frozen=True)
+class ChainNode:
+    """One event of a chain and the events recorded as its children (oldest first)."""
+
+    event: TraceEvent
+    children: tuple[ChainNode, ...] = ()
+
+    def walk(self, depth: int = 0) -> Iterator[tuple[int, TraceEvent]]:
+        """Yield ``(depth, event)`` for this node and its descendants, depth first."""
+        yield depth, self.event
+        for child in self.children:
+            yield from child.walk(depth + 1)
+
+    def find(self, event_id: str) -> ChainNode | None:
+        """The node of ``event_id`` within this tree, if present."""
+        for node in self._nodes():
+            if node.event.id == event_id:
+                return node
+        return None
+
+    def _nodes(self) -> Iterator[ChainNode]:
+        yield self
+        for child in self.children:
+            yield from child._nodes()
+
+
+def _as_list(value: Any, field: str) -> list[Any] | None:
+    """None means no filter; a single string is a one-element list."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, Iterable):
+        raise InvalidInputError(field, f"must be a list, got {type(value).__name__}")
+    return list(value)
+
+
+def _strings(value: Any, field: str) -> list[str] | None:
+    items = _as_list(value, field)
+    if items is None:
+        return None
+    for item in items:
+        if not isinstance(item, str):
+            raise InvalidInputError(field, f"must hold strings, got {item!r}")
+    return [clean_text(item) for item in items]
+
+
+def _placeholders(values: Sequence[Any]) -> str:
+    return ",".join("?" * len(values))
+
+
+@dataclass(frozen=True)
+class QueryFilters:
+    """Validated ``query()`` arguments; see :meth:`DecisionTraceClient.query`."""
+
+    where: str
+    params: tuple[Any, ...]
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        event_types: Iterable[str] | str | None = None,
+        actor_types: Iterable[ActorType | str] | ActorType | str | None = None,
+        actor_ids: Iterable[str] | str | None = None,
+        object_types: Iterable[ObjectType | str] | ObjectType | str | None = None,
+        object_ids: Iterable[str] | str | None = None,
+        tags: Iterable[str] | str | None = None,
+        outcome: Outcome | str | None = None,
+        correlation_id: str | None = None,
+    ) -> QueryFilters:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if start is not None:
+            clauses.append("e.start_ns >= ?")
+            params.append(ns_from_datetime(start, "start"))
+        if end is not None:
+            clauses.append("e.start_ns < ?")
+            params.append(ns_from_datetime(end, "end"))
+        types = _strings(event_types, "event_types")
+        if types is not None:
+            clauses.append(f"e.event_type IN ({_placeholders(types)})")
+            params.extend(types)
+        actor_type_list = _as_list(
+            [actor_types] if isinstance(actor_types, ActorType) else actor_types, "actor_types"
+        )
+        if actor_type_list is not None:
+            values = [ActorType.parse(a, "actor_types").value for a in actor_type_list]
+            clauses.append(f"e.actor_type IN ({_placeholders(values)})")
+            params.extend(values)
+        ids = _strings(actor_ids, "actor_ids")
+        if ids is not None:
+            clauses.append(f"e.actor_id IN ({_placeholders(ids)})")
+            params.extend(ids)
+        object_type_list = _as_list(
+            [object_types] if isinstance(object_types, ObjectType) else object_types,
+            "object_types",
+        )
+        object_id_list = _strings(object_ids, "object_ids")
+        if object_type_list is not None or object_id_list is not None:
+            sub = ["o.event_rowid = e.rowid"]
+            if object_type_list is not None:
+                values = [ObjectType.parse(o, "object_types").value for o in object_type_list]
+                sub.append(f"o.object_type IN ({_placeholders(values)})")
+                params.extend(values)
+            if object_id_list is not None:
+                sub.append(f"o.external_id IN ({_placeholders(object_id_list)})")
+                params.extend(object_id_list)
+            clauses.append(f"EXISTS (SELECT 1 FROM event_objects AS o WHERE {' AND '.join(sub)})")
+        tag_list = _strings(tags, "tags")
+        if tag_list is not None:
+            clauses.append(
+                "EXISTS (SELECT 1 FROM event_tags AS t WHERE t.event_rowid = e.rowid "
+                f"AND t.tag IN ({_placeholders(tag_list)}))"
+            )
+            params.extend(tag_list)
+        if outcome is not None:
+            clauses.append("e.outcome = ?")
+            params.append(Outcome.parse(outcome, "outcome").value)
+        if correlation_id is not None:
+            if not isinstance(correlation_id, str):
+                raise InvalidInputError("correlation_id", "must be a string")
+            clauses.append("e.trace_id = ?")
+            params.append(correlation_id.lower())
+        where = " WHERE " + " AND ".join(clauses) if clauses else ""
+        return cls(where=where, params=tuple(params))
+
+
+def _check_limit(limit: int | None, offset: int) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise InvalidInputError("limit", f"must be a non-negative integer or None, got {limit!r}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise InvalidInputError("offset", f"must be a non-negative integer, got {offset!r}")
+
+
+def _run(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
+    try:
+        return conn.execute(sql, params).fetchall()
+    except sqlite3.Error as exc:
+        raise StoreError(f"query failed: {exc}") from exc
+
+
+def _events(conn: sqlite3.Connection, rows: list[Any]) -> list[TraceEvent]:
+    """Turn ``events`` rows (``_COLUMNS`` order) into models, objects included."""
+    if not rows:
+        return []
+    objects: dict[int, list[tuple[str, str]]] = {}
+    rowids = [row[0] for row in rows]
+    for chunk_start in range(0, len(rowids), 500):
+        chunk = rowids[chunk_start : chunk_start + 500]
+        for event_rowid, object_type, external_id in _run(
+            conn,
+            "SELECT event_rowid, object_type, external_id FROM event_objects "
+            f"WHERE event_rowid IN ({_placeholders(chunk)}) ORDER BY event_rowid, position",
+            chunk,
+        ):
+            objects.setdefault(event_rowid, []).append((object_type, external_id))
+    events = []
+    for row in rows:
+        linked = objects.get(row[0], [])
+        events.append(
+            event_from_record(
+                EventRecord(
+                    id=row[1],
+                    trace_id=row[2],
+                    parent_id=row[3],
+                    start_ns=row[4],
+                    duration_ns=row[5],
+                    event_type=row[6],
+                    description=row[7],
+                    actor_type=row[8],
+                    actor_id=row[9],
+                    actor_name=row[10],
+                    actor_json=row[11],
+                    reasoning=row[12],
+                    decision_json=row[13],
+                    object_types=tuple(t for t, _ in linked),
+                    object_ids=tuple(i for _, i in linked),
+                    objects_json=row[14],
+                    tags=tuple(json.loads(row[15])) if row[15] else (),
+                    outcome=row[16],
+                    error=row[17],
+                    metadata_json=row[18],
+                    service_name=row[19],
+                )
+            )
+        )
+    return events
+
+
+def query_events(
+    conn: sqlite3.Connection,
+    filters: QueryFilters,
+    *,
+    limit: int | None,
+    offset: int = 0,
+    order: Order = "desc",
+) -> list[TraceEvent]:
+    """Events matching ``filters``, newest first (``order="desc"``) or oldest first."""
+    _check_limit(limit, offset)
+    if order not in ("desc", "asc"):
+        raise InvalidInputError("order", f"must be 'desc' or 'asc', got {order!r}")
+    direction = "DESC" if order == "desc" else "ASC"
+    sql = f"{_SELECT}{filters.where} ORDER BY e.start_ns {direction}, e.rowid {direction}"
+    params = list(filters.params)
+    if limit is not None or offset:
+        sql += " LIMIT ? OFFSET ?"
+        params += [-1 if limit is None else limit, offset]
+    return _events(conn, _run(conn, sql, params))
+
+
+def count_events(conn: sqlite3.Connection, filters: QueryFilters) -> int:
+    """How many events match ``filters``."""
+    return int(_run(conn, f"SELECT count(*) FROM events AS e{filters.where}", filters.params)[0][0])
+
+
+_TOKEN = re.compile(r"\S+")
+
+
+def fts_query(text: str) -> str | None:
+    """Turn user text into a safe FTS5 query: every word quoted, words ANDed.
+
+    Quotes, ``AND``/``OR``/``NEAR``, ``*``, ``-``, ``:`` and parentheses are matched as
+    text, never parsed as FTS5 syntax. Returns None when the text has no words.
+    """
+    if not isinstance(text, str):
+        raise InvalidInputError("text", f"must be a string, got {type(text).__name__}")
+    cleaned = clean_text(text.replace("\x00", " "))
+    tokens = ['"' + token.replace('"', '""') + '"' for token in _TOKEN.findall(cleaned)]
+    return " ".join(tokens) if tokens else None
+
+
+def search_events(conn: sqlite3.Connection, text: str, *, limit: int | None) -> list[TraceEvent]:
+    """Events whose description, reasoning or context contain every word of ``text``,
+    most recently stored first."""
+    _check_limit(limit, 0)
+    match = fts_query(text)
+    if match is None:
+        return []
+    sql = (
+        f"{_SELECT} WHERE e.rowid IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ? "
+        "ORDER BY rowid DESC LIMIT ?) ORDER BY e.rowid DESC"
+    )
+    return _events(conn, _run(conn, sql, [match, -1 if limit is None else limit]))
+
+
+def get_event(conn: sqlite3.Connection, event_id: str) -> TraceEvent | None:
+    """The event with this id, or None."""
+    if not isinstance(event_id, str):
+        raise InvalidInputError("event_id", f"must be a string, got {type(event_id).__name__}")
+    events = _events(conn, _run(conn, f"{_SELECT} WHERE e.id = ?", [event_id.lower()]))
+    return events[0] if events else None
+
+
+def trace_id_of(conn: sqlite3.Connection, event_id: str) -> str | None:
+    """The trace id of a stored event, or None."""
+    rows = _run(conn, "SELECT trace_id FROM events WHERE id = ?", [event_id])
+    return str(rows[0][0]) if rows else None
+
+
+def get_chain(conn: sqlite3.Connection, event_id: str) -> ChainNode:
+    """The tree containing ``event_id``: its topmost stored ancestor and all descendants.
+
+    Raises:
+        EventNotFoundError: no stored event has that id.
+    """
+    event = get_event(conn, event_id)
+    if event is None:
+        raise EventNotFoundError(event_id)
+    events = _events(
+        conn,
+        _run(
+            conn,
+            f"{_SELECT} WHERE e.trace_id = ? ORDER BY e.start_ns, e.rowid",
+            [event.correlation_id],
+        ),
+    )
+    by_id = {e.id: e for e in events}
+    children: dict[str, list[TraceEvent]] = {}
+    for e in events:
+        if e.parent_event_id is not None and e.parent_event_id in by_id:
+            children.setdefault(e.parent_event_id, []).append(e)
+    root = by_id[event.id]
+    seen = {root.id}
+    while root.parent_event_id in by_id and root.parent_event_id not in seen:
+        root = by_id[root.parent_event_id]
+        seen.add(root.id)
+
+    def build(node: TraceEvent, path: frozenset[str]) -> ChainNode:
+        kids = [c for c in children.get(node.id, []) if c.id not in path]
+        return ChainNode(node, tuple(build(c, path | {c.id}) for c in kids))
+
+    return build(root, frozenset({root.id}))
+
+
+def object_history(
+    conn: sqlite3.Connection,
+    external_id: str,
+    object_type: ObjectType | str | None = None,
+    *,
+    limit: int | None = None,
+) -> list[TraceEvent]:
+    """Every event that touched the object, oldest first."""
+    if not isinstance(external_id, str) or not external_id:
+        raise InvalidInputError("external_id", "must be a non-empty string")
+    _check_limit(limit, 0)
+    sql = "SELECT DISTINCT event_rowid, start_ns FROM event_objects WHERE external_id = ?"
+    params: list[Any] = [clean_text(external_id)]
+    if object_type is not None:
+        sql += " AND object_type = ?"
+        params.append(ObjectType.parse(object_type, "object_type").value)
+    sql = (
+        f"{_SELECT} JOIN ({sql}) AS h ON h.event_rowid = e.rowid "
+        "ORDER BY h.start_ns, e.rowid LIMIT ?"
+    )
+    params.append(-1 if limit is None else limit)
+    return _events(conn, _run(conn, sql, params))

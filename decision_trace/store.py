@@ -1,0 +1,440 @@
+"""The SQLite ledger: schema, migrations, connections and writes.
+
+All SQL that writes lives here; the SQL that reads lives in ``query.py``. The store knows
+nothing of OpenTelemetry: it writes :class:`~decision_trace.attributes.EventRecord` rows.
+
+Layout (schema version 1)::
+
+    events         one row per event (span); indexed by time, type, actor, trace, parent
+    event_objects  one row per object an event touched; indexed by (type, id, time)
+    event_tags     one row per tag; keyed by (tag, event)
+    events_fts     FTS5 over description, reasoning and the context JSON, kept in step by
+                   triggers (external content, read through the ``events_fts_source`` view)
+
+Connections: one writer connection per process (the exporter's), and a reader
+connection per thread. WAL mode lets readers run while the writer commits; a busy
+timeout makes concurrent writers from several processes wait instead of failing.
+The database file and its ``-wal``/``-shm`` companions are created with mode 0600.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .attributes import EventRecord
+from .errors import SchemaVersionError, StoreError
+
+__all__ = ["SCHEMA_VERSION", "Store", "default_db_path"]
+
+DB_ENV_VAR = "DECISION_TRACE_DB"
+"""Environment variable naming the database file."""
+
+BUSY_TIMEOUT_MS = 60_000
+"""How long a connection waits for another process's write lock before failing."""
+
+Durability = Literal["sync", "batch"]
+
+
+def default_db_path() -> Path:
+    """The database path used when none is given.
+
+    ``$DECISION_TRACE_DB``, else ``$XDG_DATA_HOME/decision-trace/traces.db``, else
+    ``~/.local/share/decision-trace/traces.db``.
+    """
+    explicit = os.environ.get(DB_ENV_VAR)
+    if explicit:
+        return Path(explicit).expanduser()
+    data_home = os.environ.get("XDG_DATA_HOME")
+    base = Path(data_home).expanduser() if data_home else Path.home() / ".local" / "share"
+    return base / "decision-trace" / "traces.db"
+
+
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    """Run each statement of ``script`` inside the current transaction.
+
+    (``executescript`` would COMMIT first, breaking the migration's transaction.)
+    """
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            conn.execute(statement)
+            statement = ""
+    if statement.strip():
+        raise StoreError(f"incomplete SQL statement in migration: {statement!r}")
+
+
+def _migration_1(conn: sqlite3.Connection) -> None:
+    _run_script(
+        conn,
+        """
+        CREATE TABLE events (
+            rowid         INTEGER PRIMARY KEY,
+            id            TEXT NOT NULL UNIQUE,
+            trace_id      TEXT NOT NULL,
+            parent_id     TEXT,
+            start_ns      INTEGER NOT NULL,
+            duration_ns   INTEGER NOT NULL,
+            event_type    TEXT NOT NULL,
+            description   TEXT NOT NULL,
+            actor_type    TEXT,
+            actor_id      TEXT,
+            actor_name    TEXT,
+            actor_json    TEXT,
+            reasoning     TEXT,
+            decision_json TEXT,
+            objects_json  TEXT,
+            tags_json     TEXT,
+            outcome       TEXT NOT NULL,
+            error         TEXT,
+            metadata_json TEXT,
+            service_name  TEXT
+        );
+        CREATE INDEX events_by_time ON events (start_ns);
+        CREATE INDEX events_by_type ON events (event_type, start_ns);
+        CREATE INDEX events_by_actor ON events (actor_type, actor_id, start_ns);
+        CREATE INDEX events_by_trace ON events (trace_id);
+        CREATE INDEX events_by_parent ON events (parent_id);
+
+        CREATE TABLE event_objects (
+            event_rowid INTEGER NOT NULL,
+            position    INTEGER NOT NULL,
+            object_type TEXT NOT NULL,
+            external_id TEXT NOT NULL,
+            start_ns    INTEGER NOT NULL,
+            PRIMARY KEY (event_rowid, position)
+        ) WITHOUT ROWID;
+        CREATE INDEX event_objects_by_object
+            ON event_objects (object_type, external_id, start_ns);
+        CREATE INDEX event_objects_by_id ON event_objects (external_id, start_ns);
+
+        CREATE TABLE event_tags (
+            tag         TEXT NOT NULL,
+            event_rowid INTEGER NOT NULL,
+            PRIMARY KEY (tag, event_rowid)
+        ) WITHOUT ROWID;
+
+        CREATE VIEW events_fts_source AS
+            SELECT rowid, description, reasoning,
+                   json_extract(decision_json, '$.context') AS context
+            FROM events;
+        CREATE VIRTUAL TABLE events_fts USING fts5(
+            description, reasoning, context,
+            content='events_fts_source', content_rowid='rowid'
+        );
+        CREATE TRIGGER events_fts_insert AFTER INSERT ON events BEGIN
+            INSERT INTO events_fts (rowid, description, reasoning, context)
+            VALUES (new.rowid, new.description, new.reasoning,
+                    json_extract(new.decision_json, '$.context'));
+        END;
+        CREATE TRIGGER events_fts_delete AFTER DELETE ON events BEGIN
+            INSERT INTO events_fts (events_fts, rowid, description, reasoning, context)
+            VALUES ('delete', old.rowid, old.description, old.reasoning,
+                    json_extract(old.decision_json, '$.context'));
+        END;
+        """,
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migration_1,)
+"""Schema migrations in order; migration ``n`` brings ``user_version`` from n-1 to n."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+"""The schema version this release writes (``PRAGMA user_version``)."""
+
+_EVENT_COLUMNS = (
+    "rowid, id, trace_id, parent_id, start_ns, duration_ns, event_type, description, "
+    "actor_type, actor_id, actor_name, actor_json, reasoning, decision_json, objects_json, "
+    "tags_json, outcome, error, metadata_json, service_name"
+)
+_INSERT_EVENT = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES ({', '.join('?' * 20)})"
+_INSERT_OBJECT = (
+    "INSERT INTO event_objects (event_rowid, position, object_type, external_id, start_ns) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
+_INSERT_TAG = "INSERT OR IGNORE INTO event_tags (tag, event_rowid) VALUES (?, ?)"
+
+
+def _tags_json(tags: Sequence[str]) -> str | None:
+    if not tags:
+        return None
+    return json.dumps(list(tags), ensure_ascii=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """What :meth:`Store.prune` removed (or would remove, on a dry run)."""
+
+    events: int
+    objects: int
+    tags: int
+
+
+class Store:
+    """One SQLite ledger file.
+
+    Args:
+        path: The database file. Its folder is created (mode 0700) if missing.
+        durability: ``"sync"`` commits with ``synchronous=FULL`` (a committed event
+            survives power loss); ``"batch"`` uses ``synchronous=NORMAL`` (a committed
+            event survives a crash of the process).
+        create: If false, a missing file is an error instead of being created.
+
+    Raises:
+        StoreError: the file cannot be opened or is not a decision-trace database.
+        SchemaVersionError: the file was written by a newer decision-trace.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, durability: Durability = "batch", create: bool = True
+    ) -> None:
+        self.path = Path(path).expanduser()
+        self._synchronous = "FULL" if durability == "sync" else "NORMAL"
+        self._write_lock = threading.Lock()
+        self._writer: sqlite3.Connection | None = None
+        self._writer_pid = 0
+        self._local = threading.local()
+        self._closed = False
+        self._all_readers: list[sqlite3.Connection] = []
+        if not self.path.exists():
+            if not create:
+                raise StoreError(f"no decision-trace database at {self.path}")
+            _create_private_file(self.path)
+        conn = self._connect()
+        try:
+            self._migrate(conn)
+        finally:
+            conn.close()
+
+    # -- connections ------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {self.path}: {exc}") from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreError(f"{self.path} is not a decision-trace database: {exc}") from exc
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = self._user_version(conn)
+        if version > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"{self.path} has schema version {version}, newer than the {SCHEMA_VERSION} "
+                "this decision-trace understands; upgrade decision-trace to read it"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            # Another process may have migrated while we waited for the lock.
+            version = self._user_version(conn)
+            for number in range(version + 1, SCHEMA_VERSION + 1):
+                MIGRATIONS[number - 1](conn)
+                conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise StoreError(f"cannot migrate {self.path}: {exc}") from exc
+
+    def _user_version(self, conn: sqlite3.Connection) -> int:
+        try:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version == 0:
+                tables = conn.execute(
+                    "SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+                ).fetchone()[0]
+                if tables:
+                    raise StoreError(
+                        f"{self.path} is an SQLite database of another application "
+                        "(it has tables but no decision-trace schema version)"
+                    )
+            return version
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is not a decision-trace database: {exc}") from exc
+
+    def _writer_connection(self) -> sqlite3.Connection:
+        pid = os.getpid()
+        if self._writer is None or self._writer_pid != pid:
+            # Never reuse a connection across fork(): the child opens its own.
+            self._writer = self._connect()
+            self._writer_pid = pid
+        return self._writer
+
+    @contextmanager
+    def reader(self) -> Iterator[sqlite3.Connection]:
+        """A read connection for the calling thread (kept open and reused)."""
+        if self._closed:
+            raise StoreError("the store is closed")
+        pid = os.getpid()
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "pid", 0) != pid:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only = 1")
+            self._local.conn = conn
+            self._local.pid = pid
+            self._all_readers.append(conn)
+        yield conn
+
+    def close(self) -> None:
+        """Close every connection this store opened in this process. Idempotent."""
+        self._closed = True
+        with self._write_lock:
+            if self._writer is not None and self._writer_pid == os.getpid():
+                self._writer.close()
+            self._writer = None
+        for conn in self._all_readers:
+            with suppress(sqlite3.Error):
+                conn.close()
+        self._all_readers.clear()
+
+    # -- writes -----------------------------------------------------------------------
+
+    def write(self, records: Sequence[EventRecord]) -> int:
+        """Commit ``records`` in one transaction; return how many were new.
+
+        A record whose id is already stored is skipped, so exporting the same span twice
+        never duplicates an event.
+
+        Raises:
+            StoreError: the transaction could not be committed (nothing was written).
+        """
+        if not records:
+            return 0
+        with self._write_lock:
+            if self._closed:
+                raise StoreError("the store is closed")
+            conn = self._writer_connection()
+            try:
+                return self._write_batch(conn, records)
+            except sqlite3.IntegrityError:
+                # An id is already stored: write one at a time, skipping those.
+                return sum(self._write_batch(conn, [r], skip_existing=True) for r in records)
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot write to {self.path}: {exc}") from exc
+
+    def _write_batch(
+        self, conn: sqlite3.Connection, records: Sequence[EventRecord], skip_existing: bool = False
+    ) -> int:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if skip_existing:
+                ids = [r.id for r in records]
+                known = {
+                    row[0]
+                    for row in conn.execute(
+                        f"SELECT id FROM events WHERE id IN ({','.join('?' * len(ids))})", ids
+                    )
+                }
+                records = [r for r in records if r.id not in known]
+            base = conn.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()[0]
+            event_rows = []
+            object_rows = []
+            tag_rows = []
+            for rowid, r in enumerate(records, base + 1):
+                event_rows.append(
+                    (
+                        rowid,
+                        r.id,
+                        r.trace_id,
+                        r.parent_id,
+                        r.start_ns,
+                        r.duration_ns,
+                        r.event_type,
+                        r.description,
+                        r.actor_type,
+                        r.actor_id,
+                        r.actor_name,
+                        r.actor_json,
+                        r.reasoning,
+                        r.decision_json,
+                        r.objects_json,
+                        _tags_json(r.tags),
+                        r.outcome,
+                        r.error,
+                        r.metadata_json,
+                        r.service_name,
+                    )
+                )
+                for position, (object_type, external_id) in enumerate(
+                    zip(r.object_types, r.object_ids, strict=False)
+                ):
+                    object_rows.append((rowid, position, object_type, external_id, r.start_ns))
+                for tag in r.tags:
+                    tag_rows.append((tag, rowid))
+            conn.executemany(_INSERT_EVENT, event_rows)
+            if object_rows:
+                conn.executemany(_INSERT_OBJECT, object_rows)
+            if tag_rows:
+                conn.executemany(_INSERT_TAG, tag_rows)
+            conn.execute("COMMIT")
+            return len(event_rows)
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def prune(self, older_than_ns: int, *, dry_run: bool = False) -> PruneReport:
+        """Delete events that started before ``older_than_ns`` with their objects, tags
+        and search entries. With ``dry_run``, only count them."""
+        with self._write_lock:
+            conn = self._writer_connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                old = "SELECT rowid FROM events WHERE start_ns < ?"
+                counts = [
+                    conn.execute(sql.format(old=old), (older_than_ns,)).fetchone()[0]
+                    for sql in (
+                        "SELECT count(*) FROM events WHERE start_ns < ?",
+                        "SELECT count(*) FROM event_objects WHERE event_rowid IN ({old})",
+                        "SELECT count(*) FROM event_tags WHERE event_rowid IN ({old})",
+                    )
+                ]
+                if not dry_run:
+                    conn.execute(
+                        f"DELETE FROM event_objects WHERE event_rowid IN ({old})", (older_than_ns,)
+                    )
+                    conn.execute(
+                        f"DELETE FROM event_tags WHERE event_rowid IN ({old})", (older_than_ns,)
+                    )
+                    conn.execute("DELETE FROM events WHERE start_ns < ?", (older_than_ns,))
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise StoreError(f"cannot prune {self.path}: {exc}") from exc
+        return PruneReport(events=counts[0], objects=counts[1], tags=counts[2])
+
+
+def _create_private_file(path: Path) -> None:
+    """Create ``path`` empty with mode 0600, its missing folders with mode 0700."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        os.close(fd)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StoreError(f"cannot create {path}: {exc}") from exc

@@ -1,0 +1,99 @@
+"""``SQLiteSpanExporter``: writes finished spans into the decision-trace ledger."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from decision_trace.attributes import record_from_span
+from decision_trace.errors import StoreError
+from decision_trace.store import Durability, Store, default_db_path
+
+__all__ = ["SQLiteSpanExporter"]
+
+_logger = logging.getLogger(__name__)
+
+
+class SQLiteSpanExporter(SpanExporter):
+    """Export spans to a decision-trace SQLite ledger.
+
+    Spans recorded by decision-trace are stored with their actor, decision and objects;
+    any other span is stored as an event named after the span (its attributes kept as
+    metadata), so the request that led to a decision appears in ``get_chain``.
+
+    Constructible with no arguments, as OpenTelemetry auto-configuration does through
+    the ``opentelemetry_traces_exporter`` entry point ``decision_trace``::
+
+        OTEL_TRACES_EXPORTER=otlp,decision_trace opentelemetry-instrument python app.py
+
+    Args:
+        db_path: The database file; default ``$DECISION_TRACE_DB``, else
+            ``$XDG_DATA_HOME/decision-trace/traces.db``, else
+            ``~/.local/share/decision-trace/traces.db``.
+        durability: ``"sync"`` or ``"batch"``; see :class:`~decision_trace.store.Store`.
+        store: An open store to write to instead of opening ``db_path``.
+    """
+
+    def __init__(
+        self,
+        db_path: str | os.PathLike[str] | None = None,
+        *,
+        durability: Durability = "batch",
+        store: Store | None = None,
+    ) -> None:
+        self._owns_store = store is None
+        self._store = (
+            store
+            if store is not None
+            else Store(db_path if db_path is not None else default_db_path(), durability=durability)
+        )
+        self._is_shutdown = False
+
+    @property
+    def store(self) -> Store:
+        """The store this exporter writes to."""
+        return self._store
+
+    def write(self, spans: Sequence[ReadableSpan]) -> int:
+        """Commit ``spans``; return how many were new. Unlike :meth:`export`, raises.
+
+        Raises:
+            StoreError: nothing was written (the store is closed, full, or locked for
+                longer than the busy timeout).
+        """
+        if self._is_shutdown:
+            raise StoreError("the exporter is shut down")
+        records = []
+        for span in spans:
+            try:
+                records.append(record_from_span(span))
+            except Exception:  # a malformed foreign span must not block the batch
+                _logger.exception("decision-trace: cannot decode span %r; skipped", span.name)
+        return self._store.write(records)
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Write ``spans``; never raises (failures are logged and return ``FAILURE``)."""
+        if self._is_shutdown:
+            return SpanExportResult.FAILURE
+        try:
+            self.write(spans)
+        except Exception:
+            _logger.exception("decision-trace: could not store %d span(s)", len(spans))
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        """Stop exporting and close the store if this exporter opened it. Idempotent."""
+        if self._is_shutdown:
+            return
+        self._is_shutdown = True
+        if self._owns_store:
+            self._store.close()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Every export commits before returning, so there is nothing to flush."""
+        return True
