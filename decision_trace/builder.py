@@ -16,6 +16,7 @@ builder so calls chain::
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,7 @@ from opentelemetry import trace as otel_trace
 from opentelemetry.trace import Span, SpanContext, Status, StatusCode
 
 from . import attributes as keys
-from .attributes import AttributeValue, clean_text, dumps
+from .attributes import AttributeValue, clean_text, dumps, ns_from_datetime
 from .errors import DecisionTraceError, InvalidInputError
 from .models import (
     Actor,
@@ -82,6 +83,7 @@ class TraceBuilder:
         self._span: Span | None = None
         self._token: object | None = None
         self._recorded_id: str | None = None
+        self._start_ns: int | None = None
 
     # -- who ---------------------------------------------------------------------------
 
@@ -240,54 +242,134 @@ class TraceBuilder:
         return self
 
     def affecting_order(
-        self, order_id: str, state: Mapping[str, Any] | None = None, **changes: Any
+        self,
+        order_id: str,
+        state: Mapping[str, Any] | None = None,
+        *,
+        state_before: Mapping[str, Any] | None = None,
+        state_after: Mapping[str, Any] | None = None,
     ) -> TraceBuilder:
         """Link an order; see :meth:`affecting` for ``state_before``/``state_after``."""
-        return self.affecting(ObjectType.ORDER, order_id, state, **changes)
+        return self.affecting(
+            ObjectType.ORDER, order_id, state, state_before=state_before, state_after=state_after
+        )
 
     def affecting_product(
-        self, product_id: str, state: Mapping[str, Any] | None = None, **changes: Any
+        self,
+        product_id: str,
+        state: Mapping[str, Any] | None = None,
+        *,
+        state_before: Mapping[str, Any] | None = None,
+        state_after: Mapping[str, Any] | None = None,
     ) -> TraceBuilder:
         """Link a product."""
-        return self.affecting(ObjectType.PRODUCT, product_id, state, **changes)
+        return self.affecting(
+            ObjectType.PRODUCT,
+            product_id,
+            state,
+            state_before=state_before,
+            state_after=state_after,
+        )
 
     def affecting_customer(
-        self, customer_id: str, state: Mapping[str, Any] | None = None, **changes: Any
+        self,
+        customer_id: str,
+        state: Mapping[str, Any] | None = None,
+        *,
+        state_before: Mapping[str, Any] | None = None,
+        state_after: Mapping[str, Any] | None = None,
     ) -> TraceBuilder:
         """Link a customer."""
-        return self.affecting(ObjectType.CUSTOMER, customer_id, state, **changes)
+        return self.affecting(
+            ObjectType.CUSTOMER,
+            customer_id,
+            state,
+            state_before=state_before,
+            state_after=state_after,
+        )
 
     def affecting_payment(
-        self, payment_id: str, state: Mapping[str, Any] | None = None, **changes: Any
+        self,
+        payment_id: str,
+        state: Mapping[str, Any] | None = None,
+        *,
+        state_before: Mapping[str, Any] | None = None,
+        state_after: Mapping[str, Any] | None = None,
     ) -> TraceBuilder:
         """Link a payment."""
-        return self.affecting(ObjectType.PAYMENT, payment_id, state, **changes)
+        return self.affecting(
+            ObjectType.PAYMENT,
+            payment_id,
+            state,
+            state_before=state_before,
+            state_after=state_after,
+        )
 
     def affecting_shipment(
-        self, shipment_id: str, state: Mapping[str, Any] | None = None, **changes: Any
+        self,
+        shipment_id: str,
+        state: Mapping[str, Any] | None = None,
+        *,
+        state_before: Mapping[str, Any] | None = None,
+        state_after: Mapping[str, Any] | None = None,
     ) -> TraceBuilder:
         """Link a shipment."""
-        return self.affecting(ObjectType.SHIPMENT, shipment_id, state, **changes)
+        return self.affecting(
+            ObjectType.SHIPMENT,
+            shipment_id,
+            state,
+            state_before=state_before,
+            state_after=state_after,
+        )
 
     def affecting_return(
-        self, return_id: str, state: Mapping[str, Any] | None = None, **changes: Any
+        self,
+        return_id: str,
+        state: Mapping[str, Any] | None = None,
+        *,
+        state_before: Mapping[str, Any] | None = None,
+        state_after: Mapping[str, Any] | None = None,
     ) -> TraceBuilder:
         """Link a return (also available as :meth:`affecting_return_`)."""
-        return self.affecting(ObjectType.RETURN, return_id, state, **changes)
+        return self.affecting(
+            ObjectType.RETURN, return_id, state, state_before=state_before, state_after=state_after
+        )
 
     affecting_return_ = affecting_return
 
     def affecting_campaign(
-        self, campaign_id: str, state: Mapping[str, Any] | None = None, **changes: Any
+        self,
+        campaign_id: str,
+        state: Mapping[str, Any] | None = None,
+        *,
+        state_before: Mapping[str, Any] | None = None,
+        state_after: Mapping[str, Any] | None = None,
     ) -> TraceBuilder:
         """Link a marketing campaign."""
-        return self.affecting(ObjectType.CAMPAIGN, campaign_id, state, **changes)
+        return self.affecting(
+            ObjectType.CAMPAIGN,
+            campaign_id,
+            state,
+            state_before=state_before,
+            state_after=state_after,
+        )
 
     def affecting_promotion(
-        self, promotion_id: str, state: Mapping[str, Any] | None = None, **changes: Any
+        self,
+        promotion_id: str,
+        state: Mapping[str, Any] | None = None,
+        *,
+        state_before: Mapping[str, Any] | None = None,
+        state_after: Mapping[str, Any] | None = None,
     ) -> TraceBuilder:
         """Link a promotion."""
-        return self.affecting(ObjectType.PROMOTION, promotion_id, state, **changes)
+        return self.affecting(
+            ObjectType.PROMOTION,
+            promotion_id,
+            state,
+            state_before=state_before,
+            state_after=state_after,
+        )
 
     def affecting_inventory(
         self,
@@ -360,6 +442,17 @@ class TraceBuilder:
         self._outcome = Outcome.PENDING
         return self
 
+    def at(self, timestamp: datetime) -> TraceBuilder:
+        """Record the event as having happened at ``timestamp`` instead of now.
+
+        For importing or backfilling past events. A naive datetime is taken as UTC.
+        Not available on ``span()`` builders, whose time is the block's real time.
+        """
+        if self._as_span:
+            raise DecisionTraceError("at() cannot be used with span(); its time is measured")
+        self._start_ns = ns_from_datetime(timestamp, "timestamp")
+        return self
+
     def child_of(self, parent: str) -> TraceBuilder:
         """Record this event as a child of another.
 
@@ -419,12 +512,15 @@ class TraceBuilder:
             )
         attrs = self._final_attributes()
         span = self._client._tracer.start_span(
-            self._event_type, context=self._parent_otel_context(), attributes=attrs
+            self._event_type,
+            context=self._parent_otel_context(),
+            attributes=attrs,
+            start_time=self._start_ns,
         )
         self._recorded_id = self._client._remember(span)
         if self._outcome is Outcome.FAILURE:
             span.set_status(Status(StatusCode.ERROR, self._error))
-        span.end()
+        span.end(end_time=self._start_ns)
         return self._recorded_id
 
     @property
