@@ -8,6 +8,7 @@ SQLite store, and, when configured, an OTLP exporter to a collector.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import re
 import signal
@@ -22,6 +23,7 @@ from typing import Any
 from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+from opentelemetry.sdk.trace import sampling as _sampling
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, TraceFlags
@@ -39,6 +41,8 @@ from .store import Durability, Store, default_db_path
 
 __all__ = ["DecisionTraceClient"]
 
+_logger = logging.getLogger(__name__)
+
 INSTRUMENTATION_NAME = "decision_trace"
 
 DEFAULT_DURABILITY: Durability = "batch"
@@ -53,12 +57,29 @@ _RECENT_EVENTS = 10_000
 
 
 class _LedgerSampler(Sampler):
-    """Record every decision; mark it sampled only when the parent is (or there is none).
+    """Record every decision; mark it sampled only when the application would.
 
-    The ledger keeps RECORD_ONLY spans too, so no decision is lost to the application's
-    sampling, while OTLP export (which skips unsampled spans) follows it, and the sampled
-    flag passed on to children is never changed.
+    Under a parent span the decision takes the parent's sampled flag. A root decision
+    asks the application's sampler: the global SDK provider's, else the one
+    ``OTEL_TRACES_SAMPLER`` names, else it is sampled. Where that sampler says DROP the
+    span is still recorded (RECORD_ONLY). The ledger keeps RECORD_ONLY spans too, so no
+    decision is lost to the application's sampling, while OTLP export (which skips
+    unsampled spans) follows it, and the sampled flag passed on to children is never
+    changed.
     """
+
+    def __init__(self) -> None:
+        self._own_provider: weakref.ref[TracerProvider] | None = None
+        self._env_sampler: Sampler | None = (
+            _sampling._get_from_env_or_default() if os.environ.get("OTEL_TRACES_SAMPLER") else None
+        )
+
+    def _app_sampler(self) -> Sampler | None:
+        provider = otel_trace.get_tracer_provider()
+        own = self._own_provider() if self._own_provider is not None else None
+        if isinstance(provider, TracerProvider) and provider is not own:
+            return provider.sampler
+        return self._env_sampler
 
     def should_sample(
         self,
@@ -76,6 +97,18 @@ class _LedgerSampler(Sampler):
                 Decision.RECORD_AND_SAMPLE if parent.trace_flags.sampled else Decision.RECORD_ONLY
             )
             return SamplingResult(decision, attributes, parent.trace_state)
+        app_sampler = self._app_sampler()
+        if app_sampler is not None:
+            try:
+                app = app_sampler.should_sample(
+                    parent_context, trace_id, name, kind, attributes, links, trace_state
+                )
+            except Exception:  # a broken sampler must not cost a decision
+                _logger.exception("decision-trace: the application's sampler failed")
+            else:
+                if app.decision is not Decision.RECORD_AND_SAMPLE:
+                    return SamplingResult(Decision.RECORD_ONLY, attributes, app.trace_state)
+                return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, app.trace_state)
         return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
 
     def get_description(self) -> str:
@@ -215,15 +248,23 @@ class DecisionTraceClient:
             self._exporter, durability=durability, max_queue_size=max_queue_size
         )
         resource_attrs = {keys.SERVICE_NAME: service_name} if service_name else {}
+        sampler = _LedgerSampler()
         self._provider = TracerProvider(
-            sampler=_LedgerSampler(),
+            sampler=sampler,
             resource=Resource.create(resource_attrs),
             span_limits=_NO_LIMITS,
             shutdown_on_exit=False,
         )
+        sampler._own_provider = weakref.ref(self._provider)
+        # OTEL_SDK_DISABLED=true turns telemetry off, not the audit trail: the SDK would
+        # hand out a no-op tracer and silently lose every decision, so our provider stays
+        # on for the ledger, and only OTLP export is switched off.
+        sdk_disabled = os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+        if getattr(self._provider, "_disabled", False):
+            self._provider._disabled = False
         self._provider.add_span_processor(self._ledger)
         extra = list(exporters)
-        otlp = _otlp_exporter(otlp_endpoint)
+        otlp = None if sdk_disabled else _otlp_exporter(otlp_endpoint)
         if otlp is not None:
             extra.append(otlp)
         for exporter in extra:
