@@ -14,6 +14,7 @@ Quick start::
 
 from .builder import TraceBuilder
 from .client import DecisionTraceClient
+from .ecommerce import EcommerceClient, EcommerceEventType
 from .errors import (
     DecisionTraceError,
     EventNotFoundError,
@@ -43,6 +44,8 @@ __all__ = [
     "DecisionTrace",
     "DecisionTraceClient",
     "DecisionTraceError",
+    "EcommerceClient",
+    "EcommerceEventType",
     "EventNotFoundError",
     "InvalidInputError",
     "LedgerStats",
