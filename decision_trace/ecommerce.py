@@ -1136,7 +1136,7 @@ class EcommerceClient(DecisionTraceClient):
                 EcommerceEventType.AUTOMATION_TRIGGERED,
                 f"Automation {rule} triggered by {trigger}",
             )
-            .by(Actor.system(rule, rule, service_name=engine))
+            .by(Actor.system(rule, service_name=engine))
             .because(
                 f"Rule {rule} fired on {trigger}",
                 context={**facts, "rule": rule, "trigger": trigger, "actions": steps},
