@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from .attributes import EventRecord, clean_text, event_from_record, ns_from_datetime
+from .attributes import (
+    EventRecord,
+    clean_text,
+    datetime_from_ns,
+    event_from_record,
+    ns_from_datetime,
+)
 from .errors import EventNotFoundError, InvalidInputError, StoreError
 from .models import ActorType, ObjectType, Outcome, TraceEvent
 
@@ -350,3 +356,127 @@ def object_history(
     )
     params.append(-1 if limit is None else limit)
     return _events(conn, _run(conn, sql, params))
+
+
+def iter_events(
+    conn: sqlite3.Connection,
+    filters: QueryFilters,
+    *,
+    order: Order = "asc",
+    batch_size: int = 500,
+) -> Iterator[TraceEvent]:
+    """Every event matching ``filters``, oldest first by default, read ``batch_size`` rows
+    at a time so that memory stays bounded however many events match.
+
+    The whole iteration reads one snapshot of the file (a read transaction that ends when
+    the iterator is exhausted or closed), so concurrent writes or prunes never make it
+    skip or repeat an event.
+    """
+    if order not in ("desc", "asc"):
+        raise InvalidInputError("order", f"must be 'desc' or 'asc', got {order!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidInputError("batch_size", f"must be a positive integer, got {batch_size!r}")
+    direction = "DESC" if order == "desc" else "ASC"
+    sql = f"{_SELECT}{filters.where} ORDER BY e.start_ns {direction}, e.rowid {direction}"
+    own_transaction = not conn.in_transaction
+    try:
+        if own_transaction:
+            conn.execute("BEGIN")
+        cursor = conn.execute(sql, filters.params)
+        while True:
+            rows = cursor.fetchmany(batch_size)
+            if not rows:
+                break
+            yield from _events(conn, rows)
+    except sqlite3.Error as exc:
+        raise StoreError(f"query failed: {exc}") from exc
+    finally:
+        if own_transaction and conn.in_transaction:
+            conn.execute("COMMIT")
+
+
+@dataclass(frozen=True)
+class LedgerSummary:
+    """Counts describing a whole ledger file (what ``decision-trace stats`` shows).
+
+    Attributes:
+        events: How many events are stored.
+        objects: How many (event, object) links are stored.
+        distinct_objects: How many different business objects were touched.
+        first: When the oldest event started, or None for an empty ledger.
+        last: When the newest event started, or None for an empty ledger.
+        by_event_type: ``(event_type, count)``, most frequent first.
+        by_actor_type: ``(actor_type, count)``, most frequent first; None for no actor.
+        by_outcome: ``(outcome, count)``, most frequent first.
+        by_day: ``(YYYY-MM-DD, count)`` per UTC day that has events, newest first.
+        schema_version: The file's ``PRAGMA user_version``.
+    """
+
+    events: int
+    objects: int
+    distinct_objects: int
+    first: datetime | None
+    last: datetime | None
+    by_event_type: tuple[tuple[str, int], ...]
+    by_actor_type: tuple[tuple[str | None, int], ...]
+    by_outcome: tuple[tuple[str, int], ...]
+    by_day: tuple[tuple[str, int], ...]
+    schema_version: int
+
+
+def summarize(conn: sqlite3.Connection, *, days: int | None = None) -> LedgerSummary:
+    """Count the ledger's events by type, actor type, outcome and UTC day.
+
+    Args:
+        days: Keep only the newest ``days`` days that have events in ``by_day``
+            (None for every day).
+    """
+    _check_limit(days, 0)
+
+    def grouped(column: str) -> list[Any]:
+        return _run(
+            conn,
+            f"SELECT {column}, count(*) AS n FROM events GROUP BY {column} "
+            f"ORDER BY n DESC, {column}",
+            [],
+        )
+
+    own_transaction = not conn.in_transaction
+    try:
+        if own_transaction:
+            conn.execute("BEGIN")
+        total, first_ns, last_ns = _run(
+            conn, "SELECT count(*), min(start_ns), max(start_ns) FROM events", []
+        )[0]
+        objects, distinct_objects = _run(
+            conn,
+            "SELECT count(*), (SELECT count(*) FROM (SELECT DISTINCT object_type, external_id "
+            "FROM event_objects)) FROM event_objects",
+            [],
+        )[0]
+        by_day = _run(
+            conn,
+            "SELECT date(start_ns / 1000000000, 'unixepoch') AS day, count(*) FROM events "
+            "GROUP BY day ORDER BY day DESC LIMIT ?",
+            [-1 if days is None else days],
+        )
+        summary = LedgerSummary(
+            events=int(total),
+            objects=int(objects),
+            distinct_objects=int(distinct_objects),
+            first=datetime_from_ns(first_ns) if first_ns is not None else None,
+            last=datetime_from_ns(last_ns) if last_ns is not None else None,
+            by_event_type=tuple((str(t), int(n)) for t, n in grouped("event_type")),
+            by_actor_type=tuple(
+                (str(t) if t is not None else None, int(n)) for t, n in grouped("actor_type")
+            ),
+            by_outcome=tuple((str(o), int(n)) for o, n in grouped("outcome")),
+            by_day=tuple((str(d), int(n)) for d, n in by_day),
+            schema_version=int(_run(conn, "PRAGMA user_version", [])[0][0]),
+        )
+    except sqlite3.Error as exc:
+        raise StoreError(f"query failed: {exc}") from exc
+    finally:
+        if own_transaction and conn.in_transaction:
+            conn.execute("COMMIT")
+    return summary

@@ -438,3 +438,41 @@ def _create_private_file(path: Path) -> None:
         pass
     except OSError as exc:
         raise StoreError(f"cannot create {path}: {exc}") from exc
+
+
+def check_integrity(store: Store) -> list[str]:
+    """Run SQLite's ``PRAGMA integrity_check`` and FTS5's own check of the search index
+    against the events table; return the problems found (an empty list means sound)."""
+    with store._write_lock:
+        conn = store._writer_connection()
+        try:
+            problems = [
+                str(row[0])
+                for row in conn.execute("PRAGMA integrity_check").fetchall()
+                if str(row[0]) != "ok"
+            ]
+            try:
+                conn.execute(
+                    "INSERT INTO events_fts (events_fts, rank) VALUES ('integrity-check', 1)"
+                )
+            except sqlite3.DatabaseError as exc:
+                problems.append(f"search index: {exc}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot check {store.path}: {exc}") from exc
+    return problems
+
+
+def compact(store: Store) -> None:
+    """Rewrite the file without the space (and the bytes) of deleted events.
+
+    Merges the search index (dropping entries of deleted events), runs ``VACUUM`` and
+    truncates the write-ahead log, so pruned personal data no longer sits in free pages.
+    """
+    with store._write_lock:
+        conn = store._writer_connection()
+        try:
+            conn.execute("INSERT INTO events_fts (events_fts) VALUES ('optimize')")
+            conn.execute("VACUUM")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot compact {store.path}: {exc}") from exc

@@ -1,0 +1,1273 @@
+"""The ``decision-trace`` command: ask the ledger "who did this, and why?" from a terminal.
+
+One click group, one function per command. Every command takes ``--db PATH`` (default:
+the library's default ledger) and ``--json`` (one JSON object per line for lists). Data
+goes to stdout, messages to stderr; a user's mistake is one ``Error:`` line on stderr and
+a non-zero exit, never a traceback. Read commands never create a database.
+
+This module formats and parses; the SQL it needs lives in ``query.py`` and ``store.py``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import sqlite3
+import sys
+import tempfile
+import textwrap
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from . import query as q
+from .attributes import ns_from_datetime
+from .errors import DecisionTraceError, InvalidInputError
+from .models import Actor, ActorType, ObjectType, Outcome, TraceEvent, TrackedObject
+from .store import Store, check_integrity, compact, default_db_path
+
+__all__ = ["event_to_json", "main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+if TYPE_CHECKING:
+    _ParamType = click.ParamType[Any, Any]
+else:  # older click releases have no generic ParamType at run time
+    _ParamType = click.ParamType
+
+_EVENT_ID = re.compile(r"^[0-9a-f]{16}$")
+_MAX_WIDTH = 100
+
+
+# --- errors: one line on stderr, never a traceback ------------------------------------
+
+
+class _Fail(click.ClickException):
+    """A one-line error (``Error: ...`` on stderr), exit status 1."""
+
+    exit_code = 1
+
+
+class _UsageFail(_Fail):
+    """A mistake in the command line, as one line, exit status 2 (as click's usage errors)."""
+
+    exit_code = 2
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+def _usage_failure(exc: click.UsageError) -> _UsageFail:
+    path = exc.ctx.command_path if exc.ctx is not None else "decision-trace"
+    message = _one_line(exc.format_message())
+    return _UsageFail(f"{message} (see '{path} --help')")
+
+
+def _failure(exc: BaseException) -> _Fail:
+    if isinstance(exc, DecisionTraceError):
+        return _Fail(_one_line(str(exc)))
+    if isinstance(exc, sqlite3.Error):
+        return _Fail(f"database error: {_one_line(str(exc))}")
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return _Fail(f"{_one_line(exc.strerror or str(exc))}{where}")
+    return _Fail(f"unexpected {type(exc).__name__}: {_one_line(str(exc))}")
+
+
+class _Group(click.Group):
+    """A group that turns every error into one ``Error:`` line."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise _usage_failure(exc) from exc
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _usage_failure(exc) from exc
+        except (click.ClickException, click.exceptions.Exit, click.Abort, BrokenPipeError):
+            raise
+        except (KeyboardInterrupt, EOFError):
+            raise
+        except Exception as exc:
+            raise _failure(exc) from exc
+
+
+# --- parameter types -------------------------------------------------------------------
+
+_UNITS = {
+    "s": 1,
+    "sec": 1,
+    "secs": 1,
+    "second": 1,
+    "seconds": 1,
+    "m": 60,
+    "min": 60,
+    "mins": 60,
+    "minute": 60,
+    "minutes": 60,
+    "h": 3600,
+    "hr": 3600,
+    "hrs": 3600,
+    "hour": 3600,
+    "hours": 3600,
+    "d": 86400,
+    "day": 86400,
+    "days": 86400,
+    "w": 604800,
+    "week": 604800,
+    "weeks": 604800,
+}
+_RELATIVE = re.compile(r"^(\d{1,9})\s*([a-z]+)(?:\s+ago)?$")
+
+
+def parse_time(text: str, now: datetime | None = None) -> datetime:
+    """An aware UTC datetime from ISO 8601 (naive means UTC) or a relative age.
+
+    ``15m``, ``2h``, ``7d``, ``2w`` (also ``90 days``, ``3 hours ago``) mean that long
+    before ``now``.
+
+    Raises:
+        ValueError: the text is neither.
+    """
+    value = text.strip()
+    relative = _RELATIVE.match(value.lower())
+    if relative and relative.group(2) in _UNITS:
+        seconds = int(relative.group(1)) * _UNITS[relative.group(2)]
+        current = now or datetime.now(timezone.utc)
+        try:
+            return current - timedelta(seconds=seconds)
+        except OverflowError:
+            raise ValueError(f"{text!r} reaches back before year 1") from None
+    iso = value[:-1] + "+00:00" if value[-1:] in ("Z", "z") else value
+    try:
+        parsed = datetime.fromisoformat(iso)
+    except ValueError:
+        raise ValueError(
+            f"expected ISO 8601 (2024-01-31, 2024-01-31T14:00Z) or a relative time "
+            f"(15m, 2h, 7d), got {text!r}"
+        ) from None
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
+
+
+class _TimeType(_ParamType):
+    name = "WHEN"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, datetime):
+            return value
+        try:
+            return parse_time(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class _EnumType(_ParamType):
+    """A closed vocabulary, typed as users read it: any case, ``-`` or space for ``_``."""
+
+    def __init__(self, enum: Any) -> None:
+        self.enum = enum
+        self.name = enum.__name__.upper()
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, self.enum):
+            return value
+        wanted = re.sub(r"[\s-]+", "_", str(value).strip())
+        try:
+            return self.enum.parse(wanted, self.name.lower())
+        except InvalidInputError:
+            valid = ", ".join(m.value for m in self.enum)
+            self.fail(f"{str(value)!r} is not one of: {valid}", param, ctx)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "|".join(m.value for m in self.enum)
+
+
+def parse_object_ref(text: str) -> tuple[ObjectType, str]:
+    """``order:ord-123`` -> ``(ObjectType.ORDER, "ord-123")``; the type in any case.
+
+    Raises:
+        ValueError: no ``TYPE:ID`` shape, an unknown type or an empty id.
+    """
+    kind, sep, external_id = text.partition(":")
+    if not sep or not kind.strip() or not external_id.strip():
+        raise ValueError(f"expected TYPE:ID, like order:ord-123, got {text!r}")
+    try:
+        object_type = ObjectType.parse(re.sub(r"[\s-]+", "_", kind.strip()), "object type")
+    except InvalidInputError:
+        valid = ", ".join(m.value for m in ObjectType)
+        raise ValueError(f"unknown object type {kind!r} in {text!r}; one of: {valid}") from None
+    return object_type, external_id
+
+
+class _ObjectRefType(_ParamType):
+    name = "TYPE:ID"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_object_ref(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class _EventIdType(_ParamType):
+    name = "EVENT_ID"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = str(value).strip().lower()
+        if not _EVENT_ID.match(text):
+            self.fail(
+                f"{str(value)!r} is not an event id (16 hex characters, as shown by "
+                "'decision-trace events')",
+                param,
+                ctx,
+            )
+        return text
+
+
+TIME = _TimeType()
+OBJECT_REF = _ObjectRefType()
+EVENT_ID = _EventIdType()
+
+
+# --- shared options ---------------------------------------------------------------------
+
+
+def _db_option(f: F) -> F:
+    return click.option(
+        "--db",
+        "db_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        metavar="PATH",
+        help="The ledger file. Default: $DECISION_TRACE_DB, else "
+        "$XDG_DATA_HOME/decision-trace/traces.db, else "
+        "~/.local/share/decision-trace/traces.db.",
+    )(f)
+
+
+def _json_option(f: F) -> F:
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Machine output: JSON, one object per line."
+    )(f)
+
+
+def _common(f: F) -> F:
+    return _db_option(_json_option(f))
+
+
+def _filter_options(f: F) -> F:
+    options = [
+        click.option(
+            "--type",
+            "event_types",
+            multiple=True,
+            metavar="TYPE",
+            help="Event type, e.g. order.refunded (repeat for any of several).",
+        ),
+        click.option(
+            "--actor-type",
+            "actor_types",
+            multiple=True,
+            type=_EnumType(ActorType),
+            help="Kind of actor, any case (repeatable).",
+        ),
+        click.option(
+            "--actor",
+            "actor_ids",
+            multiple=True,
+            metavar="ID",
+            help="Actor id, e.g. cust-123 or pricing-ai (repeatable).",
+        ),
+        click.option(
+            "--object",
+            "object_ref",
+            type=OBJECT_REF,
+            default=None,
+            help="Events that touched this object, e.g. order:ord-123.",
+        ),
+        click.option("--tag", "tags", multiple=True, help="Events with this tag (repeatable)."),
+        click.option("--outcome", type=_EnumType(Outcome), default=None, help="Outcome, any case."),
+        click.option(
+            "--since",
+            type=TIME,
+            default=None,
+            help="At or after: ISO 8601 (naive is UTC) or an age like 15m, 2h, 7d.",
+        ),
+        click.option(
+            "--until", type=TIME, default=None, help="Before: ISO 8601 or an age like 1h."
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _filters(
+    event_types: Sequence[str],
+    actor_types: Sequence[ActorType],
+    actor_ids: Sequence[str],
+    object_ref: tuple[ObjectType, str] | None,
+    tags: Sequence[str],
+    outcome: Outcome | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> q.QueryFilters:
+    if since is not None and until is not None and since >= until:
+        raise click.UsageError(f"--since ({_when(since)}) must be before --until ({_when(until)})")
+    return q.QueryFilters.build(
+        start=since,
+        end=until,
+        event_types=list(event_types) or None,
+        actor_types=list(actor_types) or None,
+        actor_ids=list(actor_ids) or None,
+        object_types=[object_ref[0]] if object_ref else None,
+        object_ids=[object_ref[1]] if object_ref else None,
+        tags=list(tags) or None,
+        outcome=outcome,
+    )
+
+
+@contextmanager
+def _open(db_path: Path | None) -> Iterator[Store]:
+    """The existing ledger (never created here), closed afterwards."""
+    if db_path is None:
+        context = click.get_current_context(silent=True)
+        db_path = context.obj if context is not None else None
+    path = (db_path or default_db_path()).expanduser()
+    if not path.exists():
+        raise _Fail(
+            f"no decision-trace database at {path} (record some events first, "
+            "or pass --db PATH / set DECISION_TRACE_DB)"
+        )
+    if path.is_file() and path.stat().st_size == 0:
+        raise _Fail(f"{path} is empty, not a decision-trace database")
+    store = Store(path, create=False)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+# --- output helpers ---------------------------------------------------------------------
+
+
+def _color() -> bool | None:
+    """None lets click colour only a terminal; NO_COLOR turns colour off everywhere."""
+    return False if os.environ.get("NO_COLOR") else None
+
+
+def _out(text: str = "") -> None:
+    click.echo(text, color=_color())
+
+
+def _err(text: str) -> None:
+    click.echo(text, err=True, color=_color())
+
+
+def _is_tty(stream: IO[Any]) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _width() -> int:
+    """Columns to fill: the terminal's (at most 100), or 80 when not a terminal."""
+    if not _is_tty(sys.stdout):
+        return 80
+    return max(40, min(shutil.get_terminal_size((80, 24)).columns, _MAX_WIDTH))
+
+
+class _Glyphs:
+    def __init__(self, unicode: bool) -> None:
+        self.arrow = "→" if unicode else "->"
+        self.tee = "├─ " if unicode else "|- "
+        self.last = "└─ " if unicode else "`- "
+        self.pipe = "│  " if unicode else "|  "
+        self.ellipsis = "…" if unicode else "..."
+        self.dot = "·" if unicode else "-"
+        self.mark = "◀" if unicode else "<"
+
+
+def _glyphs() -> _Glyphs:
+    encoding = getattr(sys.stdout, "encoding", None) or "ascii"
+    try:
+        "→├└│─…·◀".encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        return _Glyphs(unicode=False)
+    return _Glyphs(unicode=True)
+
+
+# Control characters (terminal escape sequences), zero-width and bidi-override characters:
+# recorded text comes from customers and agents and must not drive the terminal.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _safe(text: Any, multiline: bool = False) -> str:
+    """Text fit for a terminal: unsafe characters shown escaped, tabs as spaces and (unless
+    ``multiline``) line breaks as ``\\n``."""
+    value = str(text).replace("\t", " ")
+    if not multiline:
+        value = value.replace("\r\n", "\\n").replace("\n", "\\n")
+    return _UNSAFE.sub(_escape, value.replace("\r\n", "\n") if multiline else value)
+
+
+def _wrap(
+    text: str,
+    indent: str,
+    first: str | None = None,
+    width: int | None = None,
+    bold_first: bool = False,
+) -> str:
+    """``text`` wrapped to the width, first line prefixed ``first`` (default ``indent``),
+    that prefix in bold if ``bold_first``."""
+    width = width or _width()
+    lines: list[str] = []
+    prefix = indent if first is None else first
+    for paragraph in _safe(text, multiline=True).split("\n"):
+        wrapped = textwrap.wrap(
+            paragraph,
+            width=max(20, width),
+            initial_indent=prefix,
+            subsequent_indent=indent,
+            break_on_hyphens=False,
+        ) or [prefix.rstrip()]
+        lines.extend(wrapped)
+        prefix = indent
+    if bold_first and first:
+        lines[0] = click.style(first, bold=True) + lines[0][len(first) :]
+    return "\n".join(lines)
+
+
+def _fit(text: str, width: int) -> str:
+    g = _glyphs()
+    if len(text) <= width:
+        return text
+    return text[: max(0, width - len(g.ellipsis))] + g.ellipsis
+
+
+def _when(moment: datetime, precise: bool = False) -> str:
+    moment = moment.astimezone(timezone.utc)
+    if precise:
+        return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d} UTC"
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _duration(value: timedelta) -> str:
+    seconds = value.total_seconds()
+    if seconds <= 0:
+        return "0 ms"
+    if seconds < 1:
+        ms = seconds * 1000
+        if ms < 0.1:
+            return "<0.1 ms"
+        return f"{ms:.1f} ms" if ms < 10 else f"{ms:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.2f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{n} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} bytes"  # pragma: no cover
+
+
+def _value(value: Any) -> str:
+    """A context/state value for humans: strings as they are, the rest as JSON."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _actor(actor: Actor | None, full: bool = False) -> str:
+    """``ai_agent pricing-ai "Dynamic Pricing" (model gpt-4)``: the kind, then who."""
+    if actor is None:
+        return "unknown actor"
+    text = f"{actor.type.value} {actor.id}"
+    if actor.name and actor.name != actor.id:
+        text += f' "{actor.name}"'
+    extras = []
+    if actor.role:
+        extras.append(f"role {actor.role}")
+    if actor.model:
+        extras.append(f"model {actor.model}")
+    if actor.version:
+        extras.append(f"version {actor.version}")
+    if actor.service_name:
+        extras.append(f"service {actor.service_name}")
+    if full and actor.email:
+        extras.append(actor.email)
+    if extras:
+        text += f" ({', '.join(extras)})"
+    return _safe(text)
+
+
+def _style_outcome(event: TraceEvent) -> str:
+    colour = {Outcome.SUCCESS: "green", Outcome.FAILURE: "red", Outcome.PENDING: "yellow"}
+    return click.style(event.outcome.value, fg=colour[event.outcome])
+
+
+def _changes(obj: TrackedObject) -> list[str]:
+    """``status: pending → refunded`` for each field that differs before and after."""
+    if obj.state_before is None and obj.state_after is None:
+        return []
+    g = _glyphs()
+    before = dict(obj.state_before or {})
+    after = dict(obj.state_after or {})
+    lines = []
+    for key in list(dict.fromkeys([*before, *after])):
+        old = _value(before[key]) if key in before else "(none)"
+        new = _value(after[key]) if key in after else "(none)"
+        if key in before and key in after and before[key] == after[key]:
+            continue
+        lines.append(f"{key}: {old} {g.arrow} {new}")
+    return lines or ["(no change)"]
+
+
+def _rejections(event: TraceEvent) -> list[tuple[str, str]]:
+    """``(alternative, why it was rejected)`` for every alternative considered."""
+    decision = event.decision
+    if decision is None:
+        return []
+    pairs: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for alternative in decision.alternatives:
+        name = alternative.get("action", alternative.get("name"))
+        label = _value(name) if name is not None else _value(dict(alternative))
+        seen.add(label)
+        reason = decision.rejection_reasons.get(label)
+        details = {k: v for k, v in alternative.items() if k not in ("action", "name")}
+        if reason is None and "reason" in details:
+            reason = f"({_value(details.pop('reason'))})"
+        elif "reason" in details:
+            details.pop("reason")
+        text = reason or "(no reason recorded)"
+        if details:
+            text += " " + ", ".join(f"{k}={_value(v)}" for k, v in details.items())
+        pairs.append((label, text))
+    for label, reason in decision.rejection_reasons.items():
+        if label not in seen:
+            pairs.append((label, reason))
+    return pairs
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, ensure_ascii=True, separators=(",", ":")))
+
+
+def event_to_json(event: TraceEvent) -> dict[str, Any]:
+    """One event as a JSON-ready dict (the shape of ``--json`` and ``export``)."""
+    actor = event.actor
+    decision = event.decision
+    return {
+        "id": event.id,
+        "timestamp": event.timestamp.isoformat(),
+        "duration_ms": (event.duration // timedelta(microseconds=1)) / 1000,
+        "event_type": event.event_type,
+        "description": event.description,
+        "actor": None
+        if actor is None
+        else {
+            "type": actor.type.value,
+            "id": actor.id,
+            "name": actor.name,
+            "email": actor.email,
+            "role": actor.role,
+            "model": actor.model,
+            "version": actor.version,
+            "service_name": actor.service_name,
+            "metadata": dict(actor.metadata),
+        },
+        "decision": None
+        if decision is None
+        else {
+            "reasoning": decision.reasoning,
+            "context": dict(decision.context),
+            "alternatives": [dict(a) for a in decision.alternatives],
+            "rejection_reasons": dict(decision.rejection_reasons),
+            "confidence": decision.confidence,
+            "risk_level": decision.risk_level.value if decision.risk_level else None,
+        },
+        "objects": [
+            {
+                "object_type": o.object_type.value,
+                "external_id": o.external_id,
+                "state": dict(o.state),
+                "state_before": dict(o.state_before) if o.state_before is not None else None,
+                "state_after": dict(o.state_after) if o.state_after is not None else None,
+            }
+            for o in event.objects
+        ],
+        "outcome": event.outcome.value,
+        "error": event.error,
+        "tags": list(event.tags),
+        "metadata": dict(event.metadata),
+        "correlation_id": event.correlation_id,
+        "parent_event_id": event.parent_event_id,
+        "service_name": event.service_name,
+    }
+
+
+def _print_event_brief(event: TraceEvent) -> None:
+    """The block ``events`` and ``search`` print per event (3 lines or so)."""
+    width = _width()
+    g = _glyphs()
+    head = f"{event.id}  {_when(event.timestamp)}  "
+    kind = _fit(_safe(event.event_type), max(10, width - len(head) - 9))
+    line = click.style(event.id, fg="bright_black") + head[len(event.id) :]
+    line += click.style(kind, bold=True)
+    if event.outcome is not Outcome.SUCCESS:
+        line += "  " + _style_outcome(event)
+    _out(line)
+    who = _actor(event.actor)
+    what = f" {g.dot} {event.description}" if event.description else ""
+    _out(_wrap(who + what, "    "))
+    if event.decision and event.decision.reasoning:
+        _out(_wrap(event.decision.reasoning, " " * 9, first="    why: "))
+    if event.error:
+        _out(_wrap(event.error, " " * 11, first="    error: "))
+
+
+def _print_list(events: Sequence[TraceEvent], as_json: bool) -> None:
+    if as_json:
+        for event in events:
+            _print_json(event_to_json(event))
+        return
+    for index, event in enumerate(events):
+        if index:
+            _out()
+        _print_event_brief(event)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def _limit(value: int) -> int | None:
+    return None if value == 0 else value
+
+
+_LIMIT_HELP = "Show at most this many (0 for all)."
+
+
+# --- the commands -----------------------------------------------------------------------
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="decision-trace", prog_name="decision-trace")
+@_db_option
+@click.pass_context
+def main(ctx: click.Context, db_path: Path | None) -> None:
+    """Ask the decision-trace ledger who did what, to which object, and why.
+
+    \b
+    Examples:
+      decision-trace why order:ord-123
+      decision-trace events --actor-type ai_agent --since 2h
+      decision-trace show 3f2a9c0d1e2b4a5f
+      decision-trace search "price increase"
+
+    Every command reads $DECISION_TRACE_DB (or the default ledger) unless given
+    --db PATH (before or after the command name), and prints JSON with --json.
+    Times are UTC.
+    """
+    ctx.obj = db_path
+
+
+@main.command()
+@_filter_options
+@click.option(
+    "--limit", default=50, show_default=True, type=click.IntRange(min=0), help=_LIMIT_HELP
+)
+@_common
+def events(
+    db_path: Path | None,
+    as_json: bool,
+    limit: int,
+    event_types: tuple[str, ...],
+    actor_types: tuple[ActorType, ...],
+    actor_ids: tuple[str, ...],
+    object_ref: tuple[ObjectType, str] | None,
+    tags: tuple[str, ...],
+    outcome: Outcome | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> None:
+    """List events, newest first, filtered by type, actor, object, tag, outcome, time.
+
+    \b
+    Examples:
+      decision-trace events --since 2h
+      decision-trace events --actor-type ai_agent --outcome failure
+      decision-trace events --object order:ord-123 --json
+      decision-trace events --type order.refunded --since 2024-01-01 --until 7d
+    """
+    filters = _filters(event_types, actor_types, actor_ids, object_ref, tags, outcome, since, until)
+    with _open(db_path) as store, store.reader() as conn:
+        found = q.query_events(conn, filters, limit=_limit(limit))
+        total = q.count_events(conn, filters) if len(found) == limit else len(found)
+    _print_list(found, as_json)
+    if as_json:
+        return
+    if not found:
+        _err("No events match.")
+    elif total > len(found):
+        _err(f"Showing the newest {len(found)} of {total} events (--limit 0 shows all).")
+
+
+@main.command()
+@click.argument("event_id", type=EVENT_ID)
+@_common
+def show(db_path: Path | None, as_json: bool, event_id: str) -> None:
+    """Show one event in full: who, why, the alternatives, the objects it changed.
+
+    \b
+    Examples:
+      decision-trace show 3f2a9c0d1e2b4a5f
+      decision-trace show 3f2a9c0d1e2b4a5f --json
+    """
+    with _open(db_path) as store, store.reader() as conn:
+        event = q.get_event(conn, event_id)
+        path = store.path
+    if event is None:
+        raise _Fail(f"no event with id {event_id!r} in {path}")
+    if as_json:
+        _print_json(event_to_json(event))
+        return
+    _print_event_full(event)
+
+
+def _print_event_full(event: TraceEvent) -> None:
+    g = _glyphs()
+    label_width = 13
+    indent = " " * label_width
+
+    def field(label: str, value: str) -> None:
+        _out(_wrap(value, indent, first=label.ljust(label_width), bold_first=True))
+
+    def heading(label: str) -> None:
+        _out(click.style(label, bold=True))
+
+    field("Event", event.id)
+    field("Type", _safe(event.event_type))
+    if event.description:
+        field("Description", event.description)
+    field("When", _when(event.timestamp, precise=True))
+    field("Duration", _duration(event.duration))
+    outcome = event.outcome.value + (f": {event.error}" if event.error else "")
+    field("Outcome", outcome)
+    field("Actor", _actor(event.actor, full=True))
+    if event.actor is not None and event.actor.metadata:
+        for key, value in event.actor.metadata.items():
+            _out(_wrap(f"{key}: {_value(value)}", indent + "  ", first=indent))
+    decision = event.decision
+    if decision is not None:
+        if decision.reasoning:
+            field("Reasoning", decision.reasoning)
+        if decision.confidence is not None:
+            field("Confidence", f"{decision.confidence:g}")
+        if decision.risk_level is not None:
+            field("Risk", decision.risk_level.value)
+        if decision.context:
+            heading("Context")
+            for key, value in decision.context.items():
+                _out(_wrap(f"{key}: {_value(value)}", "    ", first="  "))
+        rejected = _rejections(event)
+        if rejected:
+            heading("Alternatives (rejected)")
+            for label, reason in rejected:
+                _out(_wrap(f"{label}: {reason}", "    ", first="  - "))
+    if event.objects:
+        heading("Objects")
+        for obj in event.objects:
+            _out(_wrap(f"{obj.object_type.value} {obj.external_id}", "    ", first="  "))
+            if obj.state:
+                for key, value in obj.state.items():
+                    _out(_wrap(f"{key}: {_value(value)}", "        ", first="    "))
+            if obj.state_before is not None or obj.state_after is not None:
+                for change in _changes(obj):
+                    _out(_wrap(change, "        ", first=f"    {g.arrow.strip()} "))
+    if event.tags:
+        field("Tags", ", ".join(event.tags))
+    if event.metadata:
+        heading("Metadata")
+        for key, value in event.metadata.items():
+            _out(_wrap(f"{key}: {_value(value)}", "    ", first="  "))
+    field("Trace", event.correlation_id)
+    field("Parent", event.parent_event_id or "(none: a root event)")
+    if event.service_name:
+        field("Service", event.service_name)
+
+
+@main.command()
+@click.argument("object_ref", metavar="TYPE:ID", type=OBJECT_REF)
+@click.option("--limit", default=0, type=click.IntRange(min=0), help="Oldest N only (0: all).")
+@_common
+def why(
+    db_path: Path | None, as_json: bool, object_ref: tuple[ObjectType, str], limit: int
+) -> None:
+    """Tell an object's story, oldest first: when, who, what, why, what changed.
+
+    \b
+    Examples:
+      decision-trace why order:ord-123
+      decision-trace why inventory:SKU-789
+      decision-trace why customer:cust-456 --json
+    """
+    object_type, external_id = object_ref
+    with _open(db_path) as store, store.reader() as conn:
+        history = q.object_history(conn, external_id, object_type, limit=_limit(limit))
+        path = store.path
+    if not history:
+        raise _Fail(f"no events about {object_type.value} {external_id!r} in {path}")
+    if as_json:
+        for event in history:
+            _print_json(event_to_json(event))
+        return
+    title = f"{object_type.value} {_safe(external_id)}: {len(history)} event"
+    _out(click.style(title + ("s" if len(history) != 1 else ""), bold=True))
+    indent = " " * 13
+    for event in history:
+        _out()
+        head = f"{_when(event.timestamp)}  "
+        line = head + click.style(_fit(_safe(event.event_type), _width() - len(head)), bold=True)
+        _out(line)
+
+        def step(label: str, text: str) -> None:
+            _out(_wrap(text, indent, first=f"  {label:<9}  "))
+
+        step("who", _actor(event.actor))
+        if event.description:
+            step("what", event.description)
+        if event.decision and event.decision.reasoning:
+            step("why", event.decision.reasoning)
+        for label, reason in _rejections(event):
+            step("rejected", f"{label}: {reason}")
+        for obj in event.objects:
+            is_subject = obj.object_type is object_type and obj.external_id == external_id
+            if is_subject and obj.state:
+                step("state", ", ".join(f"{k}: {_value(v)}" for k, v in obj.state.items()))
+            for change in _changes(obj):
+                prefix = "" if is_subject else f"{obj.object_type.value} {obj.external_id}: "
+                step("changed", prefix + change)
+        if event.outcome is not Outcome.SUCCESS:
+            outcome = event.outcome.value + (f": {event.error}" if event.error else "")
+            _out(
+                _wrap(outcome, indent, first=f"  {'outcome':<9}  ").replace(
+                    event.outcome.value, _style_outcome(event), 1
+                )
+            )
+        _out(click.style(f"  {'event':<9}  {event.id}", fg="bright_black"))
+
+
+@main.command()
+@click.argument("text", nargs=-1, required=True)
+@click.option(
+    "--limit", default=50, show_default=True, type=click.IntRange(min=0), help=_LIMIT_HELP
+)
+@_common
+def search(db_path: Path | None, as_json: bool, text: tuple[str, ...], limit: int) -> None:
+    """Full-text search of descriptions, reasoning and context; every word must match.
+
+    Any text is safe to type: quotes, AND, OR, *, - and parentheses are searched for
+    as words, never parsed as query syntax.
+
+    \b
+    Examples:
+      decision-trace search price increase margin
+      decision-trace search "customer found better price" --limit 10
+      decision-trace search defect --json
+    """
+    words = " ".join(text)
+    if q.fts_query(words) is None:
+        raise click.UsageError("TEXT has no words to search for")
+    with _open(db_path) as store, store.reader() as conn:
+        found = q.search_events(conn, words, limit=_limit(limit))
+    _print_list(found, as_json)
+    if not found and not as_json:
+        _err(f"No events match {_safe(words)!r}.")
+
+
+@main.command()
+@click.argument("event_id", type=EVENT_ID)
+@_common
+def chain(db_path: Path | None, as_json: bool, event_id: str) -> None:
+    """Show the chain an event belongs to: its topmost stored ancestor and every
+    descendant, as an indented tree with durations.
+
+    \b
+    Examples:
+      decision-trace chain 3f2a9c0d1e2b4a5f
+      decision-trace chain 3f2a9c0d1e2b4a5f --json   # one event per line, with depth
+    """
+    with _open(db_path) as store, store.reader() as conn:
+        root = q.get_chain(conn, event_id)
+    if as_json:
+        for depth, event in root.walk():
+            _print_json({"depth": depth, **event_to_json(event)})
+        return
+    g = _glyphs()
+    width = _width()
+
+    def render(node: q.ChainNode, lead: str, branch: str, below: str) -> None:
+        event = node.event
+        head = f"{_safe(event.event_type)}  {_duration(event.duration)}  "
+        tail = f"  {g.mark} this event" if event.id == event_id else ""
+        room = max(20, width - len(lead + branch) - len(event.id) - len(tail))
+        line = lead + branch + click.style(_fit(head, room), bold=True)
+        line += click.style(event.id, fg="bright_black")
+        if event.outcome is not Outcome.SUCCESS:
+            line += " " + _style_outcome(event)
+        _out(line + tail)
+        detail = _actor(event.actor)
+        if event.description:
+            detail += f" {g.dot} {_safe(event.description)}"
+        detail_lead = lead + below + (g.pipe if node.children else "   ")
+        _out(detail_lead + _fit(detail, max(20, width - len(detail_lead))))
+        for index, child in enumerate(node.children):
+            last = index == len(node.children) - 1
+            render(child, lead + below, g.last if last else g.tee, "   " if last else g.pipe)
+
+    render(root, "", "", "")
+
+
+@main.command()
+@click.option(
+    "--days",
+    default=14,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Per-day counts for the newest N days with events (0: all).",
+)
+@_common
+def stats(db_path: Path | None, as_json: bool, days: int) -> None:
+    """Count events by type, actor type, outcome and day; the time span; the file size.
+
+    \b
+    Examples:
+      decision-trace stats
+      decision-trace stats --days 30 --json
+    """
+    with _open(db_path) as store, store.reader() as conn:
+        summary = q.summarize(conn, days=_limit(days))
+        path = store.path
+    size = path.stat().st_size
+    wal = Path(f"{path}-wal")
+    wal_size = wal.stat().st_size if wal.exists() else 0
+    if as_json:
+        _print_json(
+            {
+                "db": str(path),
+                "size_bytes": size,
+                "wal_bytes": wal_size,
+                "schema_version": summary.schema_version,
+                "events": summary.events,
+                "objects": summary.objects,
+                "distinct_objects": summary.distinct_objects,
+                "first": summary.first.isoformat() if summary.first else None,
+                "last": summary.last.isoformat() if summary.last else None,
+                "by_event_type": dict(summary.by_event_type),
+                "by_actor_type": {k or "none": n for k, n in summary.by_actor_type},
+                "by_outcome": dict(summary.by_outcome),
+                "by_day": dict(summary.by_day),
+            }
+        )
+        return
+
+    def row(label: str, value: str) -> None:
+        _out(_wrap(value, " " * 12, first=label.ljust(12), bold_first=True))
+
+    row("Ledger", str(path))
+    row("Size", _size(size) + (f" (+ {_size(wal_size)} write-ahead log)" if wal_size else ""))
+    row("Schema", f"version {summary.schema_version}")
+    row("Events", f"{summary.events:,}")
+    if summary.first and summary.last:
+        row("From", _when(summary.first))
+        row("To", _when(summary.last))
+    row("Objects", f"{summary.distinct_objects:,} ({summary.objects:,} links to events)")
+    width = _width()
+
+    def table(title: str, pairs: Iterable[tuple[str, int]]) -> None:
+        items = list(pairs)
+        if not items:
+            return
+        _out()
+        _out(click.style(title, bold=True))
+        names = [_safe(name) for name, _ in items]
+        count_width = max(len(f"{n:,}") for _, n in items)
+        room = min(max(len(name) for name in names), width - 4 - count_width)
+        for name, (_, n) in zip(names, items, strict=True):
+            _out(f"  {_fit(name, room):<{room}}  {n:>{count_width},}")
+
+    table("By event type", summary.by_event_type)
+    table("By actor type", ((k or "(no actor)", n) for k, n in summary.by_actor_type))
+    table("By outcome", summary.by_outcome)
+    shown = f"newest {days} days" if days and len(summary.by_day) == days else "every day"
+    table(f"By day (UTC, {shown} with events)", summary.by_day)
+
+
+_CSV_COLUMNS = (
+    "id",
+    "timestamp",
+    "duration_ms",
+    "event_type",
+    "description",
+    "actor_type",
+    "actor_id",
+    "actor_name",
+    "reasoning",
+    "confidence",
+    "risk_level",
+    "outcome",
+    "error",
+    "tags",
+    "objects",
+    "context",
+    "alternatives",
+    "rejection_reasons",
+    "actor",
+    "metadata",
+    "correlation_id",
+    "parent_event_id",
+    "service_name",
+)
+
+
+def _csv_row(event: TraceEvent) -> list[Any]:
+    data = event_to_json(event)
+    decision = data["decision"] or {}
+    actor = data["actor"] or {}
+
+    def as_json(value: Any) -> str:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+    return [
+        data["id"],
+        data["timestamp"],
+        data["duration_ms"],
+        data["event_type"],
+        data["description"],
+        actor.get("type", ""),
+        actor.get("id", ""),
+        actor.get("name") or "",
+        decision.get("reasoning", ""),
+        "" if decision.get("confidence") is None else decision["confidence"],
+        decision.get("risk_level") or "",
+        data["outcome"],
+        data["error"] or "",
+        as_json(data["tags"]),
+        as_json(data["objects"]),
+        as_json(decision.get("context", {})),
+        as_json(decision.get("alternatives", [])),
+        as_json(decision.get("rejection_reasons", {})),
+        as_json(data["actor"]),
+        as_json(data["metadata"]),
+        data["correlation_id"],
+        data["parent_event_id"] or "",
+        data["service_name"] or "",
+    ]
+
+
+@contextmanager
+def _output(path: str) -> Iterator[IO[str]]:
+    """stdout for ``-``; otherwise a private (0600) temporary file beside ``path`` that
+    replaces it only when the export completes."""
+    if path == "-":
+        yield sys.stdout
+        return
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise _Fail(f"{target} is a directory")
+    fd, temp = tempfile.mkstemp(
+        dir=target.parent if str(target.parent) else ".", prefix=f".{target.name}.", suffix=".tmp"
+    )
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as stream:
+            yield stream
+        os.replace(temp, target)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+@main.command()
+@_filter_options
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "csv"], case_sensitive=False),
+    default=None,
+    help="jsonl (default): one JSON object per event. csv: one row per event, with "
+    "structured fields as JSON.",
+)
+@click.option(
+    "-o",
+    "--output",
+    default="-",
+    metavar="FILE",
+    help="Write to FILE (created private, mode 0600) instead of stdout.",
+)
+@_common
+def export(
+    db_path: Path | None,
+    as_json: bool,
+    fmt: str | None,
+    output: str,
+    event_types: tuple[str, ...],
+    actor_types: tuple[ActorType, ...],
+    actor_ids: tuple[str, ...],
+    object_ref: tuple[ObjectType, str] | None,
+    tags: tuple[str, ...],
+    outcome: Outcome | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> None:
+    """Export events, oldest first, as JSON lines or CSV; same filters as 'events'.
+
+    Streams: memory stays bounded however many events match. A progress bar shows on
+    a terminal, never when output is piped. --json is short for --format jsonl.
+
+    \b
+    Examples:
+      decision-trace export --format csv -o decisions.csv
+      decision-trace export --since 7d --actor-type ai_agent > ai.jsonl
+      decision-trace export --object order:ord-123 --format jsonl
+    """
+    fmt = (fmt or "jsonl").lower()
+    if as_json and fmt != "jsonl":
+        raise click.UsageError("--json means --format jsonl; it cannot be used with --format csv")
+    filters = _filters(event_types, actor_types, actor_ids, object_ref, tags, outcome, since, until)
+    to_file = output != "-"
+    show_progress = _is_tty(sys.stderr) and (to_file or not _is_tty(sys.stdout))
+    written = 0
+    with _open(db_path) as store, store.reader() as conn, _output(output) as stream:
+        total = q.count_events(conn, filters) if show_progress else 0
+        progress = (
+            click.progressbar(
+                length=total, label="Exporting", file=sys.stderr, update_min_steps=200
+            )
+            if show_progress
+            else nullcontext()
+        )
+        if fmt == "csv":
+            writer = csv.writer(stream)
+            writer.writerow(_CSV_COLUMNS)
+        with progress as bar:
+            for event in q.iter_events(conn, filters):
+                if fmt == "csv":
+                    writer.writerow(_csv_row(event))
+                else:
+                    stream.write(
+                        json.dumps(event_to_json(event), ensure_ascii=True, separators=(",", ":"))
+                        + "\n"
+                    )
+                written += 1
+                if bar is not None:
+                    bar.update(1)
+        stream.flush()
+    if to_file:
+        _err(f"Exported {written:,} event{'s' if written != 1 else ''} to {output}.")
+
+
+@main.command()
+@click.option(
+    "--older-than",
+    "older_than",
+    type=TIME,
+    required=True,
+    help="Delete events that started before this: an age like 90d or an ISO 8601 date.",
+)
+@click.option("--dry-run", is_flag=True, help="Only report what would be deleted.")
+@click.option(
+    "--vacuum",
+    is_flag=True,
+    help="Afterwards rewrite the file, so the deleted data is gone from disk too "
+    "(not only unlinked) and the space is returned.",
+)
+@_common
+def prune(
+    db_path: Path | None, as_json: bool, older_than: datetime, dry_run: bool, vacuum: bool
+) -> None:
+    """Delete old events with their objects, tags and search entries (retention).
+
+    After deleting, the file is checked with PRAGMA integrity_check and FTS5's own
+    check; a failed check is an error.
+
+    \b
+    Examples:
+      decision-trace prune --older-than 90d --dry-run
+      decision-trace prune --older-than 90d --vacuum
+      decision-trace prune --older-than 2024-01-01 --json
+    """
+    now = datetime.now(timezone.utc)
+    if older_than > now:
+        raise click.UsageError(f"--older-than is in the future ({_when(older_than)})")
+    with _open(db_path) as store:
+        report = store.prune(ns_from_datetime(older_than, "older_than"), dry_run=dry_run)
+        problems: list[str] | None = None
+        if not dry_run:
+            if vacuum:
+                compact(store)
+            problems = check_integrity(store)
+    if problems:
+        raise _Fail("integrity check failed after pruning: " + "; ".join(problems[:5]))
+    if as_json:
+        _print_json(
+            {
+                "dry_run": dry_run,
+                "older_than": older_than.isoformat(),
+                "events": report.events,
+                "objects": report.objects,
+                "tags": report.tags,
+                "vacuumed": bool(vacuum and not dry_run),
+                "integrity_check": None if problems is None else "ok",
+            }
+        )
+        return
+    verb = "Would delete" if dry_run else "Deleted"
+    plural = "s" if report.events != 1 else ""
+    _out(
+        _wrap(
+            f"{verb} {report.events:,} event{plural} older than {_when(older_than)} "
+            f"({_count(report.objects, 'object link')}, {_count(report.tags, 'tag')}, "
+            "and their search entries).",
+            "",
+        )
+    )
+    if problems is not None:
+        _out("Integrity check: ok" + (" (file vacuumed)." if vacuum else "."))
