@@ -898,3 +898,13 @@ def test_readme_table_lists_every_method_and_event_type() -> None:
     assert {method: event_type for method, event_type in rows} == {
         member.name.lower(): member.value for member in EcommerceEventType
     }
+
+
+def test_readme_ecommerce_example_runs(tmp_path: Path) -> None:
+    section = README.read_text().split("## Ecommerce events", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    script = tmp_path / "readme_ecommerce.py"
+    script.write_text(block)
+    result = run_python([str(script)], tmp_path, DECISION_TRACE_DB=str(tmp_path / "r.db"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "Lid arrived cracked"
