@@ -9,25 +9,21 @@ unreachable collector neither slows ``record()`` much nor touches the ledger.
 
 from __future__ import annotations
 
-import gzip
 import shutil
 import socket
 import ssl
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from otlp_receiver import Received, Receiver, http_server, serve
 
 from decision_trace import DecisionTraceClient
 from decision_trace import attributes as keys
@@ -38,108 +34,13 @@ MakeClient = Callable[..., DecisionTraceClient]
 DEPRECATED_KEYS = {"enduser.id", "enduser.role", "enduser.scope", "gen_ai.system", "peer.service"}
 
 
-@dataclass
-class Received:
-    """One export request as the receiver saw it."""
-
-    path: str
-    headers: dict[str, str]
-    request: trace_service_pb2.ExportTraceServiceRequest
-
-
-@dataclass
-class ExportedSpan:
-    service_name: str | None
-    scope: str
-    trace_id: str
-    span_id: str
-    parent_id: str | None
-    name: str
-    attributes: dict[str, Any]
-
-
-@dataclass
-class Receiver:
-    endpoint: str
-    received: list[Received] = field(default_factory=list)
-
-    def spans(self) -> list[ExportedSpan]:
-        return [span for item in self.received for span in _spans(item.request)]
-
-    def by_id(self) -> dict[str, ExportedSpan]:
-        return {span.span_id: span for span in self.spans()}
-
-
-def _value(value: AnyValue) -> Any:
-    kind = value.WhichOneof("value")
-    if kind == "array_value":
-        return [_value(v) for v in value.array_value.values]
-    return getattr(value, kind) if kind else None
-
-
-def _spans(request: trace_service_pb2.ExportTraceServiceRequest) -> Iterator[ExportedSpan]:
-    for resource_spans in request.resource_spans:
-        resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
-        for scope_spans in resource_spans.scope_spans:
-            for span in scope_spans.spans:
-                yield ExportedSpan(
-                    service_name=resource.get(keys.SERVICE_NAME),
-                    scope=scope_spans.scope.name,
-                    trace_id=span.trace_id.hex(),
-                    span_id=span.span_id.hex(),
-                    parent_id=span.parent_span_id.hex() or None,
-                    name=span.name,
-                    attributes={a.key: _value(a.value) for a in span.attributes},
-                )
-
-
-def _http_server(
-    received: list[Received], context: ssl.SSLContext | None = None
-) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            if self.headers.get("Content-Encoding") == "gzip":
-                body = gzip.decompress(body)
-            request = trace_service_pb2.ExportTraceServiceRequest()
-            request.ParseFromString(body)
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            received.append(Received(self.path, headers, request))
-            reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-protobuf")
-            self.send_header("Content-Length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    if context is not None:
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-    return server
-
-
-@contextmanager
-def _serve(server: ThreadingHTTPServer) -> Iterator[None]:
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
-
-
 @pytest.fixture
 def http_receiver() -> Iterator[Receiver]:
     """An OTLP/HTTP receiver on 127.0.0.1; ``endpoint`` is its base URL."""
     received: list[Received] = []
-    server = _http_server(received)
+    server = http_server(received)
     port = server.server_address[1]
-    with _serve(server):
+    with serve(server):
         yield Receiver(f"http://127.0.0.1:{port}", received)
 
 
@@ -310,9 +211,9 @@ def test_tls_certificate_comes_from_standard_env(
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(cert, key)
     received: list[Received] = []
-    server = _http_server(received, tls)
+    server = http_server(received, tls)
     port = server.server_address[1]
-    with _serve(server):
+    with serve(server):
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"https://127.0.0.1:{port}")
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", str(cert))
         client = make_client()
@@ -340,12 +241,12 @@ def test_no_endpoint_means_no_export(make_client: MakeClient) -> None:
     # The exporters' default endpoint is localhost:4318: listen there and see nothing arrive.
     received: list[Received] = []
     try:
-        server = _http_server(received)
+        server = http_server(received)
         server.server_close()
         server = ThreadingHTTPServer(("127.0.0.1", 4318), server.RequestHandlerClass)
     except OSError:
         pytest.skip("port 4318 is in use")
-    with _serve(server):
+    with serve(server):
         client = make_client()
         event_id = client.trace("order.created", "Created").record()
         client.close()
