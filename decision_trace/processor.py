@@ -90,7 +90,9 @@ class LedgerSpanProcessor(SpanProcessor):
             os.register_at_fork(after_in_child=lambda: (m := ref()) and m())
 
     def _init_state(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        # Re-entrant: the SIGTERM hook flushes from a signal handler, which may run in the
+        # main thread while it is inside on_end() holding this lock.
+        self._cond = threading.Condition(threading.RLock())
         self._queue: deque[ReadableSpan] = deque()
         self._recorded = 0
         self._written = 0

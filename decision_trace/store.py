@@ -19,10 +19,12 @@ The database file and its ``-wal``/``-shm`` companions are created with mode 060
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -41,6 +43,10 @@ BUSY_TIMEOUT_MS = 60_000
 """How long a connection waits for another process's write lock before failing."""
 
 Durability = Literal["sync", "batch"]
+
+_INHERITED_CONNECTIONS: list[sqlite3.Connection] = []
+"""Connections a forked child inherited: never used, never closed (closing one in the
+child could disturb the parent's locks), only kept from the garbage collector."""
 
 
 def default_db_path() -> Path:
@@ -198,12 +204,18 @@ class Store:
     ) -> None:
         self.path = Path(path).expanduser()
         self._synchronous = "FULL" if durability == "sync" else "NORMAL"
-        self._write_lock = threading.Lock()
+        # Re-entrant: the SIGTERM hook may close the store from a signal handler that
+        # interrupted this process's own write.
+        self._write_lock = threading.RLock()
         self._writer: sqlite3.Connection | None = None
         self._writer_pid = 0
         self._local = threading.local()
         self._closed = False
         self._all_readers: list[sqlite3.Connection] = []
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(
+                after_in_child=functools.partial(_store_after_fork, weakref.ref(self))
+            )
         if not self.path.exists():
             if not create:
                 raise StoreError(f"no decision-trace database at {self.path}")
@@ -213,6 +225,19 @@ class Store:
             self._migrate(conn)
         finally:
             conn.close()
+
+    def _after_fork_in_child(self) -> None:
+        # A lock held by another thread at fork() would stay held forever in the child,
+        # and SQLite connections must not be used (nor closed) across fork(): keep the
+        # parent's connections referenced but untouched, and start afresh.
+        _INHERITED_CONNECTIONS.extend(self._all_readers)
+        if self._writer is not None:
+            _INHERITED_CONNECTIONS.append(self._writer)
+        self._write_lock = threading.RLock()
+        self._writer = None
+        self._writer_pid = 0
+        self._local = threading.local()
+        self._all_readers = []
 
     # -- connections ------------------------------------------------------------------
 
@@ -428,10 +453,19 @@ class Store:
         return PruneReport(events=counts[0], objects=counts[1], tags=counts[2])
 
 
+def _store_after_fork(ref: weakref.ReferenceType[Store]) -> None:
+    store = ref()
+    if store is not None:
+        store._after_fork_in_child()
+
+
 def _create_private_file(path: Path) -> None:
     """Create ``path`` empty with mode 0600, its missing folders with mode 0700."""
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+        for folder in reversed(missing):  # mkdir(parents=True) ignores mode for parents
+            with suppress(FileExistsError):
+                folder.mkdir(mode=0o700)
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         os.close(fd)
     except FileExistsError:
