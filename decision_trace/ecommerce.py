@@ -53,7 +53,7 @@ from typing import Any, TypeAlias
 from .builder import TraceBuilder
 from .client import DecisionTraceClient
 from .errors import InvalidInputError
-from .models import Actor, ObjectType, RiskLevel, require_text
+from .models import Actor, ObjectType, RiskLevel, TrackedObject, require_text
 
 __all__ = [
     "DEFAULT_CURRENCY",
@@ -265,6 +265,28 @@ def _drop_none(values: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None}
 
 
+def _link_all(builder: TraceBuilder, objects: Sequence[TrackedObject] | None) -> TraceBuilder:
+    """Link ready-made :class:`TrackedObject` values to the builder."""
+    if objects is None:
+        return builder
+    if isinstance(objects, (str, bytes)) or not isinstance(objects, Sequence):
+        raise InvalidInputError("affected_objects", "must be a list of TrackedObject")
+    for index, tracked in enumerate(objects):
+        if not isinstance(tracked, TrackedObject):
+            raise InvalidInputError(
+                f"affected_objects[{index}]",
+                f"must be a TrackedObject, got {type(tracked).__name__}",
+            )
+        builder.affecting(
+            tracked.object_type,
+            tracked.external_id,
+            tracked.state,
+            state_before=tracked.state_before,
+            state_after=tracked.state_after,
+        )
+    return builder
+
+
 class EcommerceClient(DecisionTraceClient):
     """A :class:`DecisionTraceClient` with one method per common ecommerce event.
 
@@ -350,9 +372,9 @@ class EcommerceClient(DecisionTraceClient):
         self,
         order_id: str,
         reason: str,
+        refund_amount: Money | None = None,
         *,
         customer_id: str | None = None,
-        refund_amount: Money | None = None,
         order_total: Money | None = None,
         currency: str | None = None,
     ) -> TraceBuilder:
@@ -392,8 +414,8 @@ class EcommerceClient(DecisionTraceClient):
         order_id: str,
         refund_amount: Money,
         reason: str,
-        *,
         payment_id: str | None = None,
+        *,
         customer_id: str | None = None,
         order_total: Money | None = None,
         currency: str | None = None,
@@ -549,7 +571,6 @@ class EcommerceClient(DecisionTraceClient):
         quantity_before: int,
         quantity_after: int,
         reason: str,
-        *,
         location: str | None = None,
     ) -> TraceBuilder:
         """A stock level changed. Event type ``inventory.adjusted``.
@@ -628,10 +649,10 @@ class EcommerceClient(DecisionTraceClient):
         sku: str,
         quantity_ordered: int,
         supplier: str,
-        *,
-        purchase_order_id: str | None = None,
         expected_arrival: date | None = None,
         cost: Money | None = None,
+        *,
+        purchase_order_id: str | None = None,
         currency: str | None = None,
     ) -> TraceBuilder:
         """Stock was ordered from a supplier. Event type ``inventory.restock_ordered``.
@@ -695,8 +716,8 @@ class EcommerceClient(DecisionTraceClient):
         order_id: str,
         carrier: str,
         tracking_number: str | None = None,
-        *,
         items: Sequence[Mapping[str, Any]] | None = None,
+        *,
         warehouse: str | None = None,
     ) -> TraceBuilder:
         """A shipment was created for an order. Event type ``shipment.created``.
@@ -772,7 +793,6 @@ class EcommerceClient(DecisionTraceClient):
         self,
         shipment_id: str,
         order_id: str,
-        *,
         delivery_time: datetime | None = None,
         signature: str | None = None,
     ) -> TraceBuilder:
@@ -887,9 +907,9 @@ class EcommerceClient(DecisionTraceClient):
         self,
         customer_id: str,
         email: str | None = None,
+        source: str | None = None,
         *,
         name: str | None = None,
-        source: str | None = None,
         tier: str | None = None,
         details: Mapping[str, Any] | None = None,
     ) -> TraceBuilder:
@@ -972,6 +992,7 @@ class EcommerceClient(DecisionTraceClient):
         reasoning: str | None = None,
         alternatives: Sequence[Mapping[str, Any]] | None = None,
         rejection_reasons: Mapping[str, str] | None = None,
+        affected_objects: Sequence[TrackedObject] | None = None,
     ) -> TraceBuilder:
         """An AI agent made a recommendation. Event type ``ai.recommendation_generated``.
 
@@ -982,7 +1003,8 @@ class EcommerceClient(DecisionTraceClient):
         given plus ``recommendation_type`` and ``recommendation``. Tagged ``ai``,
         ``recommendation`` and the recommendation type. With ``recommendation_id`` it
         also links a ``recommendation`` object whose state is the recommendation, so a
-        later human approval can link the same id.
+        later human approval can link the same id. ``affected_objects`` links more
+        objects (or chain ``.affecting_...()``).
 
         Raises:
             InvalidInputError: ``confidence`` is outside 0..1, or ``context`` already has
@@ -1025,13 +1047,13 @@ class EcommerceClient(DecisionTraceClient):
             builder.affecting(
                 ObjectType.RECOMMENDATION, rec_id, {"type": kind, "recommendation": proposal}
             )
-        return builder
+        return _link_all(builder, affected_objects)
 
     def anomaly_detected(
         self,
         anomaly_type: str,
         metric: str,
-        observed_value: float,
+        observed_value: float | None = None,
         *,
         severity: RiskLevel | str = RiskLevel.MEDIUM,
         threshold: float | None = None,
@@ -1041,6 +1063,7 @@ class EcommerceClient(DecisionTraceClient):
         detector_id: str = "anomaly-detector",
         detector_name: str | None = None,
         model: str | None = None,
+        affected_objects: Sequence[TrackedObject] | None = None,
     ) -> TraceBuilder:
         """A metric behaved abnormally. Event type ``ai.anomaly_detected``.
 
@@ -1050,7 +1073,8 @@ class EcommerceClient(DecisionTraceClient):
         ``metric``, ``observed_value``, ``threshold``, ``expected_value``, ``severity``
         and the ``context`` given, and its risk is the severity (``"low"``,
         ``"medium"``, ``"high"`` or ``"critical"``; ``.with_risk()`` overrides the
-        risk). Link what the anomaly concerns with ``.affecting_...()``.
+        risk). Link what the anomaly concerns with ``affected_objects`` or
+        ``.affecting_...()``.
         """
         kind = _text(anomaly_type, "anomaly_type")
         metric = _text(metric, "metric")
@@ -1072,7 +1096,7 @@ class EcommerceClient(DecisionTraceClient):
             if model is not None
             else Actor.system(detector, detector_name)
         )
-        tripped = f"{metric} = {observed_value}"
+        tripped = metric if observed_value is None else f"{metric} = {observed_value}"
         if threshold is not None:
             tripped += f" (threshold {threshold})"
         elif expected_value is not None:
@@ -1082,7 +1106,7 @@ class EcommerceClient(DecisionTraceClient):
             if description is not None
             else f"Anomaly {kind}: {tripped}"
         )
-        return (
+        builder = (
             self._event(
                 EcommerceEventType.ANOMALY_DETECTED,
                 f"{level.value.capitalize()} anomaly {kind}: {tripped}",
@@ -1107,14 +1131,15 @@ class EcommerceClient(DecisionTraceClient):
             )
             .with_tags("anomaly", kind)
         )
+        return _link_all(builder, affected_objects)
 
     def automation_triggered(
         self,
         rule: str,
         trigger: str,
         actions: Sequence[str] = (),
-        *,
         context: Mapping[str, Any] | None = None,
+        *,
         engine: str | None = None,
     ) -> TraceBuilder:
         """An automation rule fired. Event type ``automation.triggered``.

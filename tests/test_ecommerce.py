@@ -24,6 +24,7 @@ from decision_trace import (
     RiskLevel,
     TraceBuilder,
     TraceEvent,
+    TrackedObject,
 )
 from decision_trace.ecommerce import (
     DEFAULT_CURRENCY,
@@ -908,3 +909,45 @@ def test_readme_ecommerce_example_runs(tmp_path: Path) -> None:
     result = run_python([str(script)], tmp_path, DECISION_TRACE_DB=str(tmp_path / "r.db"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "Lid arrived cracked"
+
+
+def test_ai_and_anomaly_link_ready_made_objects(shop: EcommerceClient) -> None:
+    sku = TrackedObject(
+        ObjectType.INVENTORY, "SKU-1", state_before={"quantity": 9}, state_after={"quantity": 4}
+    )
+    anomaly = stored(
+        shop,
+        shop.anomaly_detected("shrinkage", "stock_count_gap", affected_objects=[sku]),
+    )
+    assert anomaly.objects == (sku,)
+    assert anomaly.description == "Medium anomaly shrinkage: stock_count_gap"
+    recommendation = stored(
+        shop,
+        shop.ai_recommendation(
+            "recount", {"sku": "SKU-1"}, {"gap": 5}, 0.7, "m", affected_objects=[sku]
+        ),
+    )
+    assert recommendation.objects == (sku,)
+    assert (
+        field_of(lambda: shop.anomaly_detected("a", "m", affected_objects=["SKU-1"]))  # type: ignore[list-item]
+        == "affected_objects[0]"
+    )
+
+
+def test_common_arguments_can_be_passed_positionally(shop: EcommerceClient) -> None:
+    arrival = date(2026, 12, 3)
+    restock = stored(
+        shop, shop.inventory_restock_ordered("SKU-1", 10, "acme", arrival, Decimal("99.50"))
+    )
+    assert restock.objects[0].state == {
+        "quantity_ordered": 10,
+        "expected_arrival": "2026-12-03",
+        "cost": 99.5,
+        "currency": "USD",
+    }
+    refund = stored(shop, shop.order_refunded("ord-1", 5, "late", "pay-1"))
+    assert linked(refund) == [("order", "ord-1"), ("payment", "pay-1")]
+    customer = stored(shop, shop.customer_created("cust-1", "a@example.com", "newsletter"))
+    assert customer.objects[0].state["source"] == "newsletter"
+    cancelled = stored(shop, shop.order_cancelled("ord-2", "fraud check failed", 12))
+    assert cancelled.objects[0].state["refund_amount"] == 12.0
