@@ -1,0 +1,96 @@
+"""``record()`` with ``durability="sync"`` vs plain sqlite3, one event a transaction.
+
+Target: with ``durability="sync"`` (``record()`` returns once the event is committed,
+``synchronous=FULL``), recording the benchmark event through the fluent API reaches at
+least 0.8x the rate of plain ``sqlite3`` committing the same rows (built beforehand) one
+event a transaction (``BEGIN IMMEDIATE``, the event row, its object and tag rows,
+``COMMIT``) into the same schema, indexes and FTS5, WAL and ``synchronous=FULL``.
+
+Each repeat uses fresh files for both sides, alternating which goes first. Prints the
+median events per second of each and the ratio.
+
+    python benchmarks/bench_sync.py [--quick]
+"""
+
+from __future__ import annotations
+
+import gc
+
+from _common import (
+    empty_schema_file,
+    finished_spans,
+    fmt_rate,
+    header,
+    make_events,
+    median,
+    plain_connect,
+    plain_insert,
+    plain_rows,
+    record_event,
+    report_ratio,
+    scratch_dir,
+    size,
+    timed,
+)
+
+from decision_trace import DecisionTraceClient
+from decision_trace.attributes import record_from_span
+
+
+def main() -> None:
+    header(
+        "record() with durability='sync' vs plain sqlite3, one event a transaction",
+        "decision-trace >= 0.8x plain sqlite3",
+    )
+    count = size(1_000, 50)
+    repeats = size(5, 2)
+    events = make_events(count, seed=11)
+    with scratch_dir() as tmp:
+        records = [record_from_span(s) for s in finished_spans(events, tmp / "source.db")]
+        rows = [plain_rows([r], rowid) for rowid, r in enumerate(records, 1)]
+        print(f"   {count:,} events, one a transaction, {repeats} repeats")
+
+        def ours(run: int) -> float:
+            client = DecisionTraceClient(db_path=tmp / f"ours-{run}.db", durability="sync")
+
+            def go() -> None:
+                for e in events:
+                    record_event(client, e)
+
+            gc.collect()
+            seconds = timed(go)
+            client.close()
+            return seconds
+
+        def plain(run: int) -> float:
+            path = tmp / f"plain-{run}.db"
+            empty_schema_file(path)
+            conn = plain_connect(path, synchronous="FULL")
+
+            def go() -> None:
+                for row in rows:
+                    plain_insert(conn, row)
+
+            gc.collect()
+            seconds = timed(go)
+            conn.close()
+            return seconds
+
+        ours_s: list[float] = []
+        plain_s: list[float] = []
+        for run in range(repeats):
+            if run % 2:
+                ours_s.append(ours(run))
+                plain_s.append(plain(run))
+            else:
+                plain_s.append(plain(run))
+                ours_s.append(ours(run))
+
+    ours_rate, plain_rate = count / median(ours_s), count / median(plain_s)
+    print(f"   plain sqlite3, one row a transaction: median {fmt_rate(plain_rate)}")
+    print(f"   record(), durability='sync':          median {fmt_rate(ours_rate)}")
+    report_ratio("sync/plain", ours_rate / plain_rate, at_least=0.8)
+
+
+if __name__ == "__main__":
+    main()
