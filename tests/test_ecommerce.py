@@ -951,3 +951,13 @@ def test_common_arguments_can_be_passed_positionally(shop: EcommerceClient) -> N
     assert customer.objects[0].state["source"] == "newsletter"
     cancelled = stored(shop, shop.order_cancelled("ord-2", "fraud check failed", 12))
     assert cancelled.objects[0].state["refund_amount"] == 12.0
+
+
+def test_demo_uses_the_default_ledger_without_configuration(tmp_path: Path) -> None:
+    result = run_python([str(DEMO)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    ledger = tmp_path / ".local" / "share" / "decision-trace" / "traces.db"
+    assert f"Ledger: {ledger}" in result.stdout
+    with EcommerceClient(db_path=ledger) as reader:
+        assert len(reader.query(event_types=["order.refunded"])) == 1
+        assert reader.search("cracked lid")
