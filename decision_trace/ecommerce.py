@@ -313,6 +313,9 @@ class EcommerceClient(DecisionTraceClient):
         self.currency = _currency(currency)
         super().__init__(db_path, **options)
 
+    def __enter__(self) -> EcommerceClient:
+        return self
+
     def _currency_of(self, currency: str | None) -> str:
         return self.currency if currency is None else _currency(currency)
 
