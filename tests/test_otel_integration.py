@@ -8,6 +8,7 @@ sampled flag follow the application), and W3C ``traceparent`` in and out.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -31,6 +33,7 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from decision_trace import DecisionTraceClient
+from decision_trace import attributes as keys
 from decision_trace.errors import InvalidInputError
 
 MakeClient = Callable[..., DecisionTraceClient]
@@ -383,3 +386,87 @@ def test_sdk_disabled_keeps_decisions_in_the_ledger(
     assert event is not None and event.decision is not None
     assert event.decision.reasoning == "Broken item"
     assert client.get_event(trace.event_id or "") is not None
+
+
+# -- the attribute vocabulary ------------------------------------------------------------------
+
+DEPRECATED_KEYS = {"enduser.id", "enduser.role", "enduser.scope", "gen_ai.system", "peer.service"}
+
+
+def _key_constants() -> set[str]:
+    """Every attribute key constant in decision_trace.attributes."""
+    return {
+        value
+        for name, value in vars(keys).items()
+        if name.isupper()
+        and isinstance(value, str)
+        and re.fullmatch(r"[a-z_]+(\.[a-z_]+)+", value) is not None
+    }
+
+
+def test_every_attribute_on_real_spans_is_a_documented_constant(
+    make_client: MakeClient, collector: InMemorySpanExporter
+) -> None:
+    client = make_client(exporters=[collector], service_name="shop")
+    client.trace("refund.approved", "Approved").by_user(
+        "u-1", "Sam", email="sam@example.com", role="support", team="emea"
+    ).affecting_order("ord-1", {"status": "refunded"}).because(
+        "Broken",
+        context={"defect": "screen"},
+        alternatives=[{"action": "replace"}],
+        rejection_reasons={"replace": "out of stock"},
+        confidence=0.9,
+        risk_level="high",
+    ).with_tags("refund").with_metadata(channel="web").failed("declined").record()
+    client.trace("price.changed", "Lowered").by_ai_agent(
+        "pricing-ai", "Pricing", model="gpt-4", version="2"
+    ).record()
+    client.trace("payment.captured", "Captured").by_external(
+        "stripe", "Stripe", service_name="api.stripe.com"
+    ).succeeded().record()
+    client.trace("sync.done", "Synced").by_compute("job", "Sync", version="3").pending().record()
+    assert client.flush()
+    spans = collector.get_finished_spans()
+    assert len(spans) == 4
+    seen = {key for span in spans for key in (span.attributes or {})}
+    assert seen <= _key_constants(), seen - _key_constants()
+    assert not seen & DEPRECATED_KEYS
+    assert {span.resource.attributes[keys.SERVICE_NAME] for span in spans} == {"shop"}
+    # Every key constant except the resource's service.name shows up on these spans.
+    assert _key_constants() - seen == {keys.SERVICE_NAME}
+
+
+def test_no_deprecated_key_is_defined() -> None:
+    assert not _key_constants() & DEPRECATED_KEYS
+
+
+def _readme_otel_section() -> str:
+    text = (REPO_ROOT / "README.md").read_text()
+    start = text.index("## OpenTelemetry integration")
+    end = text.index("\n## ", start + 1)
+    return text[start:end]
+
+
+def test_readme_attribute_table_lists_every_key_we_emit() -> None:
+    section = _readme_otel_section()
+    table = section[section.index("### Attributes") :]
+    listed = set(re.findall(r"^\| `([a-z_.]+)` \|", table, flags=re.MULTILINE))
+    assert listed == _key_constants()
+
+
+def test_readme_otel_section_names_the_env_vars_and_entry_point() -> None:
+    section = _readme_otel_section()
+    for name in (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        "OTEL_SERVICE_NAME",
+        "OTEL_TRACES_SAMPLER",
+        "OTEL_SDK_DISABLED",
+        "OTEL_TRACES_EXPORTER=otlp,decision_trace",
+        "opentelemetry-instrument",
+        "current_traceparent()",
+    ):
+        assert name in section
