@@ -509,7 +509,7 @@ class EcommerceClient(DecisionTraceClient):
             .with_tags("payment")
         )
         if processor is not None:
-            builder.by_external(processor, processor)
+            builder.by_external(processor)
         return builder
 
     def payment_failed(
@@ -563,7 +563,7 @@ class EcommerceClient(DecisionTraceClient):
             .with_tags("payment")
         )
         if processor is not None:
-            builder.by_external(processor, processor)
+            builder.by_external(processor)
         return builder
 
     # -- inventory ---------------------------------------------------------------------
