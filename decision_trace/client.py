@@ -223,7 +223,10 @@ class DecisionTraceClient:
         service_name: ``service.name`` of the spans; default ``$OTEL_SERVICE_NAME``.
         otlp_endpoint: Send decision spans to this OTLP collector too. Without it, OTLP
             export is on only when ``OTEL_EXPORTER_OTLP_ENDPOINT`` or
-            ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is set.
+            ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is set. Protocol, headers, TLS and
+            timeout come from the standard ``OTEL_EXPORTER_OTLP_*`` variables. Only
+            sampled decisions are exported (see :class:`_LedgerSampler`); with
+            ``OTEL_SDK_DISABLED=true`` OTLP export is off, the ledger is not.
         exporters: More span exporters to send decision spans to (batched).
         max_queue_size: Batch mode: events held in memory before ``record()`` waits.
     """
