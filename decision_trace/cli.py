@@ -113,27 +113,15 @@ class _Group(click.Group):
 # --- parameter types -------------------------------------------------------------------
 
 _UNITS = {
-    "s": 1,
-    "sec": 1,
-    "secs": 1,
-    "second": 1,
-    "seconds": 1,
-    "m": 60,
-    "min": 60,
-    "mins": 60,
-    "minute": 60,
-    "minutes": 60,
-    "h": 3600,
-    "hr": 3600,
-    "hrs": 3600,
-    "hour": 3600,
-    "hours": 3600,
-    "d": 86400,
-    "day": 86400,
-    "days": 86400,
-    "w": 604800,
-    "week": 604800,
-    "weeks": 604800,
+    name: seconds
+    for seconds, names in (
+        (1, "s sec secs second seconds"),
+        (60, "m min mins minute minutes"),
+        (3600, "h hr hrs hour hours"),
+        (86400, "d day days"),
+        (604800, "w week weeks"),
+    )
+    for name in names.split()
 }
 _RELATIVE = re.compile(r"^(\d{1,9})\s*([a-z]+)(?:\s+ago)?$")
 
@@ -261,9 +249,8 @@ def _db_option(f: F) -> F:
         type=click.Path(dir_okay=False, path_type=Path),
         default=None,
         metavar="PATH",
-        help="The ledger file. Default: $DECISION_TRACE_DB, else "
-        "$XDG_DATA_HOME/decision-trace/traces.db, else "
-        "~/.local/share/decision-trace/traces.db.",
+        help="The ledger file. Default: $DECISION_TRACE_DB, else the library's default "
+        "(~/.local/share/decision-trace/traces.db, or under $XDG_DATA_HOME).",
     )(f)
 
 
@@ -307,7 +294,9 @@ def _filter_options(f: F) -> F:
             default=None,
             help="Events that touched this object, e.g. order:ord-123.",
         ),
-        click.option("--tag", "tags", multiple=True, help="Events with this tag (repeatable)."),
+        click.option(
+            "--tag", "tags", multiple=True, metavar="TAG", help="Events with this tag (repeatable)."
+        ),
         click.option("--outcome", type=_EnumType(Outcome), default=None, help="Outcome, any case."),
         click.option(
             "--since",
@@ -688,7 +677,7 @@ _LIMIT_HELP = "Show at most this many (0 for all)."
 # --- the commands -----------------------------------------------------------------------
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group("decision-trace", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="decision-trace", prog_name="decision-trace")
 @_db_option
 @click.pass_context
@@ -712,7 +701,12 @@ def main(ctx: click.Context, db_path: Path | None) -> None:
 @main.command()
 @_filter_options
 @click.option(
-    "--limit", default=50, show_default=True, type=click.IntRange(min=0), help=_LIMIT_HELP
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(min=0),
+    metavar="N",
+    help=_LIMIT_HELP,
 )
 @_common
 def events(
@@ -836,7 +830,9 @@ def _print_event_full(event: TraceEvent) -> None:
 
 @main.command()
 @click.argument("object_ref", metavar="TYPE:ID", type=OBJECT_REF)
-@click.option("--limit", default=0, type=click.IntRange(min=0), help="Oldest N only (0: all).")
+@click.option(
+    "--limit", default=0, type=click.IntRange(min=0), metavar="N", help="Oldest N only (0: all)."
+)
 @_common
 def why(
     db_path: Path | None, as_json: bool, object_ref: tuple[ObjectType, str], limit: int
@@ -898,14 +894,20 @@ def why(
 @main.command()
 @click.argument("text", nargs=-1, required=True)
 @click.option(
-    "--limit", default=50, show_default=True, type=click.IntRange(min=0), help=_LIMIT_HELP
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(min=0),
+    metavar="N",
+    help=_LIMIT_HELP,
 )
 @_common
 def search(db_path: Path | None, as_json: bool, text: tuple[str, ...], limit: int) -> None:
     """Full-text search of descriptions, reasoning and context; every word must match.
 
     Any text is safe to type: quotes, AND, OR, *, - and parentheses are searched for
-    as words, never parsed as query syntax.
+    as words, never parsed as query syntax. Put -- before text that starts with a
+    dash (decision-trace search -- -v2).
 
     \b
     Examples:
@@ -930,10 +932,12 @@ def chain(db_path: Path | None, as_json: bool, event_id: str) -> None:
     """Show the chain an event belongs to: its topmost stored ancestor and every
     descendant, as an indented tree with durations.
 
+    With --json, one event per line (depth first), each with its depth in the tree.
+
     \b
     Examples:
       decision-trace chain 3f2a9c0d1e2b4a5f
-      decision-trace chain 3f2a9c0d1e2b4a5f --json   # one event per line, with depth
+      decision-trace chain 3f2a9c0d1e2b4a5f --json
     """
     with _open(db_path) as store, store.reader() as conn:
         root = q.get_chain(conn, event_id)

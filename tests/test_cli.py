@@ -1,0 +1,895 @@
+"""The ``decision-trace`` command, through click's CliRunner and as a real subprocess."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import tracemalloc
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+from click.testing import CliRunner, Result
+
+from decision_trace import DecisionTraceClient
+from decision_trace.attributes import EventRecord
+from decision_trace.cli import main, parse_object_ref, parse_time
+from decision_trace.models import ObjectType
+from decision_trace.store import Store
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+COMMANDS = ("events", "show", "why", "search", "chain", "stats", "export", "prune")
+NOW = datetime.now(timezone.utc)
+HOSTILE_DESCRIPTION = "Note from customer: \x1b[2J\x1b[31mred\x1b[0m \u202eevil\u202c done"
+
+
+@dataclass
+class Ledger:
+    db: Path
+    created: str
+    workflow: str
+    payment: str
+    picking: str
+    adjusted: str
+    refunded: str
+    hostile: str
+    old: str
+
+
+@pytest.fixture
+def ledger(make_client: Callable[..., DecisionTraceClient], db_path: Path) -> Ledger:
+    """A small shop's ledger, recorded by the library (sync: committed on record())."""
+    client = make_client(durability="sync")
+    old = (
+        client.trace("order.created", "Order placed long ago, archived later")
+        .at(NOW - timedelta(days=100))
+        .by_user("cust-old", "Old Customer")
+        .affecting_order("ord-old", {"total": 10})
+        .because("Ancient checkout with zanzibarword in it")
+        .with_tags("legacy")
+        .record()
+    )
+    created = (
+        client.trace("order.created", "Order created")
+        .at(NOW - timedelta(hours=3))
+        .by_user("cust-1", "Jane Customer", role="customer", email="jane@example.com")
+        .affecting_order("ord-1", {"total": 149.99})
+        .because(
+            "Customer completed checkout after 3 items in cart",
+            context={"session_duration": "5m 32s", "coupon_applied": None},
+        )
+        .with_tags("checkout", "web")
+        .record()
+    )
+    workflow = (
+        client.trace("workflow.started", "Order fulfillment started")
+        .by_system("fulfillment-engine")
+        .affecting_order("ord-1")
+        .record()
+    )
+    payment = (
+        client.trace("payment.captured", "Payment captured")
+        .child_of(workflow)
+        .by_external("stripe", "Stripe", service_name="api.stripe.com")
+        .affecting_payment("pay-1", {"amount": 149.99})
+        .record()
+    )
+    with client.span("workflow.step", "Picking the items").child_of(workflow) as trace:
+        trace.by_compute("picker", "Warehouse picker")
+        adjusted = (
+            client.trace("inventory.adjusted", "Stock decremented")
+            .by_compute("picker")
+            .affecting_inventory("SKU-789", quantity_before=100, quantity_after=98)
+            .record()
+        )
+    picking = trace.event_id
+    assert picking is not None
+    refunded = (
+        client.trace(
+            "order.refunded",
+            "Refund issued after a long back-and-forth with the customer about a "
+            "defective grinder whose burrs were misaligned from the factory, which took "
+            "several emails: https://support.example.com/tickets/0123456789abcdef0123456789",
+        )
+        .by_ai_agent("refund-ai", "Refund Agent", model="gpt-4", version="2.1")
+        .affecting(
+            "order",
+            "ord-1",
+            state_before={"status": "paid", "refund": 0},
+            state_after={"status": "refunded", "refund": 99.99},
+        )
+        .affecting_customer("cust-1")
+        .because(
+            "Refund approved due to product defect",
+            context={"defect_type": "manufacturing", "customer_tier": "gold"},
+            alternatives=[
+                {"action": "replace", "reason": "offer replacement instead"},
+                {"action": "partial_refund", "reason": "50% refund option"},
+            ],
+            rejection_reasons={
+                "replace": "Customer requested full refund",
+                "partial_refund": "Clear manufacturer defect",
+            },
+        )
+        .with_confidence(0.92)
+        .with_risk("medium")
+        .with_tags("refund")
+        .failed("card network timeout")
+        .record()
+    )
+    hostile = (
+        client.trace("note.added", HOSTILE_DESCRIPTION)
+        .by_user("cust-1")
+        .affecting_order("ord-1")
+        .because('He said "hello" (AND) -maybe * NEAR OR: col:umn')
+        .record()
+    )
+    client.close()
+    return Ledger(
+        db=db_path,
+        created=created,
+        workflow=workflow,
+        payment=payment,
+        picking=picking,
+        adjusted=adjusted,
+        refunded=refunded,
+        hostile=hostile,
+        old=old,
+    )
+
+
+def run(*args: str, ok: bool = True, **kwargs: Any) -> Result:
+    """Invoke the CLI in-process; by default the command must succeed."""
+    result = CliRunner().invoke(main, list(args), **kwargs)
+    if ok:
+        assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    assert "Traceback" not in result.stdout + result.stderr
+    return result
+
+
+def run_db(ledger: Ledger, command: str, *args: str, ok: bool = True, **kwargs: Any) -> Result:
+    """Run ``command`` with ``--db`` pointing at the ledger."""
+    return run(command, "--db", str(ledger.db), *args, ok=ok, **kwargs)
+
+
+def json_lines(result: Result) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def fails(result: Result, code: int, *fragments: str) -> str:
+    """Assert a one-line error on stderr, nothing on stdout, exit status ``code``."""
+    assert result.exit_code == code, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
+# --- parsing helpers ----------------------------------------------------------------------
+
+
+def test_parse_time_relative_and_iso() -> None:
+    now = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+    assert parse_time("15m", now) == now - timedelta(minutes=15)
+    assert parse_time("2h", now) == now - timedelta(hours=2)
+    assert parse_time("7d", now) == now - timedelta(days=7)
+    assert parse_time("2w", now) == now - timedelta(weeks=2)
+    assert parse_time("90 days", now) == now - timedelta(days=90)
+    assert parse_time("3 hours ago", now) == now - timedelta(hours=3)
+    assert parse_time("2024-01-31") == datetime(2024, 1, 31, tzinfo=timezone.utc)
+    assert parse_time("2024-01-31T14:00Z") == datetime(2024, 1, 31, 14, tzinfo=timezone.utc)
+    assert parse_time("2024-01-31T16:00+02:00") == datetime(2024, 1, 31, 14, tzinfo=timezone.utc)
+    for bad in ("yesterday", "15x", "", "-5m", "1e9d", "2024-13-01"):
+        with pytest.raises(ValueError):
+            parse_time(bad, now)
+    with pytest.raises(ValueError, match="before year 1"):
+        parse_time("999999999w", now)
+
+
+def test_parse_object_ref() -> None:
+    assert parse_object_ref("order:ord-1") == (ObjectType.ORDER, "ord-1")
+    assert parse_object_ref("ORDER:ord-1") == (ObjectType.ORDER, "ord-1")
+    assert parse_object_ref("Purchase-Order:po:7") == (ObjectType.PURCHASE_ORDER, "po:7")
+    for bad in ("ord-1", "order:", ":ord-1", "spaceship:1", "order:   "):
+        with pytest.raises(ValueError):
+            parse_object_ref(bad)
+
+
+# --- events -----------------------------------------------------------------------------
+
+
+def test_events_lists_newest_first_as_json(ledger: Ledger) -> None:
+    events = json_lines(run_db(ledger, "events", "--json", "--limit", "0"))
+    ids = [e["id"] for e in events]
+    assert len(ids) == 8
+    assert ids[-1] == ledger.old and ids[-2] == ledger.created
+    stamps = [e["timestamp"] for e in events]
+    assert stamps == sorted(stamps, reverse=True)
+    refund = next(e for e in events if e["id"] == ledger.refunded)
+    assert refund["actor"]["type"] == "ai_agent"
+    assert refund["actor"]["model"] == "gpt-4"
+    assert refund["outcome"] == "failure"
+    assert refund["error"] == "card network timeout"
+    assert refund["decision"]["rejection_reasons"]["replace"] == "Customer requested full refund"
+    assert refund["decision"]["confidence"] == 0.92
+    assert refund["objects"][0] == {
+        "object_type": "order",
+        "external_id": "ord-1",
+        "state": {},
+        "state_before": {"status": "paid", "refund": 0},
+        "state_after": {"status": "refunded", "refund": 99.99},
+    }
+    assert refund["tags"] == ["refund"]
+    assert len(refund["correlation_id"]) == 32
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--actor-type", "ai_agent"), ["refunded"]),
+        (("--actor-type", "AI_AGENT"), ["refunded"]),
+        (("--actor-type", "ai-agent"), ["refunded"]),
+        (("--actor-type", "External", "--actor-type", "ai_agent"), ["refunded", "payment"]),
+        (("--outcome", "FAILURE"), ["refunded"]),
+        (("--object", "order:ord-1", "--type", "order.created"), ["created"]),
+        (("--object", "Inventory:SKU-789"), ["adjusted"]),
+        (("--object", "payment:pay-1"), ["payment"]),
+        (("--tag", "checkout"), ["created"]),
+        (("--tag", "legacy", "--tag", "refund"), ["refunded", "old"]),
+        (("--actor", "picker", "--type", "workflow.step"), ["picking"]),
+        (("--since", "7d", "--type", "order.created"), ["created"]),
+        (("--until", "30d"), ["old"]),
+        (("--since", "2h", "--type", "order.created"), []),
+        (("--object", "order:ord-old", "--since", "1d"), []),
+    ],
+)
+def test_events_filters(ledger: Ledger, args: tuple[str, ...], expected: list[str]) -> None:
+    result = run_db(ledger, "events", "--json", *args)
+    assert [e["id"] for e in json_lines(result)] == [getattr(ledger, n) for n in expected]
+
+
+def test_events_human_output_fits_80_columns(ledger: Ledger) -> None:
+    result = run_db(ledger, "events", "--limit", "3")
+    out = result.stdout
+    assert ledger.refunded in out
+    assert 'ai_agent refund-ai "Refund Agent"' in out
+    assert "why: Refund approved due to product defect" in out
+    assert "card network timeout" in out
+    assert all(len(line) <= 80 for line in out.splitlines())
+    assert "Showing the newest 3 of 8 events" in result.stderr
+
+
+def test_no_match_is_not_an_error(ledger: Ledger) -> None:
+    result = run_db(ledger, "events", "--type", "no.such.type")
+    assert result.stdout == ""
+    assert "No events match" in result.stderr
+    assert run_db(ledger, "events", "--type", "no.such.type", "--json").stdout == ""
+
+
+def test_db_option_before_the_command(ledger: Ledger) -> None:
+    result = run("--db", str(ledger.db), "events", "--json", "--limit", "1")
+    assert json_lines(result)[0]["id"] == ledger.hostile
+
+
+def test_db_from_environment(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DECISION_TRACE_DB", str(ledger.db))
+    assert json_lines(run("show", ledger.created, "--json"))[0]["id"] == ledger.created
+
+
+# --- show -------------------------------------------------------------------------------
+
+
+def test_show_one_event_in_full(ledger: Ledger) -> None:
+    out = run_db(ledger, "show", ledger.refunded).stdout
+    for text in (
+        ledger.refunded,
+        "order.refunded",
+        'ai_agent refund-ai "Refund Agent" (model gpt-4, version 2.1)',
+        "Refund approved due to product defect",
+        "defect_type: manufacturing",
+        "replace: Customer requested full refund",
+        "partial_refund: Clear manufacturer defect",
+        "order ord-1",
+        "status: paid → refunded",
+        "refund: 0 → 99.99",
+        "customer cust-1",
+        "Confidence   0.92",
+        "Risk         medium",
+        "failure: card network timeout",
+        "Tags         refund",
+    ):
+        assert text in out, text
+    assert all(len(line) <= 80 for line in out.splitlines())
+
+
+def test_show_json_and_ids_any_case(ledger: Ledger) -> None:
+    event = json_lines(run_db(ledger, "show", ledger.payment.upper(), "--json"))[0]
+    assert event["id"] == ledger.payment
+    assert event["parent_event_id"] == ledger.workflow
+    assert event["actor"] == {
+        "type": "external",
+        "id": "stripe",
+        "name": "Stripe",
+        "email": None,
+        "role": None,
+        "model": None,
+        "version": None,
+        "service_name": "api.stripe.com",
+        "metadata": {},
+    }
+    created = json_lines(run_db(ledger, "show", ledger.created, "--json"))[0]
+    assert created["decision"]["context"] == {"session_duration": "5m 32s", "coupon_applied": None}
+    assert created["actor"]["email"] == "jane@example.com"
+    assert "jane@example.com" in run_db(ledger, "show", ledger.created).stdout
+
+
+def test_show_shows_trace_and_parent(ledger: Ledger) -> None:
+    out = run_db(ledger, "show", ledger.adjusted).stdout
+    assert f"Parent       {ledger.picking}" in out
+    assert "quantity: 100 → 98" in out or "100 → 98" in out
+
+
+# --- why --------------------------------------------------------------------------------
+
+
+def test_why_tells_the_story_oldest_first(ledger: Ledger) -> None:
+    out = run_db(ledger, "why", "order:ord-1").stdout
+    assert out.startswith("order ord-1: 4 events")
+    positions = [out.index(e) for e in (ledger.created, ledger.workflow, ledger.refunded)]
+    assert positions == sorted(positions)
+    assert 'who        user cust-1 "Jane Customer" (role customer)' in out
+    assert "why        Customer completed checkout after 3 items in cart" in out
+    assert "rejected   replace: Customer requested full refund" in out
+    assert "changed    status: paid → refunded" in out
+    assert "outcome    failure: card network timeout" in out
+    assert all(len(line) <= 80 for line in out.splitlines())
+
+
+def test_why_json_and_case_insensitive_type(ledger: Ledger) -> None:
+    history = json_lines(run_db(ledger, "why", "ORDER:ord-1", "--json"))
+    assert [e["id"] for e in history] == [
+        ledger.created,
+        ledger.workflow,
+        ledger.refunded,
+        ledger.hostile,
+    ]
+    inventory = json_lines(run_db(ledger, "why", "inventory:SKU-789", "--json"))
+    assert [e["id"] for e in inventory] == [ledger.adjusted]
+    assert inventory[0]["objects"][0]["state_after"] == {"quantity": 98}
+
+
+def test_why_other_objects_changes_are_labelled(ledger: Ledger) -> None:
+    out = run_db(ledger, "why", "customer:cust-1").stdout
+    assert "changed    order ord-1: status: paid → refunded" in out
+
+
+# --- search -----------------------------------------------------------------------------
+
+
+def test_search_finds_and_is_json(ledger: Ledger) -> None:
+    found = json_lines(run_db(ledger, "search", "manufacturing", "--json"))
+    assert [e["id"] for e in found] == [ledger.refunded]
+    words = json_lines(run_db(ledger, "search", "product", "defect", "--json"))
+    assert [e["id"] for e in words] == [ledger.refunded]
+    human = run_db(ledger, "search", "checkout").stdout
+    assert ledger.created in human and "Customer completed checkout" in human
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['"hello"', '"unbalanced', "AND", "OR NOT", "-maybe", "NEAR(", "col:umn", "*", "(AND)"],
+)
+def test_search_syntax_is_searched_as_text(ledger: Ledger, text: str) -> None:
+    result = run_db(ledger, "search", "--json", "--", text)
+    ids = [e["id"] for e in json_lines(result)]
+    if text in ('"unbalanced', "OR NOT", "*"):
+        assert ids == []
+    else:
+        assert ledger.hostile in ids
+
+
+@pytest.mark.parametrize(
+    "text", ["'; DROP TABLE events; --", "🙂" * 50, "x" * 10_000, "\ud800", "\\"]
+)
+def test_search_weird_text_is_safe(ledger: Ledger, text: str) -> None:
+    result = run_db(ledger, "search", "--", text)
+    assert result.stdout == ""
+    assert "No events match" in result.stderr
+    assert len(json_lines(run_db(ledger, "events", "--json", "--limit", "0"))) == 8
+
+
+@pytest.mark.parametrize("text", ["   ", "", "\t\n", "\x00"])
+def test_search_without_words_is_a_usage_error(ledger: Ledger, text: str) -> None:
+    fails(run_db(ledger, "search", "--", text, ok=False), 2, "no words")
+
+
+# --- chain ------------------------------------------------------------------------------
+
+
+def test_chain_tree(ledger: Ledger) -> None:
+    out = run_db(ledger, "chain", ledger.adjusted).stdout
+    lines = out.splitlines()
+    assert lines[0].startswith("workflow.started")
+    assert ledger.workflow in lines[0]
+    order = [out.index(i) for i in (ledger.workflow, ledger.payment, ledger.picking)]
+    assert order == sorted(order)
+    adjusted_line = next(line for line in lines if ledger.adjusted in line)
+    assert adjusted_line.startswith("   └─ inventory.adjusted")
+    assert "◀ this event" in adjusted_line
+    picking_line = next(line for line in lines if ledger.picking in line)
+    assert re.search(r"\d+(\.\d+)? (ms|s)|<0\.1 ms", picking_line)
+    assert all(len(line) <= 80 for line in lines)
+
+
+def test_chain_json_has_depths(ledger: Ledger) -> None:
+    nodes = json_lines(run_db(ledger, "chain", ledger.payment, "--json"))
+    assert [(n["depth"], n["id"]) for n in nodes] == [
+        (0, ledger.workflow),
+        (1, ledger.payment),
+        (1, ledger.picking),
+        (2, ledger.adjusted),
+    ]
+    assert nodes[3]["parent_event_id"] == ledger.picking
+    assert nodes[2]["duration_ms"] >= 0
+
+
+# --- stats ------------------------------------------------------------------------------
+
+
+def test_stats(ledger: Ledger) -> None:
+    stats = json_lines(run_db(ledger, "stats", "--json"))[0]
+    assert stats["events"] == 8
+    assert stats["by_event_type"]["order.created"] == 2
+    assert stats["by_actor_type"] == {
+        "user": 3,
+        "compute": 2,
+        "ai_agent": 1,
+        "external": 1,
+        "system": 1,
+    }
+    assert stats["by_outcome"] == {"success": 7, "failure": 1}
+    assert sum(stats["by_day"].values()) == 8
+    assert (NOW - timedelta(days=100)).strftime("%Y-%m-%d") in stats["by_day"]
+    assert stats["first"] < stats["last"]
+    assert stats["size_bytes"] == ledger.db.stat().st_size > 0
+    assert stats["schema_version"] == 1
+    human = run_db(ledger, "stats").stdout
+    assert "order.created" in human and "By actor type" in human and "Size" in human
+    assert all(len(line) <= 80 for line in human.splitlines())
+
+
+def test_stats_on_an_empty_ledger(make_client: Callable[..., DecisionTraceClient]) -> None:
+    client = make_client()
+    client.close()
+    stats = json_lines(run("stats", "--db", client.db_path, "--json"))[0]
+    assert stats["events"] == 0 and stats["first"] is None and stats["by_day"] == {}
+
+
+# --- export -----------------------------------------------------------------------------
+
+
+def test_export_jsonl_to_stdout_oldest_first(ledger: Ledger) -> None:
+    exported = json_lines(run_db(ledger, "export"))
+    assert len(exported) == 8
+    assert exported[0]["id"] == ledger.old
+    listed = json_lines(run_db(ledger, "events", "--json", "--limit", "0"))
+    assert sorted(e["id"] for e in exported) == sorted(e["id"] for e in listed)
+    assert {e["id"]: e for e in exported} == {e["id"]: e for e in listed}
+    assert json_lines(run_db(ledger, "export", "--json")) == exported
+
+
+def test_export_csv_to_file_with_filters(ledger: Ledger, tmp_path: Path) -> None:
+    out = tmp_path / "out" / "refunds.csv"
+    out.parent.mkdir()
+    result = run_db(ledger, "export", "--format", "CSV", "--object", "order:ord-1", "-o", str(out))
+    assert "Exported 4 events" in result.stderr
+    assert result.stdout == ""
+    assert out.stat().st_mode & 0o777 == 0o600
+    rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"), newline="")))
+    assert [r["id"] for r in rows] == [
+        ledger.created,
+        ledger.workflow,
+        ledger.refunded,
+        ledger.hostile,
+    ]
+    refund = rows[2]
+    assert refund["actor_type"] == "ai_agent"
+    assert refund["outcome"] == "failure"
+    assert json.loads(refund["objects"])[0]["state_after"]["status"] == "refunded"
+    assert json.loads(refund["rejection_reasons"])["replace"] == "Customer requested full refund"
+    assert rows[3]["description"] == HOSTILE_DESCRIPTION
+    assert list(tmp_path.joinpath("out").iterdir()) == [out]
+
+
+def test_export_has_no_progress_bar_when_not_a_terminal(ledger: Ledger, tmp_path: Path) -> None:
+    result = run_db(ledger, "export", "-o", str(tmp_path / "x.jsonl"))
+    assert "Exporting" not in result.stderr
+    assert result.stderr.strip() == f"Exported 8 events to {tmp_path / 'x.jsonl'}."
+
+
+def test_export_json_conflicts_with_csv(ledger: Ledger) -> None:
+    fails(run_db(ledger, "export", "--json", "--format", "csv", ok=False), 2, "--format jsonl")
+
+
+def _record(i: int, start_ns: int) -> EventRecord:
+    return EventRecord(
+        id=f"{i + 1:016x}",
+        trace_id=f"{i + 1:032x}",
+        parent_id=None,
+        start_ns=start_ns + i,
+        duration_ns=1000,
+        event_type="bulk.event",
+        description=f"Bulk event number {i} with some description text to make it sizeable",
+        actor_type="compute",
+        actor_id="loader",
+        actor_name="Bulk loader",
+        actor_json=None,
+        reasoning="Loaded in bulk to check that export streams",
+        decision_json='{"context":{"batch":"x"},"alternatives":[],"rejection_reasons":{},'
+        '"confidence":null,"risk_level":null}',
+        object_types=("order",),
+        object_ids=(f"ord-{i}",),
+        objects_json=None,
+        tags=("bulk",),
+        outcome="success",
+        error=None,
+        metadata_json=None,
+        service_name="loader",
+    )
+
+
+def test_export_streams_in_bounded_memory(db_path: Path, tmp_path: Path) -> None:
+    count = 20_000
+    store = Store(db_path)
+    start = int(NOW.timestamp()) * 1_000_000_000
+    for chunk in range(0, count, 5000):
+        store.write([_record(i, start) for i in range(chunk, chunk + 5000)])
+    store.close()
+    out = tmp_path / "all.jsonl"
+    tracemalloc.start()
+    try:
+        run("export", "--db", str(db_path), "-o", str(out))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    size = out.stat().st_size
+    with out.open(encoding="utf-8") as lines:
+        assert sum(1 for _ in lines) == count
+    # Holding every event (or the output) in memory would need far more than this.
+    assert size > 10_000_000
+    assert peak < 8_000_000, peak
+
+
+def test_export_progress_bar_on_a_terminal(ledger: Ledger, tmp_path: Path) -> None:
+    pty = pytest.importorskip("pty")
+    controller, terminal = pty.openpty()
+    out = tmp_path / "x.jsonl"
+    try:
+        completed = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "decision_trace",
+                "export",
+                "--db",
+                str(ledger.db),
+                "-o",
+                str(out),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+            timeout=120,
+            check=False,
+        )
+        os.close(terminal)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(controller)
+    assert completed.returncode == 0
+    assert b"Exporting" in seen
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 8
+
+
+# --- prune ------------------------------------------------------------------------------
+
+
+def integrity(db: Path) -> str:
+    with sqlite3.connect(db) as conn:
+        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+def test_prune_dry_run_then_for_real(ledger: Ledger) -> None:
+    dry = json_lines(run_db(ledger, "prune", "--older-than", "90d", "--dry-run", "--json"))[0]
+    assert (dry["dry_run"], dry["events"], dry["objects"], dry["tags"]) == (True, 1, 1, 1)
+    assert len(json_lines(run_db(ledger, "events", "--json", "--limit", "0"))) == 8
+
+    report = json_lines(run_db(ledger, "prune", "--older-than", "90d", "--json"))[0]
+    assert (report["events"], report["objects"], report["tags"]) == (1, 1, 1)
+    assert report["integrity_check"] == "ok"
+    remaining = [e["id"] for e in json_lines(run_db(ledger, "events", "--json", "--limit", "0"))]
+    assert ledger.old not in remaining and len(remaining) == 7
+    assert run_db(ledger, "search", "zanzibarword").stdout == ""
+    fails(run_db(ledger, "why", "order:ord-old", ok=False), 1, "no events about order")
+    assert integrity(ledger.db) == "ok"
+
+    again = run_db(ledger, "prune", "--older-than", "90d")
+    assert "Deleted 0 events" in again.stdout
+    assert "Integrity check: ok" in again.stdout
+
+
+def test_prune_vacuum_removes_the_bytes(ledger: Ledger) -> None:
+    assert b"zanzibarword" in ledger.db.read_bytes() + _wal(ledger.db)
+    result = run_db(ledger, "prune", "--older-than", "2000h", "--vacuum")
+    assert "Deleted 1 event older than" in result.stdout
+    assert b"zanzibarword" not in ledger.db.read_bytes() + _wal(ledger.db)
+    assert integrity(ledger.db) == "ok"
+    assert len(json_lines(run_db(ledger, "export"))) == 7
+
+
+def _wal(db: Path) -> bytes:
+    wal = Path(f"{db}-wal")
+    return wal.read_bytes() if wal.exists() else b""
+
+
+def test_prune_refuses_the_future_and_needs_a_cutoff(ledger: Ledger) -> None:
+    fails(run_db(ledger, "prune", "--older-than", "2999-01-01", ok=False), 2, "future")
+    fails(run_db(ledger, "prune", ok=False), 2, "--older-than")
+    fails(run_db(ledger, "prune", "--older-than", "soon", ok=False), 2, "--older-than")
+
+
+# --- hostile input and errors -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("events", "--object", "ord-1"),
+        ("events", "--object", "order:"),
+        ("events", "--object", ":ord-1"),
+        ("events", "--object", "spaceship:1"),
+        ("export", "--object", "order"),
+        ("why", "ord-1"),
+        ("why", "widget:1"),
+    ],
+)
+def test_malformed_object_is_one_line(ledger: Ledger, args: tuple[str, ...]) -> None:
+    line = fails(run_db(ledger, *args, ok=False), 2)
+    assert "TYPE:ID" in line or "object type" in line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("events", "--actor-type", "robot"),
+        ("events", "--outcome", "maybe"),
+        ("events", "--since", "last tuesday"),
+        ("events", "--since", "999999999w"),
+        ("events", "--since", "1h", "--until", "2h"),
+        ("events", "--limit", "-1"),
+        ("show", "not-an-id"),
+        ("show", "12345"),
+        ("chain", "zzzzzzzzzzzzzzzz"),
+        ("stats", "--days", "x"),
+        ("export", "--format", "xml"),
+        ("nonsense",),
+        ("events", "--no-such-option"),
+    ],
+)
+def test_bad_arguments_are_one_line(ledger: Ledger, args: tuple[str, ...]) -> None:
+    fails(run_db(ledger, *args, ok=False), 2)
+
+
+def test_unknown_event_id(ledger: Ledger) -> None:
+    fails(run_db(ledger, "show", "0123456789abcdef", ok=False), 1, "no event with id")
+    fails(run_db(ledger, "chain", "0123456789abcdef", ok=False), 1, "no event with id")
+    fails(run_db(ledger, "why", "order:never", ok=False), 1, "no events about order 'never'")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("events",),
+        ("show", "0123456789abcdef"),
+        ("why", "order:ord-1"),
+        ("search", "refund"),
+        ("chain", "0123456789abcdef"),
+        ("stats",),
+        ("export",),
+        ("prune", "--older-than", "90d"),
+    ],
+)
+def test_missing_database_is_never_created(tmp_path: Path, args: tuple[str, ...]) -> None:
+    missing = tmp_path / "nowhere" / "traces.db"
+    fails(run(*args, "--db", str(missing), ok=False), 1, "no decision-trace database")
+    assert not missing.parent.exists()
+    default = tmp_path / "home" / ".local" / "share" / "decision-trace"
+    fails(run(*args, ok=False), 1, "no decision-trace database")
+    assert not default.exists()
+
+
+def test_files_that_are_not_ledgers(tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("hello, this is not SQLite\n" * 100)
+    fails(run("events", "--db", str(text), ok=False), 1, "not a decision-trace database")
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    fails(run("stats", "--db", str(empty), ok=False), 1, "empty")
+    assert empty.stat().st_size == 0
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    fails(run("stats", "--db", str(other), ok=False), 1, "another application")
+    fails(run("events", "--db", str(tmp_path), ok=False), 2, "directory")
+
+
+def test_recorded_escape_sequences_never_reach_the_terminal(ledger: Ledger) -> None:
+    for args in (
+        ("events",),
+        ("show", ledger.hostile),
+        ("why", "order:ord-1"),
+        ("search", "customer"),
+        ("chain", ledger.hostile),
+    ):
+        out = run_db(ledger, *args).stdout
+        assert "\x1b" not in out and "\u202e" not in out, args
+    shown = run_db(ledger, "show", ledger.hostile).stdout
+    assert "\\x1b[2J" in shown and "\\u202e" in shown
+    as_json = json_lines(run_db(ledger, "show", ledger.hostile, "--json"))[0]
+    assert as_json["description"] == HOSTILE_DESCRIPTION
+
+
+def test_colour_only_on_a_terminal(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = run_db(ledger, "show", ledger.refunded).stdout
+    assert "\x1b[" not in plain
+    coloured = run_db(ledger, "show", ledger.refunded, color=True).stdout
+    assert "\x1b[" in coloured
+    assert click.unstyle(coloured) == plain
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert "\x1b[" not in run_db(ledger, "show", ledger.refunded, color=True).stdout
+
+
+# --- help and documentation -------------------------------------------------------------
+
+
+def test_every_command_is_registered() -> None:
+    assert set(main.commands) == set(COMMANDS)
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_help_has_an_example(name: str) -> None:
+    result = run(name, "--help")
+    assert "Examples:" in result.stdout
+    assert f"decision-trace {name} " in result.stdout
+    assert "--db PATH" in result.stdout and "--json" in result.stdout
+    assert all(len(line) <= 80 for line in result.stdout.splitlines())
+
+
+def test_main_help_and_version() -> None:
+    out = run("--help").stdout
+    for name in COMMANDS:
+        assert name in out
+    assert "decision-trace why order:ord-123" in out
+    assert "decision-trace" in run("--version").stdout
+
+
+def test_every_command_is_documented_in_the_readme() -> None:
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Command line", 1)[1].split("\n## ", 1)[0]
+    for name in main.commands:
+        assert f"decision-trace {name}" in section, name
+    assert "--json" in section and "--db" in section
+
+
+# --- real processes ---------------------------------------------------------------------
+
+
+def _console_script() -> list[str]:
+    script = Path(sys.executable).parent / "decision-trace"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "decision_trace"]
+
+
+def test_installed_console_script_on_recorded_data(ledger: Ledger) -> None:
+    env = {**os.environ, "DECISION_TRACE_DB": str(ledger.db)}
+
+    def cli(*args: str, command: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*(command or _console_script()), *args],
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            env=env,
+            timeout=120,
+            check=False,
+        )
+
+    why = cli("why", "order:ord-1", "--json")
+    assert why.returncode == 0, why.stderr
+    history = [json.loads(line) for line in why.stdout.splitlines()]
+    assert history[0]["id"] == ledger.created
+    assert history[2]["decision"]["reasoning"] == "Refund approved due to product defect"
+
+    human = cli("why", "order:ord-1")
+    assert "status: paid → refunded" in human.stdout
+    assert "\x1b" not in human.stdout
+
+    python_m = [sys.executable, "-m", "decision_trace"]
+    module = cli("show", ledger.refunded, "--json", command=python_m)
+    assert module.returncode == 0, module.stderr
+    assert json.loads(module.stdout)["id"] == ledger.refunded
+
+    missing = cli("show", "0123456789abcdef")
+    assert missing.returncode == 1
+    assert missing.stdout == ""
+    assert missing.stderr.strip().splitlines() == [
+        f"Error: no event with id '0123456789abcdef' in {ledger.db}"
+    ]
+
+    usage = cli("events", "--object", "nonsense")
+    assert usage.returncode == 2
+    assert len(usage.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in usage.stderr
+
+    nowhere = ledger.db.parent / "absent.db"
+    absent = cli("stats", "--db", str(nowhere))
+    assert absent.returncode == 1 and not nowhere.exists()
+
+
+def test_demo_data_through_a_real_process(tmp_path: Path) -> None:
+    """``make demo``'s script records a day; the command answers questions about it."""
+    demo = REPO_ROOT / "examples" / "ecommerce_demo.py"
+    db = tmp_path / "demo.db"
+    env = {**os.environ, "DECISION_TRACE_DB": str(db)}
+    recorded = subprocess.run(
+        [sys.executable, str(demo)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert recorded.returncode == 0, recorded.stderr
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [*_console_script(), *args],
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            env=env,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    stats = json.loads(cli("stats", "--json"))
+    events = [json.loads(line) for line in cli("events", "--json", "--limit", "0").splitlines()]
+    assert stats["events"] == len(events) > 0
+    refund = next(e for e in events if e["event_type"] == "order.refunded")
+    order = next(o for o in refund["objects"] if o["object_type"] == "order")
+    why = cli("why", f"order:{order['external_id']}", "--json")
+    story = [json.loads(line) for line in why.splitlines()]
+    assert refund["id"] in [e["id"] for e in story]
+    assert refund["id"] in cli("chain", refund["id"])
+    exported = cli("export", "--format", "csv")
+    assert len(list(csv.reader(io.StringIO(exported)))) == len(events) + 1
+    pruned = json.loads(cli("prune", "--older-than", "0s", "--json"))
+    assert pruned["events"] == len(events) and pruned["integrity_check"] == "ok"
+    assert integrity(db) == "ok"
