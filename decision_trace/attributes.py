@@ -610,66 +610,112 @@ def _enum_or(parser: Any, value: str, fallback: Any) -> Any:
         return fallback
 
 
+# Stored values are the enums' own values: look them up directly (parse() scans members).
+_ACTOR_TYPE_BY_VALUE = {m.value: m for m in ActorType}
+_OBJECT_TYPE_BY_VALUE = {m.value: m for m in ObjectType}
+_OUTCOME_BY_VALUE = {m.value: m for m in Outcome}
+_RISK_BY_VALUE = {m.value: m for m in RiskLevel}
+
+
+def _stored_enum(table: Mapping[str, Any], parser: Any, value: str, fallback: Any) -> Any:
+    member = table.get(value)
+    return member if member is not None else _enum_or(parser, value, fallback)
+
+
+def _trusted(cls: type[Any], fields: dict[str, Any]) -> Any:
+    """An instance of the frozen dataclass ``cls`` from values read back from the store.
+
+    They were validated when recorded, so ``__post_init__`` (the input validation) is
+    skipped: reading is the hot path of every query. Every field must be given.
+    """
+    obj = object.__new__(cls)
+    obj.__dict__.update(fields)
+    return obj
+
+
+_EMPTY: Mapping[str, Any] = {}
+
+
 def event_from_record(record: EventRecord) -> TraceEvent:
     """Turn a stored record back into the :class:`TraceEvent` model."""
     actor = None
     if record.actor_type is not None and record.actor_id:
-        extras = json.loads(record.actor_json) if record.actor_json else {}
-        actor = Actor(
-            type=_enum_or(ActorType.parse, record.actor_type, ActorType.SYSTEM),
-            id=record.actor_id,
-            name=record.actor_name,
-            email=extras.get("email"),
-            role=extras.get("role"),
-            model=extras.get("model"),
-            version=extras.get("version"),
-            service_name=extras.get("service_name"),
-            metadata=extras.get("metadata") or {},
+        extras = json.loads(record.actor_json) if record.actor_json else _EMPTY
+        actor = _trusted(
+            Actor,
+            {
+                "type": _stored_enum(
+                    _ACTOR_TYPE_BY_VALUE, ActorType.parse, record.actor_type, ActorType.SYSTEM
+                ),
+                "id": record.actor_id,
+                "name": record.actor_name,
+                "email": extras.get("email"),
+                "role": extras.get("role"),
+                "model": extras.get("model"),
+                "version": extras.get("version"),
+                "service_name": extras.get("service_name"),
+                "metadata": extras.get("metadata") or {},
+            },
         )
     decision = None
     if record.decision_json is not None:
         data = json.loads(record.decision_json)
-        decision = DecisionTrace(
-            reasoning=record.reasoning or "",
-            context=data.get("context") or {},
-            alternatives=tuple(data.get("alternatives") or ()),
-            rejection_reasons=data.get("rejection_reasons") or {},
-            confidence=data.get("confidence"),
-            risk_level=_enum_or(RiskLevel.parse, data["risk_level"], None)
-            if data.get("risk_level")
-            else None,
+        confidence = data.get("confidence")
+        risk = data.get("risk_level")
+        decision = _trusted(
+            DecisionTrace,
+            {
+                "reasoning": record.reasoning or "",
+                "context": data.get("context") or {},
+                "alternatives": tuple(data.get("alternatives") or ()),
+                "rejection_reasons": data.get("rejection_reasons") or {},
+                "confidence": float(confidence) if confidence is not None else None,
+                "risk_level": _stored_enum(_RISK_BY_VALUE, RiskLevel.parse, risk, None)
+                if risk
+                else None,
+            },
         )
-    states = json.loads(record.objects_json) if record.objects_json else []
+    states = json.loads(record.objects_json) if record.objects_json else ()
     objects = []
     for index, (object_type, external_id) in enumerate(
         zip(record.object_types, record.object_ids, strict=False)
     ):
-        state = states[index] if index < len(states) else {}
+        state = states[index] if index < len(states) else _EMPTY
         objects.append(
-            TrackedObject(
-                object_type=_enum_or(ObjectType.parse, object_type, ObjectType.OTHER),
-                external_id=external_id,
-                state=state.get("state") or {},
-                state_before=state.get("before"),
-                state_after=state.get("after"),
+            _trusted(
+                TrackedObject,
+                {
+                    "object_type": _stored_enum(
+                        _OBJECT_TYPE_BY_VALUE, ObjectType.parse, object_type, ObjectType.OTHER
+                    ),
+                    "external_id": external_id,
+                    "state": state.get("state") or {},
+                    "state_before": state.get("before"),
+                    "state_after": state.get("after"),
+                },
             )
         )
-    return TraceEvent(
-        id=record.id,
-        timestamp=datetime_from_ns(record.start_ns),
-        duration=timedelta(microseconds=record.duration_ns / 1000),
-        event_type=record.event_type,
-        description=record.description,
-        actor=actor,
-        decision=decision,
-        objects=tuple(objects),
-        outcome=_enum_or(Outcome.parse, record.outcome, Outcome.SUCCESS),
-        error=record.error,
-        tags=record.tags,
-        metadata=json.loads(record.metadata_json) if record.metadata_json else {},
-        correlation_id=record.trace_id,
-        parent_event_id=record.parent_id,
-        service_name=record.service_name,
+    return _trusted(
+        TraceEvent,
+        {
+            "id": record.id,
+            "timestamp": datetime_from_ns(record.start_ns),
+            "duration": timedelta(microseconds=record.duration_ns / 1000),
+            "event_type": record.event_type,
+            "description": record.description,
+            "actor": actor,
+            "decision": decision,
+            "objects": tuple(objects),
+            "outcome": _stored_enum(
+                _OUTCOME_BY_VALUE, Outcome.parse, record.outcome, Outcome.SUCCESS
+            ),
+            "error": record.error,
+            "tags": record.tags,
+            "metadata": json.loads(record.metadata_json) if record.metadata_json else {},
+            "correlation_id": record.trace_id,
+            "parent_event_id": record.parent_id,
+            "service_name": record.service_name,
+        },
     )
 
 
