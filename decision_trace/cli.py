@@ -20,8 +20,9 @@ import sys
 import tempfile
 import textwrap
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from datetime import datetime, timedelta, timezone
+from itertools import islice
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
@@ -652,15 +653,17 @@ def _print_event_brief(event: TraceEvent) -> None:
         _out(_wrap(event.error, " " * 11, first="    error: "))
 
 
-def _print_list(events: Sequence[TraceEvent], as_json: bool) -> None:
-    if as_json:
-        for event in events:
+def _print_list(events: Iterable[TraceEvent], as_json: bool) -> int:
+    """Print each event (a block, or a JSON line); return how many."""
+    count = 0
+    for count, event in enumerate(events, 1):
+        if as_json:
             _print_json(event_to_json(event))
-        return
-    for index, event in enumerate(events):
-        if index:
+            continue
+        if count > 1:
             _out()
         _print_event_brief(event)
+    return count
 
 
 def _count(n: int, noun: str) -> str:
@@ -733,15 +736,15 @@ def events(
     """
     filters = _filters(event_types, actor_types, actor_ids, object_ref, tags, outcome, since, until)
     with _open(db_path) as store, store.reader() as conn:
-        found = q.query_events(conn, filters, limit=_limit(limit))
-        total = q.count_events(conn, filters) if len(found) == limit else len(found)
-    _print_list(found, as_json)
-    if as_json:
-        return
-    if not found:
-        _err("No events match.")
-    elif total > len(found):
-        _err(f"Showing the newest {len(found)} of {total} events (--limit 0 shows all).")
+        # Streamed: printing starts at once and memory stays bounded with --limit 0.
+        with closing(q.iter_events(conn, filters, order="desc", batch_size=200)) as stream:
+            shown = _print_list(islice(stream, _limit(limit)), as_json)
+        if as_json:
+            return
+        if not shown:
+            _err("No events match.")
+        elif shown == limit and (total := q.count_events(conn, filters)) > shown:
+            _err(f"Showing the newest {shown:,} of {total:,} events (--limit 0 shows all).")
 
 
 @main.command()
@@ -1117,6 +1120,8 @@ def _output(path: str) -> Iterator[IO[str]]:
     target = Path(path).expanduser()
     if target.is_dir():
         raise _Fail(f"{target} is a directory")
+    if not target.parent.is_dir():
+        raise _Fail(f"cannot write {target}: folder {target.parent} does not exist")
     fd, temp = tempfile.mkstemp(
         dir=target.parent if str(target.parent) else ".", prefix=f".{target.name}.", suffix=".tmp"
     )

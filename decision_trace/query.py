@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -364,7 +364,7 @@ def iter_events(
     *,
     order: Order = "asc",
     batch_size: int = 500,
-) -> Iterator[TraceEvent]:
+) -> Generator[TraceEvent, None, None]:
     """Every event matching ``filters``, oldest first by default, read ``batch_size`` rows
     at a time so that memory stays bounded however many events match.
 

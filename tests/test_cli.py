@@ -520,6 +520,13 @@ def test_export_has_no_progress_bar_when_not_a_terminal(ledger: Ledger, tmp_path
     assert result.stderr.strip() == f"Exported 8 events to {tmp_path / 'x.jsonl'}."
 
 
+def test_export_to_a_missing_folder(ledger: Ledger, tmp_path: Path) -> None:
+    target = tmp_path / "no" / "such" / "folder.csv"
+    fails(run_db(ledger, "export", "-o", str(target), ok=False), 1, "does not exist")
+    fails(run_db(ledger, "export", "-o", str(tmp_path), ok=False), 1, "is a directory")
+    assert not (tmp_path / "no").exists()
+
+
 def test_export_json_conflicts_with_csv(ledger: Ledger) -> None:
     fails(run_db(ledger, "export", "--json", "--format", "csv", ok=False), 2, "--format jsonl")
 
