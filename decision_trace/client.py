@@ -145,6 +145,12 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _after_fork_in_child() -> None:
+    # A lock another thread held at fork() would stay held forever in the child.
+    for client in list(_live_clients):
+        client._recent_lock = threading.Lock()
+
+
 def _install_exit_hooks() -> None:
     global _exit_hooks_installed
     with _exit_hooks_lock:
@@ -152,6 +158,8 @@ def _install_exit_hooks() -> None:
             return
         _exit_hooks_installed = True
         atexit.register(_close_all_clients)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_after_fork_in_child)
         # Only take over SIGTERM if nobody else handles it (never a host's own handler).
         if threading.current_thread() is threading.main_thread():
             try:

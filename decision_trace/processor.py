@@ -16,6 +16,7 @@ what goes to collectors).
 from __future__ import annotations
 
 import logging
+import multiprocessing.util
 import os
 import threading
 import time
@@ -88,6 +89,9 @@ class LedgerSpanProcessor(SpanProcessor):
         if hasattr(os, "register_at_fork"):
             ref = weakref.WeakMethod(self._after_fork_in_child)
             os.register_at_fork(after_in_child=lambda: (m := ref()) and m())
+        # multiprocessing ends its fork children with os._exit(), skipping atexit; it
+        # runs its own finalizers first, so flush there too.
+        multiprocessing.util.register_after_fork(self, _flush_at_multiprocessing_exit)
 
     def _init_state(self) -> None:
         # Re-entrant: the SIGTERM hook flushes from a signal handler, which may run in the
@@ -238,3 +242,15 @@ class LedgerSpanProcessor(SpanProcessor):
                 continue
             return True
         return False
+
+
+def _flush_at_multiprocessing_exit(processor: LedgerSpanProcessor) -> None:
+    multiprocessing.util.Finalize(
+        None, _flush_at_exit, args=(weakref.ref(processor),), exitpriority=10
+    )
+
+
+def _flush_at_exit(ref: weakref.ReferenceType[LedgerSpanProcessor]) -> None:
+    processor = ref()
+    if processor is not None and not processor._shutdown:
+        processor.force_flush()

@@ -213,8 +213,11 @@ class Store:
         self._closed = False
         self._all_readers: list[sqlite3.Connection] = []
         if hasattr(os, "register_at_fork"):
+            ref = weakref.ref(self)
             os.register_at_fork(
-                after_in_child=functools.partial(_store_after_fork, weakref.ref(self))
+                before=functools.partial(_store_before_fork, ref),
+                after_in_parent=functools.partial(_store_after_fork_in_parent, ref),
+                after_in_child=functools.partial(_store_after_fork, ref),
             )
         if not self.path.exists():
             if not create:
@@ -227,9 +230,10 @@ class Store:
             conn.close()
 
     def _after_fork_in_child(self) -> None:
-        # A lock held by another thread at fork() would stay held forever in the child,
-        # and SQLite connections must not be used (nor closed) across fork(): keep the
-        # parent's connections referenced but untouched, and start afresh.
+        # fork() happened between two transactions (see _store_before_fork): a write
+        # transaction caught mid-flight would leave SQLite's in-process lock table in the
+        # child believing its write lock is taken forever. Connections must not be used
+        # (nor closed) across fork(): keep the parent's referenced but untouched.
         _INHERITED_CONNECTIONS.extend(self._all_readers)
         if self._writer is not None:
             _INHERITED_CONNECTIONS.append(self._writer)
@@ -451,6 +455,18 @@ class Store:
                     conn.execute("ROLLBACK")
                 raise StoreError(f"cannot prune {self.path}: {exc}") from exc
         return PruneReport(events=counts[0], objects=counts[1], tags=counts[2])
+
+
+def _store_before_fork(ref: weakref.ReferenceType[Store]) -> None:
+    store = ref()
+    if store is not None:
+        store._write_lock.acquire()
+
+
+def _store_after_fork_in_parent(ref: weakref.ReferenceType[Store]) -> None:
+    store = ref()
+    if store is not None:
+        store._write_lock.release()
 
 
 def _store_after_fork(ref: weakref.ReferenceType[Store]) -> None:

@@ -1,0 +1,162 @@
+"""Concurrency: many processes and threads writing one ledger at once lose nothing."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from reliability_support import CHILD_TIMEOUT_S, started_python, write_script
+
+from decision_trace import DecisionTraceClient
+
+WRITER = """
+    import json, os, sys, time
+    from decision_trace import DecisionTraceClient
+
+    db, durability, worker, count, go = sys.argv[1:6]
+    count = int(count)
+    client = DecisionTraceClient(db_path=db, durability=durability)
+    while not os.path.exists(go):  # start with every other writer, at the same moment
+        time.sleep(0.005)
+    for i in range(count):
+        client.trace("stock.adjusted", f"worker {worker} event {i}") \\
+            .by_compute(f"worker-{worker}", "Stock sync") \\
+            .affecting_inventory(f"SKU-{worker}-{i}", quantity_before=i, quantity_after=i + 1) \\
+            .because("nightly recount", context={"worker": worker, "i": i}) \\
+            .with_tags(f"w{worker}") \\
+            .record()
+    flushed = client.flush()
+    stats = client.stats()
+    client.close()
+    print(json.dumps({"flushed": flushed, "failed": stats.failed, "written": stats.written}))
+"""
+
+
+def _snapshot(db: Path) -> tuple[int, int, int]:
+    """Counts of events, object links and tags, read in one transaction."""
+    conn = sqlite3.connect(db, timeout=60)
+    try:
+        conn.execute("BEGIN")
+        counts = tuple(
+            conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            for table in ("events", "event_objects", "event_tags")
+        )
+        conn.execute("COMMIT")
+        return counts  # type: ignore[return-value]
+    finally:
+        conn.close()
+
+
+def _run_writers(
+    tmp_path: Path,
+    reader: DecisionTraceClient,
+    *,
+    durability: str,
+    workers: int,
+    count: int,
+) -> None:
+    db = Path(reader.db_path)
+    script = write_script(tmp_path, "writer.py", WRITER)
+    go = tmp_path / "go"
+    procs = []
+    try:
+        for worker in range(workers):
+            ctx = started_python(script, str(db), durability, str(worker), str(count), str(go))
+            procs.append((ctx, ctx.__enter__()))
+        go.touch()
+        # Read while they write: every snapshot is a consistent, growing prefix.
+        last = (0, 0, 0)
+        reads = 0
+        deadline = time.monotonic() + CHILD_TIMEOUT_S
+        while any(p.poll() is None for _, p in procs) and time.monotonic() < deadline:
+            events, objects, tags = _snapshot(db)
+            assert events == objects == tags, "a reader saw half an event"
+            assert events >= last[0]
+            last = (events, objects, tags)
+            for event in reader.query(limit=20):
+                assert event.actor is not None and event.actor.id.startswith("worker-")
+                assert len(event.objects) == 1 and event.objects[0].state_after is not None
+                assert event.tags == (f"w{event.decision.context['worker']}",)  # type: ignore[union-attr]
+            assert isinstance(reader.search("nightly recount"), list)
+            reads += 1
+        assert reads > 0
+        for _, proc in procs:
+            out, err = proc.communicate(timeout=CHILD_TIMEOUT_S)
+            assert proc.returncode == 0, err
+            assert "locked" not in err.lower(), err
+            report = json.loads(out.strip().splitlines()[-1])
+            assert report == {"flushed": True, "failed": 0, "written": count}
+    finally:
+        for ctx, _ in procs:
+            ctx.__exit__(None, None, None)
+
+
+def test_eight_processes_times_5000_events_are_exactly_40000(
+    tmp_path: Path, make_client: Callable[..., DecisionTraceClient]
+) -> None:
+    """8 processes x 5,000 events (batch) into one file: exactly 40,000, none twice, no
+    "database is locked" reaching a caller, readers consistent throughout."""
+    reader = make_client()
+    _run_writers(tmp_path, reader, durability="batch", workers=8, count=5000)
+    assert _snapshot(Path(reader.db_path)) == (40_000, 40_000, 40_000)
+    for worker in range(8):
+        events = reader.query(tags=[f"w{worker}"], limit=None)
+        assert sorted(e.decision.context["i"] for e in events) == list(range(5000))  # type: ignore[union-attr]
+
+
+def test_sync_writers_in_parallel_processes_lose_nothing(
+    tmp_path: Path, make_client: Callable[..., DecisionTraceClient]
+) -> None:
+    """The same with durability="sync": every commit contends for the write lock."""
+    reader = make_client()
+    _run_writers(tmp_path, reader, durability="sync", workers=4, count=400)
+    assert _snapshot(Path(reader.db_path)) == (1600, 1600, 1600)
+
+
+@pytest.mark.parametrize(("durability", "count"), [("batch", 5000), ("sync", 300)])
+def test_eight_threads_through_one_client(
+    make_client: Callable[..., DecisionTraceClient], durability: str, count: int
+) -> None:
+    """8 threads recording through one client: every event stored once, no error."""
+    client = make_client(durability=durability)
+    errors: list[BaseException] = []
+    ids: list[list[str]] = [[] for _ in range(8)]
+    start = threading.Barrier(8)
+
+    def work(worker: int) -> None:
+        try:
+            start.wait()
+            for i in range(count):
+                ids[worker].append(
+                    client.trace("price.changed", f"thread {worker} event {i}")
+                    .by_ai_agent(f"agent-{worker}", "Pricer")
+                    .affecting_product(f"P-{worker}-{i}", {"price": i})
+                    .because("demand", context={"worker": worker, "i": i})
+                    .with_tags(f"w{worker}")
+                    .record()
+                )
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=CHILD_TIMEOUT_S)
+    assert not errors
+    assert client.flush()
+    assert client.stats().failed == 0
+    all_ids = {event_id for worker_ids in ids for event_id in worker_ids}
+    assert len(all_ids) == 8 * count
+    conn = sqlite3.connect(client.db_path)
+    try:
+        assert {row[0] for row in conn.execute("SELECT id FROM events")} == all_ids
+    finally:
+        conn.close()
+    assert len(client.query(tags=["w3"], limit=None)) == count
+    assert _snapshot(Path(client.db_path)) == (8 * count,) * 3
