@@ -336,3 +336,17 @@ def test_unreachable_collector_does_not_block_or_lose_decisions(
     with DecisionTraceClient(db_path=client.db_path) as reader:
         assert {e.id for e in reader.query(limit=None)} == set(ids)
         assert reader.stats().failed == 0
+
+
+def test_grpc_insecure_env_for_an_endpoint_without_scheme(
+    make_client: MakeClient, grpc_receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    monkeypatch.setenv(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", grpc_receiver.endpoint.removeprefix("http://")
+    )
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
+    client = make_client()
+    event_id = client.trace("order.created", "Created").record()
+    client.close()
+    assert set(grpc_receiver.by_id()) == {event_id}
