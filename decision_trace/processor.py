@@ -101,6 +101,7 @@ class LedgerSpanProcessor(SpanProcessor):
         self._recorded = 0
         self._written = 0
         self._failed = 0
+        self._failed_reported = 0  # failures some force_flush() already returned False for
         self._in_flight = 0
         self._flush_requested = False
         self._shutdown = False
@@ -144,24 +145,25 @@ class LedgerSpanProcessor(SpanProcessor):
                 self._cond.notify_all()
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        """Wait until every span recorded so far is written; False on timeout or failure."""
+        """Wait until every span recorded so far is written; False on timeout, or if any
+        span failed since the previous flush reported (even before this call)."""
         if self.durability == "sync":
             return True
         deadline = time.monotonic() + timeout_millis / 1000
         with self._cond:
             target = self._recorded
-            failed_before = self._failed
-            if self._written + self._failed >= target:
-                return self._failed == failed_before
-            self._ensure_writer()
-            self._flush_requested = True
-            self._cond.notify_all()
+            if self._written + self._failed < target:
+                self._ensure_writer()
+                self._flush_requested = True
+                self._cond.notify_all()
             while self._written + self._failed < target:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
                 self._cond.wait(remaining)
-            return self._failed == failed_before
+            ok = self._failed == self._failed_reported
+            self._failed_reported = self._failed
+            return ok
 
     def shutdown(self) -> None:
         """Write what is queued, stop the writer thread. Idempotent."""

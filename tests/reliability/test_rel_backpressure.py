@@ -1,0 +1,144 @@
+"""Back-pressure: a writer slower than the producer never makes the queue drop silently."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+
+from decision_trace import processor as processor_module
+from decision_trace.errors import StoreError
+from decision_trace.exporters import SQLiteSpanExporter
+from decision_trace.processor import LedgerSpanProcessor
+
+
+class SlowDiskExporter(SQLiteSpanExporter):
+    """The real exporter on a simulated slow disk: every commit takes ``delay_s`` longer."""
+
+    def __init__(self, db_path: Path, delay_s: float) -> None:
+        super().__init__(db_path)
+        self.delay_s = delay_s
+
+    def write(self, spans: Sequence[ReadableSpan]) -> int:
+        time.sleep(self.delay_s)
+        return super().write(spans)
+
+
+class BrokenDiskExporter(SQLiteSpanExporter):
+    """The real exporter on a disk that fails every write until ``healed`` is set."""
+
+    def __init__(self, db_path: Path) -> None:
+        super().__init__(db_path)
+        self.healed = False
+
+    def write(self, spans: Sequence[ReadableSpan]) -> int:
+        if not self.healed:
+            raise StoreError("disk I/O error (simulated)")
+        return super().write(spans)
+
+
+@pytest.fixture
+def provider() -> Iterator[TracerProvider]:
+    provider = TracerProvider(shutdown_on_exit=False)
+    yield provider
+    provider.shutdown()
+
+
+def _stored(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_slow_disk_applies_back_pressure_and_loses_nothing(
+    db_path: Path, provider: TracerProvider
+) -> None:
+    exporter = SlowDiskExporter(db_path, delay_s=0.02)
+    ledger = LedgerSpanProcessor(
+        exporter, durability="batch", max_queue_size=50, max_batch_size=10, schedule_delay_s=0.01
+    )
+    provider.add_span_processor(ledger)
+    tracer = provider.get_tracer("test")
+    peak = 0
+    done = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, ledger.stats().queued)
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for i in range(600):
+            tracer.start_span(f"work.{i}", attributes={"i": i}).end()
+    finally:
+        done.set()
+        watcher.join()
+    assert ledger.force_flush()
+    stats = ledger.stats()
+    assert (stats.recorded, stats.written, stats.failed, stats.queued) == (600, 600, 0, 0)
+    assert _stored(db_path) == 600
+    # The queue filled up and was held at its bound (plus the batch being written).
+    assert 50 // 2 <= peak <= 50 + 10
+
+
+def test_failed_writes_are_counted_logged_once_and_fail_flush(
+    db_path: Path,
+    provider: TracerProvider,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(processor_module, "RETRY_DELAYS_S", (0.01, 0.01))
+    exporter = BrokenDiskExporter(db_path)
+    ledger = LedgerSpanProcessor(exporter, durability="batch", schedule_delay_s=0.01)
+    provider.add_span_processor(ledger)
+    tracer = provider.get_tracer("test")
+    caplog.set_level(logging.ERROR, logger="decision_trace")
+
+    for i in range(30):
+        tracer.start_span(f"work.{i}").end()
+    assert ledger.force_flush() is False
+    assert ledger.stats().failed == 30
+
+    # Failures that happen before flush() is called are reported by it just the same.
+    for i in range(20):
+        tracer.start_span(f"more.{i}").end()
+    deadline = time.monotonic() + 30
+    while ledger.stats().failed < 50 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ledger.stats().failed == 50
+    assert ledger.force_flush() is False
+
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, "a failing disk is logged once, then counted"
+    assert "lost to the ledger" in errors[0].getMessage()
+
+    # Once the disk heals, new events are written and flush() succeeds again.
+    exporter.healed = True
+    for i in range(10):
+        tracer.start_span(f"healed.{i}").end()
+    assert ledger.force_flush() is True
+    stats = ledger.stats()
+    assert (stats.recorded, stats.written, stats.failed) == (60, 10, 50)
+    assert _stored(db_path) == 10
+
+
+def test_client_flush_and_stats_expose_the_counters(db_path: Path) -> None:
+    from decision_trace import DecisionTraceClient
+
+    with DecisionTraceClient(db_path=db_path, max_queue_size=5) as client:
+        ids = [client.trace("a.b", f"event {i}").by_system("s").record() for i in range(200)]
+        assert client.flush() is True
+        stats = client.stats()
+        assert (stats.recorded, stats.written, stats.failed, stats.queued) == (200, 200, 0, 0)
+    assert _stored(db_path) == len(set(ids)) == 200
