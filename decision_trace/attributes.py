@@ -49,15 +49,16 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import json.encoder
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from enum import Enum
 from pathlib import PurePath
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -268,14 +269,42 @@ def dumps(value: Any, path: str) -> str:
     """
     try:
         # Fast path: most values are plain JSON already.
-        return json.dumps(value, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+        return _encode(value)
     except (TypeError, ValueError, RecursionError):
         pass
     try:
         coerced = coerce_json(value, path)
     except RecursionError:
         raise InvalidInputError(path, "is nested too deeply to store") from None
-    return json.dumps(coerced, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    return _encode(coerced)
+
+
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _make_encoder() -> Callable[[Any], str]:
+    """Compact, ASCII-only, NaN-refusing JSON encoding, built once.
+
+    ``json.dumps()`` with options builds a new encoder on every call; the C encoder is
+    reused here instead. It runs without the circular-reference check (a cycle ends in
+    RecursionError, which ``dumps`` turns into the coercion path that names the cycle).
+    """
+    c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+    if c_make_encoder is None:  # pragma: no cover - CPython always has it
+        return json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
+    iterencode = c_make_encoder(
+        None, _not_json, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False
+    )
+    join = "".join
+
+    def encode(value: Any) -> str:
+        return join(iterencode(value, 0))
+
+    return encode
+
+
+_encode = _make_encoder()
 
 
 # --- Encoding: models -> attributes -------------------------------------------------
@@ -610,6 +639,8 @@ def _enum_or(parser: Any, value: str, fallback: Any) -> Any:
         return fallback
 
 
+_T = TypeVar("_T")
+
 # Stored values are the enums' own values: look them up directly (parse() scans members).
 _ACTOR_TYPE_BY_VALUE = {m.value: m for m in ActorType}
 _OBJECT_TYPE_BY_VALUE = {m.value: m for m in ObjectType}
@@ -622,7 +653,7 @@ def _stored_enum(table: Mapping[str, Any], parser: Any, value: str, fallback: An
     return member if member is not None else _enum_or(parser, value, fallback)
 
 
-def _trusted(cls: type[Any], fields: dict[str, Any]) -> Any:
+def _trusted(cls: type[_T], fields: dict[str, Any]) -> _T:
     """An instance of the frozen dataclass ``cls`` from values read back from the store.
 
     They were validated when recorded, so ``__post_init__`` (the input validation) is

@@ -41,6 +41,9 @@ class _ValueEnum(str, Enum):
         if isinstance(value, cls):
             return value
         if isinstance(value, str):
+            member = cls._value2member_map_.get(value)  # exact value: no scan
+            if member is not None:
+                return member
             wanted = value.strip().lower()
             for member in cls:
                 if wanted in (member.value, member.name.lower()):
