@@ -1249,9 +1249,16 @@ def prune(
     with _open(db_path) as store:
         report = store.prune(ns_from_datetime(older_than, "older_than"), dry_run=dry_run)
         problems: list[str] | None = None
+        checkpointed: bool | None = None
         if not dry_run:
             if vacuum:
-                compact(store)
+                try:
+                    checkpointed = compact(store)
+                except DecisionTraceError as exc:
+                    raise _Fail(
+                        f"deleted {_count(report.events, 'event')}, but the vacuum failed "
+                        f"(run prune --vacuum again later): {_one_line(str(exc))}"
+                    ) from exc
             problems = check_integrity(store)
     if problems:
         raise _Fail("integrity check failed after pruning: " + "; ".join(problems[:5]))
@@ -1263,7 +1270,8 @@ def prune(
                 "events": report.events,
                 "objects": report.objects,
                 "tags": report.tags,
-                "vacuumed": bool(vacuum and not dry_run),
+                "vacuumed": checkpointed is not None,
+                "checkpointed": checkpointed,
                 "integrity_check": None if problems is None else "ok",
             }
         )
@@ -1279,4 +1287,14 @@ def prune(
         )
     )
     if problems is not None:
-        _out("Integrity check: ok" + (" (file vacuumed)." if vacuum else "."))
+        _out("Integrity check: ok.")
+    if checkpointed:
+        _out("File vacuumed: the deleted data is gone from disk.")
+    elif checkpointed is False:
+        _err(
+            _wrap(
+                "File vacuumed, but another process is reading it: the old pages leave the "
+                "file at its next checkpoint (or run prune --vacuum again).",
+                "",
+            )
+        )

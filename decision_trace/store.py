@@ -512,17 +512,24 @@ def check_integrity(store: Store) -> list[str]:
     return problems
 
 
-def compact(store: Store) -> None:
+def compact(store: Store, *, checkpoint_wait_ms: int = 5_000) -> bool:
     """Rewrite the file without the space (and the bytes) of deleted events.
 
     Merges the search index (dropping entries of deleted events), runs ``VACUUM`` and
     truncates the write-ahead log, so pruned personal data no longer sits in free pages.
+    Returns False when another connection's open read kept the rewritten pages from being
+    copied back into the file within ``checkpoint_wait_ms`` (the next checkpoint does it).
     """
     with store._write_lock:
         conn = store._writer_connection()
         try:
             conn.execute("INSERT INTO events_fts (events_fts) VALUES ('optimize')")
             conn.execute("VACUUM")
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.execute(f"PRAGMA busy_timeout = {int(checkpoint_wait_ms)}")
+            try:
+                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot compact {store.path}: {exc}") from exc
+    return not busy

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tracemalloc
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -623,7 +624,7 @@ def test_export_progress_bar_on_a_terminal(ledger: Ledger, tmp_path: Path) -> No
 
 
 def integrity(db: Path) -> str:
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn:
         return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
 
 
@@ -650,9 +651,25 @@ def test_prune_vacuum_removes_the_bytes(ledger: Ledger) -> None:
     assert b"zanzibarword" in ledger.db.read_bytes() + _wal(ledger.db)
     result = run_db(ledger, "prune", "--older-than", "2000h", "--vacuum")
     assert "Deleted 1 event older than" in result.stdout
+    assert "File vacuumed: the deleted data is gone from disk." in result.stdout
     assert b"zanzibarword" not in ledger.db.read_bytes() + _wal(ledger.db)
     assert integrity(ledger.db) == "ok"
     assert len(json_lines(run_db(ledger, "export"))) == 7
+
+
+def test_prune_vacuum_while_another_process_reads(ledger: Ledger) -> None:
+    with closing(sqlite3.connect(ledger.db, isolation_level=None)) as reader:
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT count(*) FROM events").fetchone()[0] == 8
+        result = run_db(ledger, "prune", "--older-than", "90d", "--vacuum", "--json")
+        reader.execute("COMMIT")
+    report = json_lines(result)[0]
+    assert (report["events"], report["vacuumed"], report["checkpointed"]) == (1, True, False)
+    assert report["integrity_check"] == "ok"
+    assert integrity(ledger.db) == "ok"
+    again = json_lines(run_db(ledger, "prune", "--older-than", "90d", "--vacuum", "--json"))
+    assert again[0]["checkpointed"] is True
+    assert b"zanzibarword" not in ledger.db.read_bytes() + _wal(ledger.db)
 
 
 def _wal(db: Path) -> bytes:
@@ -745,7 +762,7 @@ def test_files_that_are_not_ledgers(tmp_path: Path) -> None:
     fails(run("stats", "--db", str(empty), ok=False), 1, "empty")
     assert empty.stat().st_size == 0
     other = tmp_path / "other.db"
-    with sqlite3.connect(other) as conn:
+    with closing(sqlite3.connect(other)) as conn:
         conn.execute("CREATE TABLE t (x)")
     fails(run("stats", "--db", str(other), ok=False), 1, "another application")
     fails(run("events", "--db", str(tmp_path), ok=False), 2, "directory")
