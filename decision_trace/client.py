@@ -25,6 +25,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.trace import sampling as _sampling
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -127,6 +128,28 @@ _NO_LIMITS = SpanLimits(
     max_attribute_length=SpanLimits.UNSET,
     max_span_attribute_length=SpanLimits.UNSET,
 )
+
+
+class _OsRandomIdGenerator(RandomIdGenerator):
+    """Span and trace ids from the OS's random source.
+
+    The SDK's default draws from Python's global ``random``: an application that seeds
+    it (a simulation, a reproducible job) would then reuse event ids, and the ledger would
+    take new events for duplicates of stored ones.
+    """
+
+    def generate_span_id(self) -> int:
+        span_id = 0
+        while span_id == 0:
+            span_id = int.from_bytes(os.urandom(8), "big")
+        return span_id
+
+    def generate_trace_id(self) -> int:
+        trace_id = 0
+        while trace_id == 0:
+            trace_id = int.from_bytes(os.urandom(16), "big")
+        return trace_id
+
 
 _live_clients: weakref.WeakSet[DecisionTraceClient] = weakref.WeakSet()
 _exit_hooks_lock = threading.Lock()
@@ -265,6 +288,7 @@ class DecisionTraceClient:
             resource=Resource.create(resource_attrs),
             span_limits=_NO_LIMITS,
             shutdown_on_exit=False,
+            id_generator=_OsRandomIdGenerator(),
         )
         sampler._own_provider = weakref.ref(self._provider)
         # OTEL_SDK_DISABLED=true turns telemetry off, not the audit trail: the SDK would
