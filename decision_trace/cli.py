@@ -550,29 +550,30 @@ def _changes(obj: TrackedObject) -> list[str]:
 
 
 def _rejections(event: TraceEvent) -> list[tuple[str, str]]:
-    """``(alternative, why it was rejected)`` for every alternative considered."""
+    """``(alternative, why it was rejected)`` for every alternative considered.
+
+    The alternative is named by its ``action`` (or ``name``); its other fields follow in
+    parentheses, and the reason is looked up in ``rejection_reasons`` by that name.
+    """
     decision = event.decision
     if decision is None:
         return []
     pairs: list[tuple[str, str]] = []
     seen: set[str] = set()
     for alternative in decision.alternatives:
-        name = alternative.get("action", alternative.get("name"))
-        label = _value(name) if name is not None else _value(dict(alternative))
-        seen.add(label)
-        reason = decision.rejection_reasons.get(label)
-        details = {k: v for k, v in alternative.items() if k not in ("action", "name")}
-        if reason is None and "reason" in details:
-            reason = f"({_value(details.pop('reason'))})"
-        elif "reason" in details:
-            details.pop("reason")
-        text = reason or "(no reason recorded)"
-        if details:
-            text += " " + ", ".join(f"{k}={_value(v)}" for k, v in details.items())
-        pairs.append((label, text))
-    for label, reason in decision.rejection_reasons.items():
-        if label not in seen:
-            pairs.append((label, reason))
+        key = "action" if "action" in alternative else "name" if "name" in alternative else None
+        name = _value(alternative[key]) if key else _value(dict(alternative))
+        seen.add(name)
+        details = [
+            _value(v) if k in ("reason", "description") else f"{k}={_value(v)}"
+            for k, v in alternative.items()
+            if key and k != key
+        ]
+        label = f"{name} ({'; '.join(details)})" if details else name
+        pairs.append((label, decision.rejection_reasons.get(name, "(no reason recorded)")))
+    for name, reason in decision.rejection_reasons.items():
+        if name not in seen:
+            pairs.append((name, reason))
     return pairs
 
 

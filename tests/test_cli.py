@@ -301,8 +301,8 @@ def test_show_one_event_in_full(ledger: Ledger) -> None:
         'ai_agent refund-ai "Refund Agent" (model gpt-4, version 2.1)',
         "Refund approved due to product defect",
         "defect_type: manufacturing",
-        "replace: Customer requested full refund",
-        "partial_refund: Clear manufacturer defect",
+        "replace (offer replacement instead): Customer requested full refund",
+        "partial_refund (50% refund option): Clear manufacturer defect",
         "order ord-1",
         "status: paid → refunded",
         "refund: 0 → 99.99",
@@ -353,7 +353,7 @@ def test_why_tells_the_story_oldest_first(ledger: Ledger) -> None:
     assert positions == sorted(positions)
     assert 'who        user cust-1 "Jane Customer" (role customer)' in out
     assert "why        Customer completed checkout after 3 items in cart" in out
-    assert "rejected   replace: Customer requested full refund" in out
+    assert "rejected   replace (offer replacement instead): Customer requested full" in out
     assert "changed    status: paid → refunded" in out
     assert "outcome    failure: card network timeout" in out
     assert all(len(line) <= 80 for line in out.splitlines())
@@ -375,6 +375,25 @@ def test_why_json_and_case_insensitive_type(ledger: Ledger) -> None:
 def test_why_other_objects_changes_are_labelled(ledger: Ledger) -> None:
     out = run_db(ledger, "why", "customer:cust-1").stdout
     assert "changed    order ord-1: status: paid → refunded" in out
+
+
+def test_why_alternatives_with_and_without_reasons(
+    make_client: Callable[..., DecisionTraceClient], db_path: Path
+) -> None:
+    client = make_client(durability="sync")
+    client.trace("price.updated", "Price raised").by_ai_agent("pricing-ai").affecting_product(
+        "SKU-1", state_before={"price": 10}, state_after={"price": 11}
+    ).because(
+        "Competitor raised theirs",
+        alternatives=[{"action": "wait"}, {"name": "discount", "percent": 5}, {"odd": True}],
+        rejection_reasons={"discount": "Margin too thin", "hold": "Stock is low"},
+    ).record()
+    out = run("why", "product:SKU-1", "--db", str(db_path)).stdout
+    assert "rejected   wait: (no reason recorded)" in out
+    assert "rejected   discount (percent=5): Margin too thin" in out
+    assert 'rejected   {"odd": true}: (no reason recorded)' in out
+    assert "rejected   hold: Stock is low" in out
+    assert "changed    price: 10 → 11" in out
 
 
 # --- search -----------------------------------------------------------------------------
