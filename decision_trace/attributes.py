@@ -37,8 +37,9 @@ mapping                               a dict; keys must be ``str``, ``int``, ``f
                                       would: ``1`` -> ``"1"``, ``True`` -> ``"true"``)
 ====================================  ==================================================
 
-Any other type, and a structure that contains itself, raise
-:class:`~decision_trace.errors.InvalidInputError` naming the field (``context['items'][2]``).
+Any other type, a structure that contains itself, and lists or dicts nested more than
+500 deep raise :class:`~decision_trace.errors.InvalidInputError` naming the field
+(``context['items'][2]``).
 Strings are never truncated. Inside JSON values every string is kept exactly, lone
 surrogates included; in plain text fields (description, reasoning, ids, names, tags) a
 lone surrogate, which UTF-8 cannot hold, is replaced by U+FFFD.
@@ -157,6 +158,7 @@ PERSONAL_DATA_KEYS = (USER_EMAIL, USER_NAME)
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _INT_DIGITS_LIMIT = 4300
+_INT_LIMIT = 10**_INT_DIGITS_LIMIT  # the smallest integer of 4301 digits
 
 
 def clean_text(value: str) -> str:
@@ -212,7 +214,7 @@ def _coerce(value: Any, path: str, seen: set[int]) -> Any:
     if isinstance(value, Enum):
         return _coerce(value.value, path, seen)
     if isinstance(value, int):
-        if value.bit_length() > _INT_DIGITS_LIMIT * 3:
+        if not -_INT_LIMIT < value < _INT_LIMIT:
             raise InvalidInputError(path, "integer too large to store (over 4300 digits)")
         return int(value)
     if isinstance(value, float):
@@ -269,14 +271,34 @@ def dumps(value: Any, path: str) -> str:
     """
     try:
         # Fast path: most values are plain JSON already.
-        return _encode(value)
+        encoded = _encode(value)
     except (TypeError, ValueError, RecursionError):
-        pass
-    try:
-        coerced = coerce_json(value, path)
-    except RecursionError:
-        raise InvalidInputError(path, "is nested too deeply to store") from None
-    return _encode(coerced)
+        try:
+            encoded = _encode(coerce_json(value, path))
+        except RecursionError:
+            raise InvalidInputError(path, "is nested too deeply to store") from None
+    return _check_depth(encoded, path)
+
+
+MAX_DEPTH = 500
+"""Deepest nesting of lists and dicts a value may have (SQLite's JSON functions, which
+index the context for search, refuse documents nested about 1000 deep)."""
+
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _check_depth(encoded: str, path: str) -> str:
+    if encoded.count("[") + encoded.count("{") <= MAX_DEPTH:
+        return encoded
+    depth = 0
+    for token in _JSON_TOKEN.findall(encoded):
+        if token in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise InvalidInputError(path, f"is nested more than {MAX_DEPTH} levels deep")
+        elif token in "]}":
+            depth -= 1
+    return encoded
 
 
 def _not_json(value: Any) -> Any:
