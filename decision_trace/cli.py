@@ -485,7 +485,10 @@ def _duration(value: timedelta) -> str:
     if minutes < 60:
         return f"{minutes} min {secs} s"
     hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes} min"
+    if hours < 48:
+        return f"{hours} h {minutes} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} days {hours} h"
 
 
 def _size(n: int) -> str:
@@ -920,12 +923,14 @@ def search(db_path: Path | None, as_json: bool, text: tuple[str, ...], limit: in
       decision-trace search defect --json
     """
     words = " ".join(text)
-    if q.fts_query(words) is None:
-        raise click.UsageError("TEXT has no words to search for")
     with _open(db_path) as store, store.reader() as conn:
         found = q.search_events(conn, words, limit=_limit(limit))
     _print_list(found, as_json)
-    if not found and not as_json:
+    if found or as_json:
+        return
+    if q.fts_query(words) is None:
+        _err("No events match: the text has no words to search for.")
+    else:
         _err(f"No events match {_safe(words)!r}.")
 
 
@@ -1009,6 +1014,9 @@ def stats(db_path: Path | None, as_json: bool, days: int) -> None:
                 "distinct_objects": summary.distinct_objects,
                 "first": summary.first.isoformat() if summary.first else None,
                 "last": summary.last.isoformat() if summary.last else None,
+                "span_seconds": (summary.last - summary.first).total_seconds()
+                if summary.first and summary.last
+                else None,
                 "by_event_type": dict(summary.by_event_type),
                 "by_actor_type": {k or "none": n for k, n in summary.by_actor_type},
                 "by_outcome": dict(summary.by_outcome),
@@ -1027,6 +1035,7 @@ def stats(db_path: Path | None, as_json: bool, days: int) -> None:
     if summary.first and summary.last:
         row("From", _when(summary.first))
         row("To", _when(summary.last))
+        row("Covers", _duration(summary.last - summary.first))
     row("Objects", f"{summary.distinct_objects:,} ({summary.objects:,} links to events)")
     width = _width()
 

@@ -432,8 +432,15 @@ def test_search_weird_text_is_safe(ledger: Ledger, text: str) -> None:
 
 
 @pytest.mark.parametrize("text", ["   ", "", "\t\n", "\x00"])
-def test_search_without_words_is_a_usage_error(ledger: Ledger, text: str) -> None:
-    fails(run_db(ledger, "search", "--", text, ok=False), 2, "no words")
+def test_search_without_words_matches_nothing(ledger: Ledger, text: str) -> None:
+    result = run_db(ledger, "search", "--", text)
+    assert result.stdout == ""
+    assert "no words" in result.stderr
+    assert run_db(ledger, "search", "--json", "--", text).stdout == ""
+
+
+def test_search_needs_text(ledger: Ledger) -> None:
+    fails(run_db(ledger, "search", ok=False), 2, "Missing argument")
 
 
 # --- chain ------------------------------------------------------------------------------
@@ -484,10 +491,12 @@ def test_stats(ledger: Ledger) -> None:
     assert sum(stats["by_day"].values()) == 8
     assert (NOW - timedelta(days=100)).strftime("%Y-%m-%d") in stats["by_day"]
     assert stats["first"] < stats["last"]
+    assert 100 * 86400 - 60 < stats["span_seconds"] < 100 * 86400 + 60
     assert stats["size_bytes"] == ledger.db.stat().st_size > 0
     assert stats["schema_version"] == 1
     human = run_db(ledger, "stats").stdout
     assert "order.created" in human and "By actor type" in human and "Size" in human
+    assert re.search(r"Covers +(99|100) days", human)
     assert all(len(line) <= 80 for line in human.splitlines())
 
 
