@@ -468,7 +468,7 @@ def _str_tuple(value: Any) -> tuple[str, ...]:
         return ()
     if isinstance(value, str):
         return (value,)
-    return tuple(str(v) for v in value)
+    return tuple(map(str, value))
 
 
 def record_from_span_data(
@@ -772,6 +772,20 @@ def event_from_record(record: EventRecord) -> TraceEvent:
     )
 
 
+def _plain_attributes(span: ReadableSpan) -> Mapping[str, Any]:
+    """The span's attributes as a plain dict, for fast lookups (most keys looked up are
+    absent, and a miss on the SDK's mapping raises and catches a KeyError in Python).
+
+    A finished SDK span keeps them in ``BoundedAttributes._dict``; read it directly when
+    it is there (read only: the span has ended), else copy through the public mapping.
+    """
+    raw = getattr(getattr(span, "_attributes", None), "_dict", None)
+    if type(raw) is dict:
+        return raw
+    attributes = span.attributes
+    return dict(attributes) if attributes else {}
+
+
 def record_from_span(span: ReadableSpan) -> EventRecord:
     """Decode one finished SDK span into an :class:`EventRecord`."""
     context = span.context
@@ -787,7 +801,7 @@ def record_from_span(span: ReadableSpan) -> EventRecord:
         name=span.name,
         start_ns=span.start_time or 0,
         end_ns=span.end_time or span.start_time or 0,
-        attributes=span.attributes or {},
+        attributes=_plain_attributes(span),
         resource_attributes=span.resource.attributes if span.resource is not None else {},
         status_error=status.description,
         failed=failed,
