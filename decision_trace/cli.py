@@ -84,7 +84,11 @@ def _failure(exc: BaseException) -> _Fail:
 
 
 class _Group(click.Group):
-    """A group that turns every error into one ``Error:`` line."""
+    """A group that turns every error into one ``Error:`` line and lists its commands
+    in the order they are defined (the order a support agent needs them)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
 
     def make_context(
         self,
@@ -705,7 +709,7 @@ def main(ctx: click.Context, db_path: Path | None) -> None:
     ctx.obj = db_path
 
 
-@main.command()
+@main.command(short_help="List events, newest first, with filters.")
 @_filter_options
 @click.option(
     "--limit",
@@ -751,7 +755,7 @@ def events(
             _err(f"Showing the newest {shown:,} of {total:,} events (--limit 0 shows all).")
 
 
-@main.command()
+@main.command(short_help="One event in full.")
 @click.argument("event_id", type=EVENT_ID)
 @_common
 def show(db_path: Path | None, as_json: bool, event_id: str) -> None:
@@ -835,7 +839,7 @@ def _print_event_full(event: TraceEvent) -> None:
         field("Service", event.service_name)
 
 
-@main.command()
+@main.command(short_help="An object's story: when, who, what, why.")
 @click.argument("object_ref", metavar="TYPE:ID", type=OBJECT_REF)
 @click.option(
     "--limit", default=0, type=click.IntRange(min=0), metavar="N", help="Oldest N only (0: all)."
@@ -898,7 +902,7 @@ def why(
         _out(click.style(f"  {'event':<9}  {event.id}", fg="bright_black"))
 
 
-@main.command()
+@main.command(short_help="Full-text search; any text is safe.")
 @click.argument("text", nargs=-1, required=True)
 @click.option(
     "--limit",
@@ -934,7 +938,7 @@ def search(db_path: Path | None, as_json: bool, text: tuple[str, ...], limit: in
         _err(f"No events match {_safe(words)!r}.")
 
 
-@main.command()
+@main.command(short_help="An event's chain as a tree, with durations.")
 @click.argument("event_id", type=EVENT_ID)
 @_common
 def chain(db_path: Path | None, as_json: bool, event_id: str) -> None:
@@ -979,7 +983,7 @@ def chain(db_path: Path | None, as_json: bool, event_id: str) -> None:
     render(root, "", "", "")
 
 
-@main.command()
+@main.command(short_help="Counts by type, actor, outcome and day; file size.")
 @click.option(
     "--days",
     default=14,
@@ -1144,7 +1148,7 @@ def _output(path: str) -> Iterator[IO[str]]:
         raise
 
 
-@main.command()
+@main.command(short_help="Export events as JSON lines or CSV, streamed.")
 @_filter_options
 @click.option(
     "--format",
@@ -1223,7 +1227,7 @@ def export(
         _err(f"Exported {written:,} event{'s' if written != 1 else ''} to {output}.")
 
 
-@main.command()
+@main.command(short_help="Delete events older than a cutoff (retention).")
 @click.option(
     "--older-than",
     "older_than",
