@@ -796,6 +796,13 @@ def test_files_that_are_not_ledgers(tmp_path: Path) -> None:
     fails(run("events", "--db", str(tmp_path), ok=False), 2, "directory")
 
 
+def test_a_ledger_from_a_newer_release(ledger: Ledger) -> None:
+    with closing(sqlite3.connect(ledger.db)) as conn:
+        conn.execute("PRAGMA user_version = 99")
+        conn.commit()
+    fails(run_db(ledger, "stats", ok=False), 1, "schema version 99", "upgrade decision-trace")
+
+
 def test_recorded_escape_sequences_never_reach_the_terminal(ledger: Ledger) -> None:
     for args in (
         ("events",),
