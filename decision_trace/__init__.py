@@ -34,6 +34,7 @@ from .models import (
 )
 from .processor import LedgerStats
 from .query import ChainNode
+from .redaction import Redaction
 
 __version__ = "0.1.0"
 
@@ -51,6 +52,7 @@ __all__ = [
     "LedgerStats",
     "ObjectType",
     "Outcome",
+    "Redaction",
     "RiskLevel",
     "SchemaVersionError",
     "StoreError",

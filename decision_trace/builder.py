@@ -93,6 +93,8 @@ class TraceBuilder:
             raise InvalidInputError("actor", f"must be an Actor, got {type(actor).__name__}")
         for key in self._actor_keys:
             self._attrs.pop(key, None)
+        if self._client._redaction is not None:
+            actor = self._client._redaction.actor(actor)
         actor_attrs = keys.actor_attributes(actor)
         self._actor_keys = tuple(actor_attrs)
         self._attrs.update(actor_attrs)
@@ -190,6 +192,8 @@ class TraceBuilder:
             confidence=confidence,
             risk_level=RiskLevel.parse(risk_level, "risk_level") if risk_level else None,
         )
+        if self._client._redaction is not None:
+            decision = self._client._redaction.decision(decision)
         for key in (keys.CONTEXT, keys.ALTERNATIVES, keys.REJECTION_REASONS):
             self._attrs.pop(key, None)
         self._attrs.update(keys.decision_attributes(decision))
@@ -235,6 +239,8 @@ class TraceBuilder:
         return self._add_object(obj)
 
     def _add_object(self, obj: TrackedObject) -> TraceBuilder:
+        if self._client._redaction is not None:
+            obj = self._client._redaction.tracked_object(obj)
         state_json = keys.object_state_json(obj)
         self._object_types.append(obj.object_type.value)
         self._object_ids.append(clean_text(obj.external_id))
@@ -416,6 +422,8 @@ class TraceBuilder:
             if not isinstance(metadata, Mapping):
                 raise InvalidInputError("metadata", "must be a mapping")
             values = {**metadata, **values}
+        if self._client._redaction is not None:
+            values = self._client._redaction.metadata(values)
         dumps(values, "metadata")  # validate now, at the call that gave the values
         self._metadata.update(values)
         return self

@@ -38,6 +38,7 @@ from .errors import EventNotFoundError, InvalidInputError
 from .exporters import SQLiteSpanExporter
 from .models import ActorType, ObjectType, Outcome, TraceEvent
 from .processor import LedgerSpanProcessor, LedgerStats
+from .redaction import Redaction
 from .store import Durability, Store, default_db_path
 
 __all__ = ["DecisionTraceClient"]
@@ -260,6 +261,9 @@ class DecisionTraceClient:
             ``OTEL_SDK_DISABLED=true`` OTLP export is off, the ledger is not.
         exporters: More span exporters to send decision spans to (batched).
         max_queue_size: Batch mode: events held in memory before ``record()`` waits.
+        redact: Hash (keyed) or drop personal fields (e-mail by default) before they
+            enter a span, so neither the ledger nor OTLP sees them; see
+            :class:`~decision_trace.redaction.Redaction`.
     """
 
     def __init__(
@@ -271,9 +275,13 @@ class DecisionTraceClient:
         otlp_endpoint: str | None = None,
         exporters: Iterable[SpanExporter] = (),
         max_queue_size: int = 20_000,
+        redact: Redaction | None = None,
     ) -> None:
         if durability not in ("sync", "batch"):
             raise InvalidInputError("durability", f"must be 'sync' or 'batch', got {durability!r}")
+        if redact is not None and not isinstance(redact, Redaction):
+            raise InvalidInputError("redact", f"must be a Redaction, got {type(redact).__name__}")
+        self._redaction = redact
         self.durability: Durability = durability
         path = db_path if db_path is not None else default_db_path()
         self._store = Store(path, durability=durability)

@@ -1,0 +1,216 @@
+"""Personal data: with redact=..., the plaintext is nowhere in the ledger file, its
+write-ahead log, or what a real OTLP/HTTP receiver gets."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+from decision_trace import DecisionTraceClient, InvalidInputError, Redaction
+
+EMAIL = "Zq.Annabelle.Prior@Example.org"
+NAME = "Annabelle Prior"
+PHONE = "+44 7700 900123"
+SECRET_TOKENS = [b"annabelle", b"Annabelle", b"7700 900123", b"900123"]
+KEY = b"test-hash-key-not-secret"
+
+
+@dataclasses.dataclass
+class Contact:
+    email: str
+    tier: str
+
+
+class Receiver:
+    """A real OTLP/HTTP receiver on 127.0.0.1 keeping every raw request body."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        received = self.bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                received.append(body)
+                reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def attributes(self) -> list[dict[str, str]]:
+        spans = []
+        for body in self.bodies:
+            request = trace_service_pb2.ExportTraceServiceRequest()
+            request.ParseFromString(body)
+            for resource in request.resource_spans:
+                for scope in resource.scope_spans:
+                    for span in scope.spans:
+                        spans.append(
+                            {kv.key: str(kv.value).strip() for kv in span.attributes}
+                            | {"@name": span.name}
+                        )
+        return spans
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    receiver = Receiver()
+    yield receiver
+    receiver.close()
+
+
+def _record_personal_data(client: DecisionTraceClient) -> list[str]:
+    ids = [
+        client.trace("order.created", "Order placed on the web shop")
+        .by_user("cust-1", NAME, email=EMAIL, backup_email=EMAIL, role="customer")
+        .affecting_order("ord-1", {"total": 10}, state_after={"billing.email": EMAIL})
+        .affecting_customer("cust-1", {"email": EMAIL, "phone": PHONE, "tier": "gold"})
+        .because(
+            "first order of a returning customer",
+            context={
+                "customer_email": EMAIL,
+                "people": [{"Email": EMAIL, "phone": PHONE}],
+                "contact": Contact(email=EMAIL, tier="gold"),
+            },
+            alternatives=[{"action": "call", "contact-email": EMAIL}],
+        )
+        .with_metadata(notify_email=EMAIL, channel="web")
+        .record()
+    ]
+    with client.span("refund.requested", "Refund requested") as span:
+        span.by_user("cust-1", NAME, email=EMAIL).with_metadata(reply_to_email=EMAIL)
+    assert span.event_id is not None
+    ids.append(span.event_id)
+    return ids
+
+
+def _ledger_bytes(db: Path) -> bytes:
+    data = b""
+    for suffix in ("", "-wal", "-shm"):
+        path = Path(str(db) + suffix)
+        if path.exists():
+            data += path.read_bytes()
+    return data
+
+
+def _leaks(data: bytes) -> list[bytes]:
+    return [token for token in SECRET_TOKENS if token in data]
+
+
+def test_without_redaction_the_plaintext_is_there(
+    make_client: Callable[..., DecisionTraceClient], db_path: Path, receiver: Receiver
+) -> None:
+    """The control: the checks below would see the plaintext if it were stored."""
+    client = make_client(otlp_endpoint=receiver.endpoint)
+    _record_personal_data(client)
+    assert client.flush()
+    assert Path(str(db_path) + "-wal").exists()
+    assert _leaks(_ledger_bytes(db_path))
+    assert _leaks(b"".join(receiver.bodies))
+
+
+@pytest.mark.parametrize("durability", ["batch", "sync"])
+def test_hashed_personal_data_reaches_neither_the_file_nor_otlp(
+    make_client: Callable[..., DecisionTraceClient],
+    db_path: Path,
+    receiver: Receiver,
+    durability: str,
+) -> None:
+    redact = Redaction(fields=("email", "name", "phone"), hash_key=KEY)
+    client = make_client(durability=durability, otlp_endpoint=receiver.endpoint, redact=redact)
+    order_id, refund_id = _record_personal_data(client)
+    assert client.flush()
+    assert Path(str(db_path) + "-wal").exists()  # checked before any checkpoint...
+    assert _leaks(_ledger_bytes(db_path)) == []
+    assert _leaks(b"".join(receiver.bodies)) == []
+
+    hashed_email, hashed_name = redact.pseudonym(EMAIL), redact.pseudonym(NAME)
+    assert hashed_email.startswith("hmac-sha256:") and len(hashed_email) == 12 + 64
+    order = client.get_event(order_id)
+    assert order is not None and order.actor is not None and order.decision is not None
+    assert (order.actor.email, order.actor.name) == (hashed_email, hashed_name)
+    assert order.actor.metadata == {"backup_email": hashed_email}
+    assert order.decision.context == {
+        "customer_email": hashed_email,
+        "people": [{"Email": hashed_email, "phone": redact.pseudonym(PHONE)}],
+        "contact": {"email": hashed_email, "tier": "gold"},
+    }
+    assert order.decision.alternatives == ({"action": "call", "contact-email": hashed_email},)
+    assert order.objects[0].state_after == {"billing.email": hashed_email}
+    assert order.objects[1].state["tier"] == "gold"
+    assert order.metadata == {"notify_email": hashed_email, "channel": "web"}
+    # The same person keeps the same pseudonym, so their events can still be found.
+    assert [e.id for e in client.query(actor_ids=["cust-1"], order="asc")] == [
+        order_id,
+        refund_id,
+    ]
+    refund = client.get_event(refund_id)
+    assert refund is not None and refund.actor is not None
+    assert refund.actor.email == hashed_email
+
+    client.close()  # ...and after the checkpoint
+    assert _leaks(_ledger_bytes(db_path)) == []
+    spans = receiver.attributes()
+    assert {s["@name"] for s in spans} == {"order.created", "refund.requested"}
+    for span in spans:
+        assert span["user.email"] == f'string_value: "{hashed_email}"'
+        assert span["user.name"] == f'string_value: "{hashed_name}"'
+
+
+def test_dropping_personal_data_by_default_drops_email_only(
+    make_client: Callable[..., DecisionTraceClient], db_path: Path, receiver: Receiver
+) -> None:
+    client = make_client(otlp_endpoint=receiver.endpoint, redact=Redaction())
+    order_id, _ = _record_personal_data(client)
+    assert client.flush()
+    for data in (_ledger_bytes(db_path), b"".join(receiver.bodies)):
+        assert b"Example.org" not in data and b"example" not in data
+        assert b"Annabelle" in data  # names are kept unless asked for
+    order = client.get_event(order_id)
+    assert order is not None and order.actor is not None and order.decision is not None
+    assert order.actor.email is None
+    assert order.actor.name == NAME
+    assert order.actor.metadata == {}
+    assert order.decision.context == {
+        "people": [{"phone": PHONE}],
+        "contact": {"tier": "gold"},
+    }
+    assert order.metadata == {"channel": "web"}
+    for span in receiver.attributes():
+        assert "user.email" not in span
+
+
+def test_redaction_arguments_are_checked() -> None:
+    with pytest.raises(InvalidInputError, match="redact"):
+        DecisionTraceClient(redact="email")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match=r"redact\.fields"):
+        Redaction(fields="email")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match=r"redact\.hash_key"):
+        Redaction(hash_key="text")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match=r"redact\.hash_key"):
+        Redaction().pseudonym(EMAIL)
+    assert Redaction(hash_key=b"k").pseudonym("a") != Redaction(hash_key=b"j").pseudonym("a")
