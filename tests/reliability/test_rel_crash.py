@@ -41,6 +41,8 @@ def _stored_ids(db: Path) -> set[str]:
     conn = sqlite3.connect(db)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        # FTS5's own check that the search index matches the events (raises if not).
+        conn.execute("INSERT INTO events_fts (events_fts, rank) VALUES ('integrity-check', 1)")
         return {row[0] for row in conn.execute("SELECT id FROM events")}
     finally:
         conn.close()
