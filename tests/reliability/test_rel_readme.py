@@ -1,0 +1,39 @@
+"""The README's Guarantees section names only tests that exist, and every reliability
+test module is named there."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+README = HERE.parent.parent / "README.md"
+
+
+def _section() -> str:
+    text = README.read_text(encoding="utf-8")
+    return text.split("\n## Guarantees\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _tests_in(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return {
+        node.name
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")
+    }
+
+
+def test_every_guarantee_names_an_existing_test() -> None:
+    named = re.findall(r"`(test_rel_\w+\.py)::(test_\w+)`", _section())
+    assert len(named) >= 30
+    for module, test in named:
+        assert test in _tests_in(HERE / module), f"{module}::{test} named in README"
+
+
+def test_every_reliability_module_backs_a_guarantee() -> None:
+    section = _section()
+    for path in sorted(HERE.glob("test_rel_*.py")):
+        if path.name != Path(__file__).name:
+            assert f"`{path.name}::" in section, path.name
