@@ -167,8 +167,10 @@ class Actor:
         object.__setattr__(self, "type", ActorType.parse(self.type, "actor.type"))
         require_text(self.id, "actor.id")
         for name in ("name", "email", "role", "model", "version", "service_name"):
-            _optional_text(getattr(self, name), f"actor.{name}")
-        if not isinstance(self.metadata, Mapping):
+            value = getattr(self, name)
+            if value is not None and type(value) is not str:
+                _optional_text(value, f"actor.{name}")
+        if type(self.metadata) is not dict and not isinstance(self.metadata, Mapping):
             raise InvalidInputError("actor.metadata", "must be a mapping")
 
     @classmethod
@@ -269,17 +271,21 @@ class DecisionTrace:
     def __post_init__(self) -> None:
         if not isinstance(self.reasoning, str):
             raise InvalidInputError("reasoning", "must be a string")
-        if not isinstance(self.context, Mapping):
+        # ``type(x) is dict`` first: the ABC checks cost more than the rest of the method.
+        if type(self.context) is not dict and not isinstance(self.context, Mapping):
             raise InvalidInputError("context", "must be a mapping")
-        if isinstance(self.alternatives, (str, bytes)) or not isinstance(
-            self.alternatives, Sequence
+        if type(self.alternatives) not in (list, tuple) and (
+            isinstance(self.alternatives, (str, bytes))
+            or not isinstance(self.alternatives, Sequence)
         ):
             raise InvalidInputError("alternatives", "must be a list of mappings")
         for index, alternative in enumerate(self.alternatives):
-            if not isinstance(alternative, Mapping):
+            if type(alternative) is not dict and not isinstance(alternative, Mapping):
                 raise InvalidInputError(f"alternatives[{index}]", "must be a mapping")
         object.__setattr__(self, "alternatives", tuple(self.alternatives))
-        if not isinstance(self.rejection_reasons, Mapping):
+        if type(self.rejection_reasons) is not dict and not isinstance(
+            self.rejection_reasons, Mapping
+        ):
             raise InvalidInputError("rejection_reasons", "must be a mapping")
         for key, reason in self.rejection_reasons.items():
             if not isinstance(key, str) or not isinstance(reason, str):
@@ -324,7 +330,7 @@ class TrackedObject:
         require_text(self.external_id, f"{self.object_type.value} id")
         for name in ("state", "state_before", "state_after"):
             value = getattr(self, name)
-            if value is not None and not isinstance(value, Mapping):
+            if value is not None and type(value) is not dict and not isinstance(value, Mapping):
                 raise InvalidInputError(name, "must be a mapping")
 
 
