@@ -211,7 +211,8 @@ class Store:
         self._writer_pid = 0
         self._local = threading.local()
         self._closed = False
-        self._all_readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.RLock()  # re-entrant: see _write_lock
+        self._all_readers: list[tuple[threading.Thread, sqlite3.Connection]] = []
         if hasattr(os, "register_at_fork"):
             ref = weakref.ref(self)
             os.register_at_fork(
@@ -234,13 +235,14 @@ class Store:
         # transaction caught mid-flight would leave SQLite's in-process lock table in the
         # child believing its write lock is taken forever. Connections must not be used
         # (nor closed) across fork(): keep the parent's referenced but untouched.
-        _INHERITED_CONNECTIONS.extend(self._all_readers)
+        _INHERITED_CONNECTIONS.extend(conn for _, conn in self._all_readers)
         if self._writer is not None:
             _INHERITED_CONNECTIONS.append(self._writer)
         self._write_lock = threading.RLock()
         self._writer = None
         self._writer_pid = 0
         self._local = threading.local()
+        self._readers_lock = threading.RLock()  # re-entrant: see _write_lock
         self._all_readers = []
 
     # -- connections ------------------------------------------------------------------
@@ -324,7 +326,18 @@ class Store:
             conn.execute("PRAGMA query_only = 1")
             self._local.conn = conn
             self._local.pid = pid
-            self._all_readers.append(conn)
+            with self._readers_lock:
+                # Close the connections of threads that have ended (a thread-per-request
+                # server would otherwise run out of file descriptors).
+                alive = []
+                for thread, old in self._all_readers:
+                    if thread.is_alive():
+                        alive.append((thread, old))
+                    else:
+                        with suppress(sqlite3.Error):
+                            old.close()
+                alive.append((threading.current_thread(), conn))
+                self._all_readers = alive
         yield conn
 
     def close(self) -> None:
@@ -334,10 +347,11 @@ class Store:
             if self._writer is not None and self._writer_pid == os.getpid():
                 self._writer.close()
             self._writer = None
-        for conn in self._all_readers:
-            with suppress(sqlite3.Error):
-                conn.close()
-        self._all_readers.clear()
+        with self._readers_lock:
+            for _, conn in self._all_readers:
+                with suppress(sqlite3.Error):
+                    conn.close()
+            self._all_readers = []
 
     # -- writes -----------------------------------------------------------------------
 

@@ -160,3 +160,29 @@ def test_eight_threads_through_one_client(
         conn.close()
     assert len(client.query(tags=["w3"], limit=None)) == count
     assert _snapshot(Path(client.db_path)) == (8 * count,) * 3
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts /proc/self/fd")
+def test_readers_in_short_lived_threads_do_not_leak_connections(
+    make_client: Callable[..., DecisionTraceClient],
+) -> None:
+    """A thread-per-request server: every request thread queries once, then ends. The
+    ledger must not keep a connection (and its file descriptors) per dead thread."""
+    client = make_client()
+    event_id = client.trace("a.b", "x").by_system("s").record()
+    found: list[bool] = []
+
+    def request() -> None:
+        found.append(client.get_event(event_id) is not None)
+
+    def open_fds() -> int:
+        return len(list(Path("/proc/self/fd").iterdir()))
+
+    request()
+    before = open_fds()
+    for _ in range(600):
+        thread = threading.Thread(target=request)
+        thread.start()
+        thread.join()
+    assert all(found) and len(found) == 601
+    assert open_fds() - before < 20
