@@ -328,6 +328,18 @@ def _make_encoder() -> Callable[[Any], str]:
 
 _encode = _make_encoder()
 
+_scan_json: Callable[[str, int], tuple[Any, int]] = json.decoder.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def loads_json(text: str) -> Any:
+    """Decode JSON text this module wrote (compact, one value): ``json.loads`` without
+    its two whitespace regex passes; anything else goes through ``json.loads``."""
+    try:
+        value, end = _scan_json(text, 0)
+    except StopIteration:
+        return json.loads(text)  # raises the usual JSONDecodeError
+    return value if end == len(text) else json.loads(text)
+
 
 # --- Encoding: models -> attributes -------------------------------------------------
 
@@ -693,7 +705,7 @@ def event_from_record(record: EventRecord) -> TraceEvent:
     """Turn a stored record back into the :class:`TraceEvent` model."""
     actor = None
     if record.actor_type is not None and record.actor_id:
-        extras = json.loads(record.actor_json) if record.actor_json else _EMPTY
+        extras = loads_json(record.actor_json) if record.actor_json else _EMPTY
         actor = _trusted(
             Actor,
             {
@@ -712,7 +724,7 @@ def event_from_record(record: EventRecord) -> TraceEvent:
         )
     decision = None
     if record.decision_json is not None:
-        data = json.loads(record.decision_json)
+        data = loads_json(record.decision_json)
         confidence = data.get("confidence")
         risk = data.get("risk_level")
         decision = _trusted(
@@ -728,7 +740,7 @@ def event_from_record(record: EventRecord) -> TraceEvent:
                 else None,
             },
         )
-    states = json.loads(record.objects_json) if record.objects_json else ()
+    states = loads_json(record.objects_json) if record.objects_json else ()
     objects = []
     for index, (object_type, external_id) in enumerate(
         zip(record.object_types, record.object_ids, strict=False)
@@ -764,7 +776,7 @@ def event_from_record(record: EventRecord) -> TraceEvent:
             ),
             "error": record.error,
             "tags": record.tags,
-            "metadata": json.loads(record.metadata_json) if record.metadata_json else {},
+            "metadata": loads_json(record.metadata_json) if record.metadata_json else {},
             "correlation_id": record.trace_id,
             "parent_event_id": record.parent_id,
             "service_name": record.service_name,

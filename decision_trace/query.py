@@ -6,7 +6,6 @@ Every function takes an open SQLite connection from
 
 from __future__ import annotations
 
-import json
 import re
 import sqlite3
 from collections.abc import Generator, Iterable, Iterator, Sequence
@@ -19,6 +18,7 @@ from .attributes import (
     clean_text,
     datetime_from_ns,
     event_from_record,
+    loads_json,
     ns_from_datetime,
 )
 from .errors import EventNotFoundError, InvalidInputError, StoreError
@@ -185,7 +185,7 @@ def _events(conn: sqlite3.Connection, rows: list[Any]) -> list[TraceEvent]:
     """Turn ``events`` rows (``_COLUMNS`` order) into models, objects included."""
     if not rows:
         return []
-    objects: dict[int, list[tuple[str, str]]] = {}
+    objects: dict[int, tuple[list[str], list[str]]] = {}
     rowids = [row[0] for row in rows]
     for chunk_start in range(0, len(rowids), 500):
         chunk = rowids[chunk_start : chunk_start + 500]
@@ -195,10 +195,16 @@ def _events(conn: sqlite3.Connection, rows: list[Any]) -> list[TraceEvent]:
             f"WHERE event_rowid IN ({_placeholders(chunk)}) ORDER BY event_rowid, position",
             chunk,
         ):
-            objects.setdefault(event_rowid, []).append((object_type, external_id))
+            linked = objects.get(event_rowid)
+            if linked is None:
+                objects[event_rowid] = ([object_type], [external_id])
+            else:
+                linked[0].append(object_type)
+                linked[1].append(external_id)
     events = []
+    no_objects: tuple[list[str], list[str]] = ([], [])
     for row in rows:
-        linked = objects.get(row[0], [])
+        types, ids = objects.get(row[0], no_objects)
         events.append(
             event_from_record(
                 EventRecord(
@@ -215,10 +221,10 @@ def _events(conn: sqlite3.Connection, rows: list[Any]) -> list[TraceEvent]:
                     actor_json=row[11],
                     reasoning=row[12],
                     decision_json=row[13],
-                    object_types=tuple(t for t, _ in linked),
-                    object_ids=tuple(i for _, i in linked),
+                    object_types=tuple(types),
+                    object_ids=tuple(ids),
                     objects_json=row[14],
-                    tags=tuple(json.loads(row[15])) if row[15] else (),
+                    tags=tuple(loads_json(row[15])) if row[15] else (),
                     outcome=row[16],
                     error=row[17],
                     metadata_json=row[18],
