@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from .errors import InvalidInputError
 from .exporters import SQLiteSpanExporter
-from .store import Durability
+from .store import Durability, RejectedRecordsError
 
 __all__ = ["LedgerSpanProcessor", "LedgerStats"]
 
@@ -213,37 +213,43 @@ class LedgerSpanProcessor(SpanProcessor):
                 batch = [self._queue.popleft() for _ in range(count)]
                 self._in_flight = count
                 self._cond.notify_all()  # room in the queue for waiting producers
-            ok = self._write_with_retries(batch)
+            failed = self._write_with_retries(batch)
             with self._cond:
                 self._in_flight = 0
-                if ok:
-                    self._written += count
-                else:
-                    self._failed += count
+                self._written += count - failed
+                self._failed += failed
                 self._cond.notify_all()
 
-    def _write_with_retries(self, batch: list[ReadableSpan]) -> bool:
+    def _write_with_retries(self, batch: list[ReadableSpan]) -> int:
+        """Write ``batch``; return how many of its spans could not be written."""
         for attempt, delay in enumerate((0.0, *RETRY_DELAYS_S)):
             if delay:
                 time.sleep(delay)
             try:
                 self._exporter.write(batch)
+            except RejectedRecordsError as exc:
+                # Their content, not the disk: the others are written, retrying cannot help.
+                self._log_failure(len(exc.rejected), exc)
+                return len(exc.rejected)
             except Exception as exc:
                 if attempt == len(RETRY_DELAYS_S):
-                    if not self._failure_logged:
-                        self._failure_logged = True
-                        _logger.error(
-                            "decision-trace: %d event(s) could not be written to %s and are "
-                            "lost to the ledger: %s (further failures are counted in "
-                            "client.stats(), not logged)",
-                            len(batch),
-                            self._exporter.store.path,
-                            exc,
-                        )
-                    return False
+                    self._log_failure(len(batch), exc)
+                    return len(batch)
                 continue
-            return True
-        return False
+            return 0
+        return len(batch)
+
+    def _log_failure(self, count: int, exc: Exception) -> None:
+        if not self._failure_logged:
+            self._failure_logged = True
+            _logger.error(
+                "decision-trace: %d event(s) could not be written to %s and are "
+                "lost to the ledger: %s (further failures are counted in "
+                "client.stats(), not logged)",
+                count,
+                self._exporter.store.path,
+                exc,
+            )
 
 
 def _flush_at_multiprocessing_exit(processor: LedgerSpanProcessor) -> None:

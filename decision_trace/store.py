@@ -175,6 +175,31 @@ def _tags_json(tags: Sequence[str]) -> str | None:
     return json.dumps(list(tags), ensure_ascii=True, separators=(",", ":"))
 
 
+class RejectedRecordsError(StoreError):
+    """Some records of a batch cannot be stored because of their content (the others
+    were written): retrying them cannot help."""
+
+    def __init__(self, path: Path, written: int, rejected: Sequence[tuple[str, str]]) -> None:
+        self.written = written
+        self.rejected = tuple(event_id for event_id, _ in rejected)
+        super().__init__(
+            f"cannot store {len(rejected)} event(s) in {path} (first: {rejected[0][0]}: "
+            f"{rejected[0][1]}); {written} other(s) written"
+        )
+
+
+# SQLite result codes that mean "this record", not "this database": SQLITE_ERROR (such
+# as malformed JSON in a hand-made span), TOOBIG, CONSTRAINT, MISMATCH, RANGE.
+_CONTENT_ERROR_CODES = frozenset({1, 18, 19, 20, 25})
+
+
+def _about_content(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return (int(code) & 0xFF) in _CONTENT_ERROR_CODES
+    return isinstance(exc, (sqlite3.IntegrityError, sqlite3.DataError)) or "malformed" in str(exc)
+
+
 @dataclass(frozen=True)
 class PruneReport:
     """What :meth:`Store.prune` removed (or would remove, on a dry run)."""
@@ -362,6 +387,8 @@ class Store:
         never duplicates an event.
 
         Raises:
+            RejectedRecordsError: some records cannot be stored because of what they hold;
+                all the others were written.
             StoreError: the transaction could not be committed (nothing was written).
         """
         if not records:
@@ -372,11 +399,23 @@ class Store:
             conn = self._writer_connection()
             try:
                 return self._write_batch(conn, records)
-            except sqlite3.IntegrityError:
-                # An id is already stored: write one at a time, skipping those.
-                return sum(self._write_batch(conn, [r], skip_existing=True) for r in records)
             except sqlite3.Error as exc:
-                raise StoreError(f"cannot write to {self.path}: {exc}") from exc
+                if not isinstance(exc, sqlite3.IntegrityError) and not _about_content(exc):
+                    raise StoreError(f"cannot write to {self.path}: {exc}") from exc
+            # An id is already stored, or one record is unstorable: write one at a time,
+            # skipping stored ids, so one bad record never costs the rest of the batch.
+            written = 0
+            rejected: list[tuple[str, str]] = []
+            for record in records:
+                try:
+                    written += self._write_batch(conn, [record], skip_existing=True)
+                except sqlite3.Error as exc:
+                    if not _about_content(exc):
+                        raise StoreError(f"cannot write to {self.path}: {exc}") from exc
+                    rejected.append((record.id, str(exc)))
+            if rejected:
+                raise RejectedRecordsError(self.path, written, rejected)
+            return written
 
     def _write_batch(
         self, conn: sqlite3.Connection, records: Sequence[EventRecord], skip_existing: bool = False

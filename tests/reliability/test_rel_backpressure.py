@@ -142,3 +142,29 @@ def test_client_flush_and_stats_expose_the_counters(db_path: Path) -> None:
         stats = client.stats()
         assert (stats.recorded, stats.written, stats.failed, stats.queued) == (200, 200, 0, 0)
     assert _stored(db_path) == len(set(ids)) == 200
+
+
+@pytest.mark.parametrize("durability", ["batch", "sync"])
+def test_one_unstorable_span_costs_only_itself(db_path: Path, durability: str) -> None:
+    """A span made by hand with our attribute keys but a broken JSON value (SQLite's JSON
+    functions refuse it) is counted as failed; the events batched with it are written."""
+    from decision_trace import DecisionTraceClient
+
+    with DecisionTraceClient(db_path=db_path, durability=durability) as client:
+        ids = [client.trace("ok.before", str(i)).by_system("s").record() for i in range(10)]
+        hand_made = client.tracer_provider.get_tracer("app").start_span(
+            "hand.made",
+            attributes={"decision_trace.event_type": "x", "decision_trace.context": "{oops"},
+        )
+        if durability == "sync":
+            with pytest.raises(StoreError, match="malformed JSON"):
+                hand_made.end()
+        else:
+            hand_made.end()
+        ids += [client.trace("ok.after", str(i)).by_system("s").record() for i in range(10)]
+        if durability == "batch":
+            assert client.flush() is False
+            stats = client.stats()
+            assert (stats.recorded, stats.written, stats.failed) == (21, 20, 1)
+        assert {e.id for e in client.query(limit=None)} == set(ids)
+    assert _stored(db_path) == 20
