@@ -396,7 +396,7 @@ class DecisionTraceClient:
             with self._store.reader() as conn:
                 trace_id = q.trace_id_of(conn, event_id)
             if trace_id is None:
-                self.flush()
+                self._read_your_writes()
                 with self._store.reader() as conn:
                     trace_id = q.trace_id_of(conn, event_id)
             if trace_id is None:
@@ -432,7 +432,7 @@ class DecisionTraceClient:
 
     def _read_your_writes(self) -> None:
         if self.durability == "batch" and not self._closed:
-            self._ledger.force_flush()
+            self._ledger.wait_until_written()
 
     def query(
         self,

@@ -149,6 +149,19 @@ class LedgerSpanProcessor(SpanProcessor):
         span failed since the previous flush reported (even before this call)."""
         if self.durability == "sync":
             return True
+        with self._cond:
+            if not self.wait_until_written(timeout_millis):
+                return False
+            ok = self._failed == self._failed_reported
+            self._failed_reported = self._failed
+            return ok
+
+    def wait_until_written(self, timeout_millis: int = 30_000) -> bool:
+        """Wait until every span recorded so far has been handled (written or counted as
+        failed); False on timeout. Unlike :meth:`force_flush`, reports no failure (reads
+        call this first, and must not swallow what the next flush reports)."""
+        if self.durability == "sync":
+            return True
         deadline = time.monotonic() + timeout_millis / 1000
         with self._cond:
             target = self._recorded
@@ -161,9 +174,7 @@ class LedgerSpanProcessor(SpanProcessor):
                 if remaining <= 0:
                     return False
                 self._cond.wait(remaining)
-            ok = self._failed == self._failed_reported
-            self._failed_reported = self._failed
-            return ok
+            return True
 
     def shutdown(self) -> None:
         """Write what is queued, stop the writer thread. Idempotent."""
