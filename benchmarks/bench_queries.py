@@ -170,15 +170,15 @@ def main() -> None:
         )
 
     def hand_chain(i: int) -> Any:
-        rows = hand.execute(
-            f"SELECT {COLUMNS} FROM events AS e WHERE e.id = ?", (chain_ids[i],)
-        ).fetchall()
+        (trace_id,) = hand.execute(
+            "SELECT trace_id FROM events WHERE id = ?", (chain_ids[i],)
+        ).fetchone()
         return with_objects(
             hand,
             hand.execute(
                 f"SELECT {COLUMNS} FROM events AS e WHERE e.trace_id = ? "
                 "ORDER BY e.start_ns, e.rowid",
-                (rows[0][2],),
+                (trace_id,),
             ).fetchall(),
         )
 

@@ -311,15 +311,19 @@ def get_chain(conn: sqlite3.Connection, event_id: str) -> ChainNode:
     Raises:
         EventNotFoundError: no stored event has that id.
     """
-    event = get_event(conn, event_id)
-    if event is None:
+    if not isinstance(event_id, str):
+        raise InvalidInputError("event_id", f"must be a string, got {type(event_id).__name__}")
+    wanted = event_id.lower()
+    # Only its trace id is needed first: the event itself is among the trace's events.
+    trace_id = trace_id_of(conn, wanted)
+    if trace_id is None:
         raise EventNotFoundError(event_id)
     events = _events(
         conn,
         _run(
             conn,
             f"{_SELECT} WHERE e.trace_id = ? ORDER BY e.start_ns, e.rowid",
-            [event.correlation_id],
+            [trace_id],
         ),
     )
     by_id = {e.id: e for e in events}
@@ -327,7 +331,7 @@ def get_chain(conn: sqlite3.Connection, event_id: str) -> ChainNode:
     for e in events:
         if e.parent_event_id is not None and e.parent_event_id in by_id:
             children.setdefault(e.parent_event_id, []).append(e)
-    root = by_id[event.id]
+    root = by_id[wanted]
     seen = {root.id}
     while root.parent_event_id in by_id and root.parent_event_id not in seen:
         root = by_id[root.parent_event_id]
