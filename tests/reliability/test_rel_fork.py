@@ -30,6 +30,7 @@ PRELOAD = """
     # The master records before forking, and a thread keeps recording *while* it forks,
     # so locks and the writer's transaction are caught mid-flight at fork().
     master_ids = [record("master", i) for i in range(200)]
+    assert client.flush()  # so that children can read these back
     stop = threading.Event()
     background = []
     def churn():
@@ -127,7 +128,7 @@ def test_client_created_before_fork_works_in_parent_and_children(
     script = write_script(tmp_path, "preload.py", PRELOAD)
     result = run_python(script, str(db), durability, str(out))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "[0, 0, 0, 0]", result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "[0, 0, 0, 0]", result.stderr
     recorded = _ids(out)
     assert len(recorded) >= 400 + 4 * 300
     assert recorded <= _stored(db)
