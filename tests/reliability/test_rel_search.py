@@ -93,7 +93,9 @@ def test_hostile_search_text_returns_a_list(client: DecisionTraceClient, text: s
 
 
 @settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(text=st.text(alphabet=st.characters(codec=None), max_size=200))
 def test_any_text_searches_without_error(client: DecisionTraceClient, text: str) -> None:
@@ -101,7 +103,9 @@ def test_any_text_searches_without_error(client: DecisionTraceClient, text: str)
 
 
 @settings(
-    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
     words=st.lists(

@@ -168,7 +168,9 @@ def client(
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(value=VALUES)
 def test_any_value_is_stored_as_documented(client: DecisionTraceClient, value: Any) -> None:
