@@ -20,7 +20,6 @@ The database file and its ``-wal``/``-shm`` companions are created with mode 060
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sqlite3
 import threading
@@ -31,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .attributes import EventRecord
+from .attributes import EventRecord, dumps
 from .errors import SchemaVersionError, StoreError
 
 __all__ = ["SCHEMA_VERSION", "Store", "default_db_path"]
@@ -172,7 +171,7 @@ _INSERT_TAG = "INSERT OR IGNORE INTO event_tags (tag, event_rowid) VALUES (?, ?)
 def _tags_json(tags: Sequence[str]) -> str | None:
     if not tags:
         return None
-    return json.dumps(list(tags), ensure_ascii=True, separators=(",", ":"))
+    return dumps(list(tags), "tags")  # one reused encoder: json.dumps builds one a call
 
 
 class RejectedRecordsError(StoreError):
