@@ -691,8 +691,11 @@ def _trusted(cls: type[_T], fields: dict[str, Any]) -> _T:
     """An instance of the frozen dataclass ``cls`` from values read back from the store.
 
     They were validated when recorded, so ``__post_init__`` (the input validation) is
-    skipped: reading is the hot path of every query. Every field must be given.
+    skipped: reading is the hot path of every query. If the model has gained a field
+    this function was not given, the regular constructor runs instead.
     """
+    if len(fields) != len(cls.__dataclass_fields__):  # type: ignore[attr-defined]
+        return cls(**fields)
     obj = object.__new__(cls)
     obj.__dict__.update(fields)
     return obj
