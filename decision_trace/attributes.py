@@ -288,7 +288,7 @@ _JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 
 
 def _check_depth(encoded: str, path: str) -> str:
-    if encoded.count("[") + encoded.count("{") <= MAX_DEPTH:
+    if len(encoded) <= MAX_DEPTH or encoded.count("[") + encoded.count("{") <= MAX_DEPTH:
         return encoded
     depth = 0
     for token in _JSON_TOKEN.findall(encoded):
