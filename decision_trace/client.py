@@ -50,9 +50,10 @@ INSTRUMENTATION_NAME = "decision_trace"
 
 DEFAULT_DURABILITY: Durability = "batch"
 """Why batch: ``record()`` then never waits for the disk (tens of microseconds in the
-caller's thread; see benchmarks/RESULTS.md), so it can sit on a checkout path; the background writer commits within 0.2 s, every exit path
-(normal exit, ``sys.exit``, an uncaught exception, SIGTERM) flushes, and the queue
-applies back-pressure instead of dropping. Choose ``"sync"`` when an event must be on
+caller's thread; see benchmarks/RESULTS.md), so it can sit on a checkout path; the
+background writer commits within 0.2 s, every exit path (normal exit, ``sys.exit``, an
+uncaught exception, SIGTERM) flushes, and the queue applies back-pressure instead of
+dropping. Choose ``"sync"`` when an event must be on
 disk before ``record()`` returns, e.g. to survive ``kill -9``."""
 
 _EVENT_ID = re.compile(r"^[0-9a-fA-F]{16}$")
