@@ -12,6 +12,7 @@ so the whole set runs in seconds (used by ``tests/test_benchmarks_smoke.py``).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
@@ -204,6 +205,42 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
+def alternate(
+    ours: Callable[[int], float], plain: Callable[[int], float], repeats: int
+) -> tuple[list[float], list[float]]:
+    """Run both sides ``repeats`` times, alternating which goes first; their seconds."""
+    ours_s: list[float] = []
+    plain_s: list[float] = []
+    for run in range(repeats):
+        if run % 2:
+            ours_s.append(ours(run))
+            plain_s.append(plain(run))
+        else:
+            plain_s.append(plain(run))
+            ours_s.append(ours(run))
+    return ours_s, plain_s
+
+
+def time_plain_inserts(
+    path: Path,
+    transactions: Sequence[PlainRows],
+    synchronous: str = "NORMAL",
+) -> float:
+    """Seconds plain ``sqlite3`` takes to commit ``transactions`` (from ``plain_rows``)
+    into a fresh file with decision-trace's schema."""
+    empty_schema_file(path)
+    conn = plain_connect(path, synchronous=synchronous)
+
+    def go() -> None:
+        for rows in transactions:
+            plain_insert(conn, rows)
+
+    gc.collect()
+    seconds = timed(go)
+    conn.close()
+    return seconds
+
+
 def header(title: str, target: str) -> None:
     print(f"== {title}")
     print(f"   target: {target}")
@@ -237,6 +274,10 @@ def fmt_rate(per_s: float) -> str:
 
 
 # --- the plain-SQLite limit -------------------------------------------------------------
+
+
+PlainRows = tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]
+"""The event, object and tag rows of one transaction."""
 
 
 def plain_rows(

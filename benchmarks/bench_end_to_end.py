@@ -16,20 +16,19 @@ from __future__ import annotations
 import gc
 
 from _common import (
+    alternate,
     chunks,
-    empty_schema_file,
     finished_spans,
     fmt_rate,
     header,
     make_events,
     median,
-    plain_connect,
-    plain_insert,
     plain_rows,
     record_event,
     report_ratio,
     scratch_dir,
     size,
+    time_plain_inserts,
     timed,
 )
 
@@ -71,28 +70,9 @@ def main() -> None:
             return seconds
 
         def plain(run: int) -> float:
-            path = tmp / f"plain-{run}.db"
-            empty_schema_file(path)
-            conn = plain_connect(path)
+            return time_plain_inserts(tmp / f"plain-{run}.db", rows)
 
-            def go() -> None:
-                for part in rows:
-                    plain_insert(conn, part)
-
-            gc.collect()
-            seconds = timed(go)
-            conn.close()
-            return seconds
-
-        ours_s: list[float] = []
-        plain_s: list[float] = []
-        for run in range(repeats):
-            if run % 2:
-                ours_s.append(ours(run))
-                plain_s.append(plain(run))
-            else:
-                plain_s.append(plain(run))
-                ours_s.append(ours(run))
+        ours_s, plain_s = alternate(ours, plain, repeats)
 
     ours_rate, plain_rate = count / median(ours_s), count / median(plain_s)
     print(f"   plain sqlite3 executemany:   median {fmt_rate(plain_rate)}")
