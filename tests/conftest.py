@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import pytest
 
@@ -31,14 +31,22 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "traces.db"
 
 
+ClientT = TypeVar("ClientT", bound=DecisionTraceClient)
+
+
+class MakeClient(Protocol):
+    def __call__(self, client_class: type[ClientT] = ..., **kwargs: Any) -> ClientT: ...
+
+
 @pytest.fixture
-def make_client(db_path: Path) -> Iterator[Callable[..., DecisionTraceClient]]:
-    """Build clients (default: on ``db_path``); every one is closed after the test."""
+def make_client(db_path: Path) -> Iterator[MakeClient]:
+    """Build clients (default: a ``DecisionTraceClient`` on ``db_path``; pass
+    ``client_class=EcommerceClient`` for another kind); every one is closed after the test."""
     made: list[DecisionTraceClient] = []
 
-    def make(**kwargs: Any) -> DecisionTraceClient:
+    def make(client_class: type[Any] = DecisionTraceClient, **kwargs: Any) -> Any:
         kwargs.setdefault("db_path", db_path)
-        client = DecisionTraceClient(**kwargs)
+        client = client_class(**kwargs)
         made.append(client)
         return client
 

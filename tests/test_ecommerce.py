@@ -7,7 +7,7 @@ import re
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -40,19 +40,13 @@ README = REPO_ROOT / "README.md"
 
 
 @pytest.fixture
-def make_shop(db_path: Path) -> Iterator[Callable[..., EcommerceClient]]:
+def make_shop(make_client: Callable[..., Any]) -> Callable[..., EcommerceClient]:
     """Build EcommerceClients on ``db_path``; every one is closed after the test."""
-    made: list[EcommerceClient] = []
 
     def make(**kwargs: Any) -> EcommerceClient:
-        kwargs.setdefault("db_path", db_path)
-        shop = EcommerceClient(**kwargs)
-        made.append(shop)
-        return shop
+        return make_client(EcommerceClient, **kwargs)
 
-    yield make
-    for shop in made:
-        shop.close()
+    return make
 
 
 @pytest.fixture
