@@ -59,7 +59,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from enum import Enum
 from pathlib import PurePath
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -673,8 +673,6 @@ def _enum_or(parser: Any, value: str, fallback: Any) -> Any:
         return fallback
 
 
-_T = TypeVar("_T")
-
 # Stored values are the enums' own values: look them up directly (parse() scans members).
 _ACTOR_TYPE_BY_VALUE = {m.value: m for m in ActorType}
 _OBJECT_TYPE_BY_VALUE = {m.value: m for m in ObjectType}
@@ -682,109 +680,221 @@ _OUTCOME_BY_VALUE = {m.value: m for m in Outcome}
 _RISK_BY_VALUE = {m.value: m for m in RiskLevel}
 
 
-def _stored_enum(table: Mapping[str, Any], parser: Any, value: str, fallback: Any) -> Any:
-    member = table.get(value)
-    return member if member is not None else _enum_or(parser, value, fallback)
-
-
-def _trusted(cls: type[_T], fields: dict[str, Any]) -> _T:
-    """An instance of the frozen dataclass ``cls`` from values read back from the store.
-
-    They were validated when recorded, so ``__post_init__`` (the input validation) is
-    skipped: reading is the hot path of every query. If the model has gained a field
-    this function was not given, the regular constructor runs instead.
-    """
-    if len(fields) != len(cls.__dataclass_fields__):  # type: ignore[attr-defined]
-        return cls(**fields)
-    obj = object.__new__(cls)
-    obj.__dict__.update(fields)
-    return obj
-
-
 _EMPTY: Mapping[str, Any] = {}
+_new = object.__new__
+_set_dict = object.__setattr__
+_NO_DURATION = timedelta(0)
+_TAGS_CACHE: dict[str, tuple[str, ...]] = {}
+_TAGS_CACHE_SIZE = 4096
+_ROW_JSON = (11, 13, 14, 18)  # actor, decision, objects, metadata: decoded in one scan
+
+StoredRow = Sequence[Any]
+"""An ``events`` row: rowid, id, trace_id, parent_id, start_ns, duration_ns, event_type,
+description, actor_type, actor_id, actor_name, actor_json, reasoning, decision_json,
+objects_json, tags_json, outcome, error, metadata_json, service_name."""
+
+
+def _stored_tags(text: str | None) -> tuple[str, ...]:
+    """The tags of a ``tags_json`` value; tuples of strings are immutable, so the few
+    distinct tag lists a ledger holds are decoded once and shared."""
+    if not text:
+        return ()
+    tags = _TAGS_CACHE.get(text)
+    if tags is None:
+        tags = tuple(loads_json(text))
+        if len(_TAGS_CACHE) >= _TAGS_CACHE_SIZE:
+            _TAGS_CACHE.clear()
+        _TAGS_CACHE[text] = tags
+    return tags
+
+
+def _row_json(rows: Sequence[StoredRow]) -> list[Any]:
+    """The JSON columns of every row (``_ROW_JSON`` order, None when empty), decoded
+    with one scan of all of them instead of one per value."""
+    parts = []
+    for row in rows:
+        for column in _ROW_JSON:
+            parts.append(row[column] or "null")
+    try:
+        text = "[" + ",".join(parts) + "]"
+        values, end = _scan_json(text, 0)
+        if end == len(text) and len(values) == len(parts):
+            return values  # type: ignore[no-any-return]
+    except (StopIteration, ValueError, TypeError):
+        pass
+    # A value this module did not write: decode each alone (raising as json.loads does).
+    return [None if part == "null" else loads_json(part) for part in parts]
+
+
+def events_from_rows(
+    rows: Sequence[StoredRow], objects: Mapping[int, Sequence[tuple[str, str]]]
+) -> list[TraceEvent]:
+    """Turn stored ``events`` rows (:data:`StoredRow` order) into models; ``objects``
+    maps a row's rowid to the ``(object_type, external_id)`` it touched, in order.
+
+    The values were validated when recorded, so the models are filled directly, without
+    their ``__post_init__`` input validation: reading is the hot path of every query.
+    """
+    decoded = iter(_row_json(rows))
+    events: list[TraceEvent] = []
+    append = events.append
+    # Four decoded values a row (zip takes them from the one iterator in turn).
+    for row, extras, data, states, metadata in zip(
+        rows, decoded, decoded, decoded, decoded, strict=False
+    ):
+        actor = None
+        actor_type = row[8]
+        if actor_type is not None and row[9]:
+            member = _ACTOR_TYPE_BY_VALUE.get(actor_type)
+            if member is None:
+                member = _enum_or(ActorType.parse, actor_type, ActorType.SYSTEM)
+            actor = _new(Actor)
+            if extras is None:
+                fields = {
+                    "type": member,
+                    "id": row[9],
+                    "name": row[10],
+                    "email": None,
+                    "role": None,
+                    "model": None,
+                    "version": None,
+                    "service_name": None,
+                    "metadata": {},
+                }
+            else:
+                fields = {
+                    "type": member,
+                    "id": row[9],
+                    "name": row[10],
+                    "email": extras.get("email"),
+                    "role": extras.get("role"),
+                    "model": extras.get("model"),
+                    "version": extras.get("version"),
+                    "service_name": extras.get("service_name"),
+                    "metadata": extras.get("metadata") or {},
+                }
+            _set_dict(actor, "__dict__", fields)
+        decision = None
+        if row[13] is not None:
+            confidence = data.get("confidence")
+            risk = data.get("risk_level")
+            if risk:
+                level = _RISK_BY_VALUE.get(risk)
+                risk = level if level is not None else _enum_or(RiskLevel.parse, risk, None)
+            else:
+                risk = None
+            decision = _new(DecisionTrace)
+            _set_dict(
+                decision,
+                "__dict__",
+                {
+                    "reasoning": row[12] or "",
+                    "context": data.get("context") or {},
+                    "alternatives": tuple(data.get("alternatives") or ()),
+                    "rejection_reasons": data.get("rejection_reasons") or {},
+                    "confidence": float(confidence) if confidence is not None else None,
+                    "risk_level": risk,
+                },
+            )
+        linked = objects.get(row[0])
+        if linked:
+            touched = []
+            count = len(states) if states else 0
+            for position, (object_type, external_id) in enumerate(linked):
+                state = states[position] if position < count else _EMPTY
+                kind = _OBJECT_TYPE_BY_VALUE.get(object_type)
+                if kind is None:
+                    kind = _enum_or(ObjectType.parse, object_type, ObjectType.OTHER)
+                obj = _new(TrackedObject)
+                _set_dict(
+                    obj,
+                    "__dict__",
+                    {
+                        "object_type": kind,
+                        "external_id": external_id,
+                        "state": state.get("state") or {},
+                        "state_before": state.get("before"),
+                        "state_after": state.get("after"),
+                    },
+                )
+                touched.append(obj)
+            objs: tuple[TrackedObject, ...] = tuple(touched)
+        else:
+            objs = ()
+        outcome = _OUTCOME_BY_VALUE.get(row[16])
+        if outcome is None:
+            outcome = _enum_or(Outcome.parse, row[16], Outcome.SUCCESS)
+        duration_ns = row[5]
+        event = _new(TraceEvent)
+        _set_dict(
+            event,
+            "__dict__",
+            {
+                "id": row[1],
+                # datetime_from_ns and timedelta(microseconds=ns / 1000), positionally.
+                "timestamp": _EPOCH + timedelta(0, 0, row[4] // 1000),
+                "duration": timedelta(0, 0, duration_ns / 1000) if duration_ns else _NO_DURATION,
+                "event_type": row[6],
+                "description": row[7],
+                "actor": actor,
+                "decision": decision,
+                "objects": objs,
+                "outcome": outcome,
+                "error": row[17],
+                "tags": _stored_tags(row[15]),
+                "metadata": {} if metadata is None else metadata,
+                "correlation_id": row[2],
+                "parent_event_id": row[3],
+                "service_name": row[19],
+            },
+        )
+        append(event)
+    return events
+
+
+def _check_model_fields() -> None:
+    """``events_from_rows`` fills every field of these models by name: fail at import
+    if a model gains or loses one without the decoder being updated."""
+    expected = {
+        Actor: 9,
+        DecisionTrace: 6,
+        TrackedObject: 5,
+        TraceEvent: 15,
+    }
+    for cls, count in expected.items():
+        if len(cls.__dataclass_fields__) != count:  # type: ignore[attr-defined]
+            raise AssertionError(f"events_from_rows does not fill every field of {cls.__name__}")
+
+
+_check_model_fields()
 
 
 def event_from_record(record: EventRecord) -> TraceEvent:
     """Turn a stored record back into the :class:`TraceEvent` model."""
-    actor = None
-    if record.actor_type is not None and record.actor_id:
-        extras = loads_json(record.actor_json) if record.actor_json else _EMPTY
-        actor = _trusted(
-            Actor,
-            {
-                "type": _stored_enum(
-                    _ACTOR_TYPE_BY_VALUE, ActorType.parse, record.actor_type, ActorType.SYSTEM
-                ),
-                "id": record.actor_id,
-                "name": record.actor_name,
-                "email": extras.get("email"),
-                "role": extras.get("role"),
-                "model": extras.get("model"),
-                "version": extras.get("version"),
-                "service_name": extras.get("service_name"),
-                "metadata": extras.get("metadata") or {},
-            },
-        )
-    decision = None
-    if record.decision_json is not None:
-        data = loads_json(record.decision_json)
-        confidence = data.get("confidence")
-        risk = data.get("risk_level")
-        decision = _trusted(
-            DecisionTrace,
-            {
-                "reasoning": record.reasoning or "",
-                "context": data.get("context") or {},
-                "alternatives": tuple(data.get("alternatives") or ()),
-                "rejection_reasons": data.get("rejection_reasons") or {},
-                "confidence": float(confidence) if confidence is not None else None,
-                "risk_level": _stored_enum(_RISK_BY_VALUE, RiskLevel.parse, risk, None)
-                if risk
-                else None,
-            },
-        )
-    states = loads_json(record.objects_json) if record.objects_json else ()
-    objects = []
-    for index, (object_type, external_id) in enumerate(
-        zip(record.object_types, record.object_ids, strict=False)
-    ):
-        state = states[index] if index < len(states) else _EMPTY
-        objects.append(
-            _trusted(
-                TrackedObject,
-                {
-                    "object_type": _stored_enum(
-                        _OBJECT_TYPE_BY_VALUE, ObjectType.parse, object_type, ObjectType.OTHER
-                    ),
-                    "external_id": external_id,
-                    "state": state.get("state") or {},
-                    "state_before": state.get("before"),
-                    "state_after": state.get("after"),
-                },
-            )
-        )
-    return _trusted(
-        TraceEvent,
-        {
-            "id": record.id,
-            "timestamp": datetime_from_ns(record.start_ns),
-            "duration": timedelta(microseconds=record.duration_ns / 1000),
-            "event_type": record.event_type,
-            "description": record.description,
-            "actor": actor,
-            "decision": decision,
-            "objects": tuple(objects),
-            "outcome": _stored_enum(
-                _OUTCOME_BY_VALUE, Outcome.parse, record.outcome, Outcome.SUCCESS
-            ),
-            "error": record.error,
-            "tags": record.tags,
-            "metadata": loads_json(record.metadata_json) if record.metadata_json else {},
-            "correlation_id": record.trace_id,
-            "parent_event_id": record.parent_id,
-            "service_name": record.service_name,
-        },
+    row = (
+        0,
+        record.id,
+        record.trace_id,
+        record.parent_id,
+        record.start_ns,
+        record.duration_ns,
+        record.event_type,
+        record.description,
+        record.actor_type,
+        record.actor_id,
+        record.actor_name,
+        record.actor_json,
+        record.reasoning,
+        record.decision_json,
+        record.objects_json,
+        _canonical(list(record.tags)) if record.tags else None,
+        record.outcome,
+        record.error,
+        record.metadata_json,
+        record.service_name,
     )
+    linked = list(zip(record.object_types, record.object_ids, strict=False))
+    return events_from_rows([row], {0: linked})[0]
 
 
 def _plain_attributes(span: ReadableSpan) -> Mapping[str, Any]:

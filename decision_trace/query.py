@@ -14,11 +14,9 @@ from datetime import datetime
 from typing import Any, Literal
 
 from .attributes import (
-    EventRecord,
     clean_text,
     datetime_from_ns,
-    event_from_record,
-    loads_json,
+    events_from_rows,
     ns_from_datetime,
 )
 from .errors import EventNotFoundError, InvalidInputError, StoreError
@@ -185,7 +183,7 @@ def _events(conn: sqlite3.Connection, rows: list[Any]) -> list[TraceEvent]:
     """Turn ``events`` rows (``_COLUMNS`` order) into models, objects included."""
     if not rows:
         return []
-    objects: dict[int, tuple[list[str], list[str]]] = {}
+    objects: dict[int, list[tuple[str, str]]] = {}
     rowids = [row[0] for row in rows]
     for chunk_start in range(0, len(rowids), 500):
         chunk = rowids[chunk_start : chunk_start + 500]
@@ -197,42 +195,10 @@ def _events(conn: sqlite3.Connection, rows: list[Any]) -> list[TraceEvent]:
         ):
             linked = objects.get(event_rowid)
             if linked is None:
-                objects[event_rowid] = ([object_type], [external_id])
+                objects[event_rowid] = [(object_type, external_id)]
             else:
-                linked[0].append(object_type)
-                linked[1].append(external_id)
-    events = []
-    no_objects: tuple[list[str], list[str]] = ([], [])
-    for row in rows:
-        types, ids = objects.get(row[0], no_objects)
-        events.append(
-            event_from_record(
-                EventRecord(
-                    id=row[1],
-                    trace_id=row[2],
-                    parent_id=row[3],
-                    start_ns=row[4],
-                    duration_ns=row[5],
-                    event_type=row[6],
-                    description=row[7],
-                    actor_type=row[8],
-                    actor_id=row[9],
-                    actor_name=row[10],
-                    actor_json=row[11],
-                    reasoning=row[12],
-                    decision_json=row[13],
-                    object_types=tuple(types),
-                    object_ids=tuple(ids),
-                    objects_json=row[14],
-                    tags=tuple(loads_json(row[15])) if row[15] else (),
-                    outcome=row[16],
-                    error=row[17],
-                    metadata_json=row[18],
-                    service_name=row[19],
-                )
-            )
-        )
-    return events
+                linked.append((object_type, external_id))
+    return events_from_rows(rows, objects)
 
 
 def query_events(
