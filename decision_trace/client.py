@@ -486,8 +486,8 @@ class DecisionTraceClient:
             correlation_id=correlation_id,
         )
         self._read_your_writes()
-        with self._store.reader() as conn:
-            return q.query_events(conn, filters, limit=limit, offset=offset, order=order)
+        conn = self._store.read_connection()
+        return q.query_events(conn, filters, limit=limit, offset=offset, order=order)
 
     def search(self, text: str, limit: int | None = 50) -> list[TraceEvent]:
         """Full-text search over descriptions, reasoning and context, newest first.
@@ -496,14 +496,14 @@ class DecisionTraceClient:
         ``*`` or ``-`` are searched for as words, never parsed as syntax.
         """
         self._read_your_writes()
-        with self._store.reader() as conn:
-            return q.search_events(conn, text, limit=limit)
+        conn = self._store.read_connection()
+        return q.search_events(conn, text, limit=limit)
 
     def get_event(self, event_id: str) -> TraceEvent | None:
         """The event with this id, or None."""
         self._read_your_writes()
-        with self._store.reader() as conn:
-            return q.get_event(conn, event_id)
+        conn = self._store.read_connection()
+        return q.get_event(conn, event_id)
 
     def get_chain(self, event_id: str) -> q.ChainNode:
         """The chain an event belongs to: its topmost stored ancestor and every
@@ -513,8 +513,8 @@ class DecisionTraceClient:
             EventNotFoundError: the event is not in the store.
         """
         self._read_your_writes()
-        with self._store.reader() as conn:
-            return q.get_chain(conn, event_id)
+        conn = self._store.read_connection()
+        return q.get_chain(conn, event_id)
 
     def get_object_history(
         self,
@@ -525,8 +525,8 @@ class DecisionTraceClient:
     ) -> list[TraceEvent]:
         """Every event that touched an object, oldest first."""
         self._read_your_writes()
-        with self._store.reader() as conn:
-            return q.object_history(conn, external_id, object_type, limit=limit)
+        conn = self._store.read_connection()
+        return q.object_history(conn, external_id, object_type, limit=limit)
 
     def stats(self) -> LedgerStats:
         """Counters of recorded, written, failed and queued events in this process."""

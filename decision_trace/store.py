@@ -341,6 +341,11 @@ class Store:
     @contextmanager
     def reader(self) -> Iterator[sqlite3.Connection]:
         """A read connection for the calling thread (kept open and reused)."""
+        yield self.read_connection()
+
+    def read_connection(self) -> sqlite3.Connection:
+        """The calling thread's read connection (kept open and reused); what
+        :meth:`reader` yields, without the context manager (queries call this)."""
         if self._closed:
             raise StoreError("the store is closed")
         pid = os.getpid()
@@ -362,7 +367,7 @@ class Store:
                             old.close()
                 alive.append((threading.current_thread(), conn))
                 self._all_readers = alive
-        yield conn
+        return conn
 
     def close(self) -> None:
         """Close every connection this store opened in this process. Idempotent."""
