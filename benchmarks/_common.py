@@ -221,6 +221,16 @@ def alternate(
     return ours_s, plain_s
 
 
+def plain_transactions(records: Sequence[EventRecord], per_transaction: int) -> list[PlainRows]:
+    """The rows of ``records``, ``per_transaction`` events a transaction, rowids from 1."""
+    transactions = []
+    next_rowid = 1
+    for part in chunks(records, per_transaction):
+        transactions.append(plain_rows(part, next_rowid))
+        next_rowid += len(part)
+    return transactions
+
+
 def time_plain_inserts(
     path: Path,
     transactions: Sequence[PlainRows],

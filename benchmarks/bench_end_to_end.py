@@ -17,13 +17,12 @@ import gc
 
 from _common import (
     alternate,
-    chunks,
     finished_spans,
     fmt_rate,
     header,
     make_events,
     median,
-    plain_rows,
+    plain_transactions,
     record_event,
     report_ratio,
     scratch_dir,
@@ -48,11 +47,7 @@ def main() -> None:
     events = make_events(count, seed=9)
     with scratch_dir() as tmp:
         records = [record_from_span(s) for s in finished_spans(events, tmp / "source.db")]
-        rows = []
-        next_rowid = 1
-        for part in chunks(records, BATCH):
-            rows.append(plain_rows(part, next_rowid))
-            next_rowid += len(part)
+        rows = plain_transactions(records, BATCH)
         print(f"   {count:,} events, {repeats} repeats")
 
         def ours(run: int) -> float:

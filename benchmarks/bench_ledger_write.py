@@ -24,7 +24,7 @@ from _common import (
     header,
     make_events,
     median,
-    plain_rows,
+    plain_transactions,
     report_ratio,
     scratch_dir,
     size,
@@ -49,11 +49,7 @@ def main() -> None:
         spans = finished_spans(make_events(count, seed=5), tmp / "source.db")
         batches = chunks(spans, BATCH)
         records = [record_from_span(s) for s in spans]
-        rows = []
-        next_rowid = 1
-        for part in chunks(records, BATCH):
-            rows.append(plain_rows(part, next_rowid))
-            next_rowid += len(part)
+        rows = plain_transactions(records, BATCH)
         print(f"   {count:,} spans, {BATCH} a transaction, {repeats} repeats")
 
         def ours(run: int) -> float:

@@ -23,7 +23,7 @@ from _common import (
     header,
     make_events,
     median,
-    plain_rows,
+    plain_transactions,
     record_event,
     report_ratio,
     scratch_dir,
@@ -46,7 +46,7 @@ def main() -> None:
     events = make_events(count, seed=11)
     with scratch_dir() as tmp:
         records = [record_from_span(s) for s in finished_spans(events, tmp / "source.db")]
-        rows = [plain_rows([r], rowid) for rowid, r in enumerate(records, 1)]
+        rows = plain_transactions(records, 1)
         print(f"   {count:,} events, one a transaction, {repeats} repeats")
 
         def ours(run: int) -> float:
