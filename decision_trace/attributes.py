@@ -348,71 +348,122 @@ AttributeValue = str | bool | int | float | Sequence[str]
 
 def actor_attributes(actor: Actor) -> dict[str, AttributeValue]:
     """The span attributes that describe ``actor``, semconv keys included."""
-    attrs: dict[str, AttributeValue] = {
-        ACTOR_TYPE: actor.type.value,
-        ACTOR_ID: clean_text(actor.id),
-    }
-    if actor.name is not None:
-        attrs[ACTOR_NAME] = clean_text(actor.name)
-    if actor.type is ActorType.USER:
-        attrs[USER_ID] = attrs[ACTOR_ID]
-        if actor.name is not None:
-            attrs[USER_NAME] = attrs[ACTOR_NAME]
-        if actor.email is not None:
-            attrs[USER_EMAIL] = clean_text(actor.email)
-        if actor.role is not None:
-            attrs[USER_ROLES] = [clean_text(actor.role)]
-    elif actor.type is ActorType.AI_AGENT:
+    return actor_fields_attributes(
+        actor.type,
+        actor.id,
+        actor.name,
+        actor.email,
+        actor.role,
+        actor.model,
+        actor.version,
+        actor.service_name,
+        actor.metadata,
+    )
+
+
+def actor_fields_attributes(
+    actor_type: ActorType,
+    actor_id: str,
+    name: str | None = None,
+    email: str | None = None,
+    role: str | None = None,
+    model: str | None = None,
+    version: str | None = None,
+    service_name: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> dict[str, AttributeValue]:
+    """:func:`actor_attributes` from the fields of a validated actor (the builder's fast
+    path, which checks the fields without building an :class:`Actor`)."""
+    actor_id = clean_text(actor_id)
+    attrs: dict[str, AttributeValue] = {ACTOR_TYPE: actor_type.value, ACTOR_ID: actor_id}
+    if name is not None:
+        name = clean_text(name)
+        attrs[ACTOR_NAME] = name
+    if actor_type is ActorType.USER:
+        attrs[USER_ID] = actor_id
+        if name is not None:
+            attrs[USER_NAME] = name
+    elif actor_type is ActorType.AI_AGENT:
         attrs[GEN_AI_OPERATION_NAME] = GEN_AI_OPERATION_INVOKE_AGENT
-        attrs[GEN_AI_AGENT_ID] = attrs[ACTOR_ID]
-        if actor.name is not None:
-            attrs[GEN_AI_AGENT_NAME] = attrs[ACTOR_NAME]
-        if actor.model is not None:
-            attrs[GEN_AI_REQUEST_MODEL] = clean_text(actor.model)
-        if actor.version is not None:
-            attrs[GEN_AI_AGENT_VERSION] = clean_text(actor.version)
-    if actor.type is not ActorType.AI_AGENT and actor.version is not None:
-        attrs[ACTOR_VERSION] = clean_text(actor.version)
-    if actor.type is not ActorType.USER and actor.role is not None:
-        attrs[USER_ROLES] = [clean_text(actor.role)]
-    if actor.type is not ActorType.USER and actor.email is not None:
-        attrs[USER_EMAIL] = clean_text(actor.email)
-    if actor.type is not ActorType.AI_AGENT and actor.model is not None:
-        attrs[GEN_AI_REQUEST_MODEL] = clean_text(actor.model)
-    if actor.service_name is not None:
-        attrs[ACTOR_SERVICE_NAME] = clean_text(actor.service_name)
-        if actor.type is ActorType.EXTERNAL:
-            attrs[SERVICE_PEER_NAME] = attrs[ACTOR_SERVICE_NAME]
-    if actor.metadata:
-        attrs[ACTOR_METADATA] = dumps(actor.metadata, "actor.metadata")
+        attrs[GEN_AI_AGENT_ID] = actor_id
+        if name is not None:
+            attrs[GEN_AI_AGENT_NAME] = name
+    if email is not None:
+        attrs[USER_EMAIL] = clean_text(email)
+    if role is not None:
+        attrs[USER_ROLES] = [clean_text(role)]
+    if model is not None:
+        attrs[GEN_AI_REQUEST_MODEL] = clean_text(model)
+    if version is not None:
+        attrs[GEN_AI_AGENT_VERSION if actor_type is ActorType.AI_AGENT else ACTOR_VERSION] = (
+            clean_text(version)
+        )
+    if service_name is not None:
+        service_name = clean_text(service_name)
+        attrs[ACTOR_SERVICE_NAME] = service_name
+        if actor_type is ActorType.EXTERNAL:
+            attrs[SERVICE_PEER_NAME] = service_name
+    if metadata:
+        attrs[ACTOR_METADATA] = dumps(metadata, "actor.metadata")
     return attrs
 
 
 def decision_attributes(decision: DecisionTrace) -> dict[str, AttributeValue]:
     """The span attributes that describe ``decision``."""
-    attrs: dict[str, AttributeValue] = {REASONING: clean_text(decision.reasoning)}
-    if decision.context:
-        attrs[CONTEXT] = dumps(decision.context, "context")
-    if decision.alternatives:
-        attrs[ALTERNATIVES] = dumps(decision.alternatives, "alternatives")
-    if decision.rejection_reasons:
-        attrs[REJECTION_REASONS] = dumps(decision.rejection_reasons, "rejection_reasons")
-    if decision.confidence is not None:
-        attrs[CONFIDENCE] = decision.confidence
-    if decision.risk_level is not None:
-        attrs[RISK_LEVEL] = decision.risk_level.value
+    return decision_fields_attributes(
+        decision.reasoning,
+        decision.context,
+        decision.alternatives,
+        decision.rejection_reasons,
+        decision.confidence,
+        decision.risk_level,
+    )
+
+
+def decision_fields_attributes(
+    reasoning: str,
+    context: Mapping[str, Any],
+    alternatives: Sequence[Mapping[str, Any]],
+    rejection_reasons: Mapping[str, str],
+    confidence: float | None = None,
+    risk_level: RiskLevel | None = None,
+) -> dict[str, AttributeValue]:
+    """:func:`decision_attributes` from the fields of a validated decision."""
+    attrs: dict[str, AttributeValue] = {REASONING: clean_text(reasoning)}
+    if context:
+        attrs[CONTEXT] = dumps(context, "context")
+    if alternatives:
+        attrs[ALTERNATIVES] = dumps(alternatives, "alternatives")
+    if rejection_reasons:
+        attrs[REJECTION_REASONS] = dumps(rejection_reasons, "rejection_reasons")
+    if confidence is not None:
+        attrs[CONFIDENCE] = confidence
+    if risk_level is not None:
+        attrs[RISK_LEVEL] = risk_level.value
     return attrs
 
 
 def object_state_json(obj: TrackedObject) -> str:
     """The JSON element of ``decision_trace.object.states`` for one object."""
-    name = obj.object_type.value
-    parts = [f'"state":{dumps(obj.state, f"{name} state")}']
-    if obj.state_before is not None:
-        parts.append(f'"before":{dumps(obj.state_before, f"{name} state_before")}')
-    if obj.state_after is not None:
-        parts.append(f'"after":{dumps(obj.state_after, f"{name} state_after")}')
-    return "{" + ",".join(parts) + "}"
+    return object_fields_state_json(obj.object_type, obj.state, obj.state_before, obj.state_after)
+
+
+def object_fields_state_json(
+    object_type: ObjectType,
+    state: Mapping[str, Any] | None,
+    state_before: Mapping[str, Any] | None = None,
+    state_after: Mapping[str, Any] | None = None,
+) -> str:
+    """:func:`object_state_json` from the fields of a validated object."""
+    if not state and state_before is None and state_after is None:
+        return EMPTY_OBJECT_STATE
+    name = object_type.value
+    encoded = '{"state":' + (dumps(state, f"{name} state") if state else "{}")
+    if state_before is not None:
+        encoded += ',"before":' + dumps(state_before, f"{name} state_before")
+    if state_after is not None:
+        encoded += ',"after":' + dumps(state_after, f"{name} state_after")
+    return encoded + "}"
 
 
 EMPTY_OBJECT_STATE = '{"state":{}}'
@@ -425,8 +476,8 @@ def objects_attributes(
     """The span attributes for the objects touched (aligned lists of types, ids, states)."""
     if not ids:
         return {}
-    attrs: dict[str, AttributeValue] = {OBJECT_TYPES: list(types), OBJECT_IDS: list(ids)}
-    if any(state != EMPTY_OBJECT_STATE for state in states):
+    attrs: dict[str, AttributeValue] = {OBJECT_TYPES: types, OBJECT_IDS: ids}
+    if states.count(EMPTY_OBJECT_STATE) != len(states):
         attrs[OBJECT_STATES] = "[" + ",".join(states) + "]"
     return attrs
 
@@ -503,10 +554,37 @@ def record_from_span_data(
     whose actor comes from ``user.id`` or the resource's ``service.name``, and whose
     metadata holds all its attributes, so ``get_chain`` shows what led to a decision.
     """
-    attrs = attributes
     service = resource_attributes.get(SERVICE_NAME)
-    service_name = str(service) if service is not None else None
-    event_type = attrs.get(EVENT_TYPE)
+    return _record(
+        span_id,
+        trace_id,
+        parent_span_id,
+        name,
+        start_ns,
+        end_ns,
+        attributes,
+        str(service) if service is not None else None,
+        status_error,
+        failed,
+    )
+
+
+def _record(
+    span_id: int,
+    trace_id: int,
+    parent_span_id: int | None,
+    name: str,
+    start_ns: int,
+    end_ns: int,
+    attrs: Mapping[str, Any],
+    service_name: str | None,
+    status_error: str | None,
+    failed: bool,
+) -> EventRecord:
+    # The writer thread runs this for every span while holding the GIL, so each µs here
+    # is taken from the application's threads: plain lookups, positional construction.
+    get = attrs.get
+    event_type = get(EVENT_TYPE)
     if event_type is None:
         return _foreign_record(
             span_id,
@@ -520,7 +598,7 @@ def record_from_span_data(
             status_error,
             failed,
         )
-    actor_type = attrs.get(ACTOR_TYPE)
+    actor_type = get(ACTOR_TYPE)
     actor_json = None
     if actor_type is not None:
         extras = {field: attrs[key] for field, key in _ACTOR_EXTRA_KEYS if key in attrs}
@@ -532,54 +610,69 @@ def record_from_span_data(
             extras["metadata"] = _RawJSON(attrs[ACTOR_METADATA])
         if extras:
             actor_json = _dump_with_raw(extras)
-    reasoning = attrs.get(REASONING)
+    context = get(CONTEXT)
+    alternatives = get(ALTERNATIVES)
+    rejection_reasons = get(REJECTION_REASONS)
+    confidence = get(CONFIDENCE)
+    risk = get(RISK_LEVEL)
+    reasoning = get(REASONING)
     decision_json = None
-    if any(key in attrs for key in _DECISION_KEYS):
-        confidence = attrs.get(CONFIDENCE)
-        risk = attrs.get(RISK_LEVEL)
+    if (
+        reasoning is not None
+        or context is not None
+        or alternatives is not None
+        or rejection_reasons is not None
+        or confidence is not None
+        or risk is not None
+    ):
         decision_json = (
             '{"context":'
-            + attrs.get(CONTEXT, "{}")
+            + (context if context is not None else "{}")
             + ',"alternatives":'
-            + attrs.get(ALTERNATIVES, "[]")
+            + (alternatives if alternatives is not None else "[]")
             + ',"rejection_reasons":'
-            + attrs.get(REJECTION_REASONS, "{}")
+            + (rejection_reasons if rejection_reasons is not None else "{}")
             + ',"confidence":'
             + (json.dumps(confidence) if confidence is not None else "null")
             + ',"risk_level":'
             + (json.dumps(risk) if risk is not None else "null")
             + "}"
         )
-    outcome = attrs.get(OUTCOME) or (Outcome.FAILURE.value if failed else Outcome.SUCCESS.value)
-    error = attrs.get(ERROR)
+    outcome = get(OUTCOME) or (_FAILURE if failed else _SUCCESS)
+    error = get(ERROR)
     if error is None and failed:
         error = status_error
+    types = get(OBJECT_TYPES)
+    ids = get(OBJECT_IDS)
+    tags = get(TAGS)
     return EventRecord(
-        id=span_id_hex(span_id),
-        trace_id=trace_id_hex(trace_id),
-        parent_id=span_id_hex(parent_span_id) if parent_span_id else None,
-        start_ns=start_ns,
-        duration_ns=max(0, end_ns - start_ns),
-        event_type=str(event_type),
-        description=str(attrs.get(DESCRIPTION, "")),
-        actor_type=actor_type,
-        actor_id=attrs.get(ACTOR_ID),
-        actor_name=attrs.get(ACTOR_NAME),
-        actor_json=actor_json,
-        reasoning=reasoning,
-        decision_json=decision_json,
-        object_types=_str_tuple(attrs.get(OBJECT_TYPES)),
-        object_ids=_str_tuple(attrs.get(OBJECT_IDS)),
-        objects_json=attrs.get(OBJECT_STATES),
-        tags=_str_tuple(attrs.get(TAGS)),
-        outcome=str(outcome),
-        error=error,
-        metadata_json=attrs.get(METADATA),
-        service_name=service_name,
+        format(span_id, "016x"),
+        format(trace_id, "032x"),
+        format(parent_span_id, "016x") if parent_span_id else None,
+        start_ns,
+        end_ns - start_ns if end_ns > start_ns else 0,
+        str(event_type),
+        str(get(DESCRIPTION, "")),
+        actor_type,
+        get(ACTOR_ID),
+        get(ACTOR_NAME),
+        actor_json,
+        reasoning,
+        decision_json,
+        _str_tuple(types) if types is not None else (),
+        _str_tuple(ids) if ids is not None else (),
+        get(OBJECT_STATES),
+        _str_tuple(tags) if tags is not None else (),
+        str(outcome),
+        error,
+        get(METADATA),
+        service_name,
     )
 
 
-_DECISION_KEYS = (REASONING, CONTEXT, ALTERNATIVES, REJECTION_REASONS, CONFIDENCE, RISK_LEVEL)
+_SUCCESS = Outcome.SUCCESS.value
+_FAILURE = Outcome.FAILURE.value
+
 
 _ACTOR_EXTRA_KEYS = (
     ("email", USER_EMAIL),
@@ -597,8 +690,8 @@ class _RawJSON(str):
 def _dump_with_raw(values: Mapping[str, Any]) -> str:
     parts = []
     for key, value in values.items():
-        encoded = str(value) if isinstance(value, _RawJSON) else json.dumps(value)
-        parts.append(f"{json.dumps(key)}:{encoded}")
+        encoded = str(value) if isinstance(value, _RawJSON) else _encode(value)
+        parts.append(f"{_encode(key)}:{encoded}")
     return "{" + ",".join(parts) + "}"
 
 
@@ -913,21 +1006,33 @@ def _plain_attributes(span: ReadableSpan) -> Mapping[str, Any]:
 
 def record_from_span(span: ReadableSpan) -> EventRecord:
     """Decode one finished SDK span into an :class:`EventRecord`."""
+    global _last_resource
     context = span.context
     if context is None:
         raise ValueError("span has no context")
     parent = span.parent
     status = span.status
-    failed = status.status_code is StatusCode.ERROR
-    return record_from_span_data(
-        span_id=context.span_id,
-        trace_id=context.trace_id,
-        parent_span_id=parent.span_id if parent is not None else None,
-        name=span.name,
-        start_ns=span.start_time or 0,
-        end_ns=span.end_time or span.start_time or 0,
-        attributes=_plain_attributes(span),
-        resource_attributes=span.resource.attributes if span.resource is not None else {},
-        status_error=status.description,
-        failed=failed,
+    start_ns = span.start_time or 0
+    resource = span.resource
+    cached_resource, service_name = _last_resource
+    if resource is not cached_resource:
+        # Every span of a provider shares its resource: look the name up once.
+        service = resource.attributes.get(SERVICE_NAME) if resource is not None else None
+        service_name = str(service) if service is not None else None
+        _last_resource = (resource, service_name)
+    return _record(
+        context.span_id,
+        context.trace_id,
+        parent.span_id if parent is not None else None,
+        span.name,
+        start_ns,
+        span.end_time or start_ns,
+        _plain_attributes(span),
+        service_name,
+        status.description,
+        status.status_code is StatusCode.ERROR,
     )
+
+
+_last_resource: tuple[object, str | None] = (object(), None)
+"""The last span's resource and its service name (a tuple: replaced in one step)."""

@@ -29,12 +29,16 @@ from .attributes import AttributeValue, clean_text, dumps, ns_from_datetime
 from .errors import DecisionTraceError, InvalidInputError
 from .models import (
     Actor,
+    ActorType,
     DecisionTrace,
     ObjectType,
     Outcome,
     RiskLevel,
     TrackedObject,
+    check_actor_fields,
     check_confidence,
+    check_decision_fields,
+    check_object_fields,
     require_text,
 )
 
@@ -51,6 +55,27 @@ class TraceBuilder:
     a duplicate event.
     """
 
+    # Slots: a builder is made for every event, and attribute access is the hot path.
+    __slots__ = (
+        "_actor_keys",
+        "_as_span",
+        "_attrs",
+        "_client",
+        "_error",
+        "_event_type",
+        "_metadata",
+        "_object_ids",
+        "_object_states",
+        "_object_types",
+        "_outcome",
+        "_parent",
+        "_recorded_id",
+        "_span",
+        "_start_ns",
+        "_tags",
+        "_token",
+    )
+
     def __init__(
         self,
         client: DecisionTraceClient,
@@ -60,7 +85,7 @@ class TraceBuilder:
         as_span: bool = False,
     ) -> None:
         require_text(event_type, "event_type")
-        if not isinstance(description, str):
+        if type(description) is not str and not isinstance(description, str):
             raise InvalidInputError(
                 "description", f"must be a string, got {type(description).__name__}"
             )
@@ -91,13 +116,42 @@ class TraceBuilder:
         """Set who performed the action (replaces any actor set before)."""
         if not isinstance(actor, Actor):
             raise InvalidInputError("actor", f"must be an Actor, got {type(actor).__name__}")
-        for key in self._actor_keys:
-            self._attrs.pop(key, None)
         if self._client._redaction is not None:
             actor = self._client._redaction.actor(actor)
-        actor_attrs = keys.actor_attributes(actor)
+        self._set_actor(keys.actor_attributes(actor))
+        return self
+
+    def _set_actor(self, actor_attrs: dict[str, AttributeValue]) -> None:
+        for key in self._actor_keys:
+            self._attrs.pop(key, None)
         self._actor_keys = tuple(actor_attrs)
         self._attrs.update(actor_attrs)
+
+    def _by_fields(
+        self,
+        actor_type: ActorType,
+        actor_id: str,
+        name: str | None,
+        email: str | None,
+        role: str | None,
+        model: str | None,
+        version: str | None,
+        service_name: str | None,
+        metadata: dict[str, Any],
+    ) -> TraceBuilder:
+        # The same checks and attributes as by(Actor(...)), without building the Actor
+        # (record() is on the caller's hot path); redaction works on the model.
+        if self._client._redaction is not None:
+            actor = Actor(
+                actor_type, actor_id, name, email, role, model, version, service_name, metadata
+            )
+            return self.by(actor)
+        check_actor_fields(actor_id, name, email, role, model, version, service_name, metadata)
+        self._set_actor(
+            keys.actor_fields_attributes(
+                actor_type, actor_id, name, email, role, model, version, service_name, metadata
+            )
+        )
         return self
 
     def by_user(
@@ -110,7 +164,9 @@ class TraceBuilder:
         **metadata: Any,
     ) -> TraceBuilder:
         """Performed by a human user; see :meth:`Actor.user`."""
-        return self.by(Actor.user(user_id, name, email=email, role=role, **metadata))
+        return self._by_fields(
+            ActorType.USER, user_id, name, email, role, None, None, None, metadata
+        )
 
     def by_ai_agent(
         self,
@@ -122,7 +178,9 @@ class TraceBuilder:
         **metadata: Any,
     ) -> TraceBuilder:
         """Performed by an AI agent; see :meth:`Actor.ai_agent`."""
-        return self.by(Actor.ai_agent(agent_id, name, model=model, version=version, **metadata))
+        return self._by_fields(
+            ActorType.AI_AGENT, agent_id, name, None, None, model, version, None, metadata
+        )
 
     def by_compute(
         self,
@@ -134,8 +192,8 @@ class TraceBuilder:
         **metadata: Any,
     ) -> TraceBuilder:
         """Performed by an automated job; see :meth:`Actor.compute`."""
-        return self.by(
-            Actor.compute(job_id, name, service_name=service_name, version=version, **metadata)
+        return self._by_fields(
+            ActorType.COMPUTE, job_id, name, None, None, None, version, service_name, metadata
         )
 
     def by_system(
@@ -147,7 +205,9 @@ class TraceBuilder:
         **metadata: Any,
     ) -> TraceBuilder:
         """Performed by the platform itself; see :meth:`Actor.system`."""
-        return self.by(Actor.system(system_id, name, service_name=service_name, **metadata))
+        return self._by_fields(
+            ActorType.SYSTEM, system_id, name, None, None, None, None, service_name, metadata
+        )
 
     def by_external(
         self,
@@ -158,7 +218,9 @@ class TraceBuilder:
         **metadata: Any,
     ) -> TraceBuilder:
         """Performed by a third-party service; see :meth:`Actor.external`."""
-        return self.by(Actor.external(service_id, name, service_name=service_name, **metadata))
+        return self._by_fields(
+            ActorType.EXTERNAL, service_id, name, None, None, None, None, service_name, metadata
+        )
 
     # -- why ---------------------------------------------------------------------------
 
@@ -184,19 +246,36 @@ class TraceBuilder:
             risk_level: Optional risk level (same as :meth:`with_risk`).
         """
         require_text(reasoning, "reasoning")
-        decision = DecisionTrace(
-            reasoning=reasoning,
-            context=context if context is not None else {},
-            alternatives=alternatives if alternatives is not None else (),
-            rejection_reasons=rejection_reasons if rejection_reasons is not None else {},
-            confidence=confidence,
-            risk_level=RiskLevel.parse(risk_level, "risk_level") if risk_level else None,
-        )
+        context = context if context is not None else {}
+        alternatives = alternatives if alternatives is not None else ()
+        rejection_reasons = rejection_reasons if rejection_reasons is not None else {}
+        risk = RiskLevel.parse(risk_level, "risk_level") if risk_level else None
         if self._client._redaction is not None:
-            decision = self._client._redaction.decision(decision)
+            decision = self._client._redaction.decision(
+                DecisionTrace(
+                    reasoning=reasoning,
+                    context=context,
+                    alternatives=alternatives,
+                    rejection_reasons=rejection_reasons,
+                    confidence=confidence,
+                    risk_level=risk,
+                )
+            )
+            decision_attrs = keys.decision_attributes(decision)
+        else:
+            # DecisionTrace's checks, without building it (the hot path).
+            check_decision_fields(context, alternatives, rejection_reasons)
+            decision_attrs = keys.decision_fields_attributes(
+                reasoning,
+                context,
+                alternatives,
+                rejection_reasons,
+                check_confidence(confidence) if confidence is not None else None,
+                risk,
+            )
         for key in (keys.CONTEXT, keys.ALTERNATIVES, keys.REJECTION_REASONS):
             self._attrs.pop(key, None)
-        self._attrs.update(keys.decision_attributes(decision))
+        self._attrs.update(decision_attrs)
         return self
 
     def with_confidence(self, confidence: float) -> TraceBuilder:
@@ -229,14 +308,24 @@ class TraceBuilder:
             state_before: Fields before the change.
             state_after: The same fields after the change.
         """
-        obj = TrackedObject(
-            object_type=ObjectType.parse(object_type, "object_type"),
-            external_id=external_id,
-            state=state if state is not None else {},
-            state_before=state_before,
-            state_after=state_after,
+        if self._client._redaction is not None:
+            return self._add_object(
+                TrackedObject(
+                    object_type=ObjectType.parse(object_type, "object_type"),
+                    external_id=external_id,
+                    state=state if state is not None else {},
+                    state_before=state_before,
+                    state_after=state_after,
+                )
+            )
+        # TrackedObject's checks, without building it (the hot path).
+        kind = check_object_fields(object_type, external_id, state, state_before, state_after)
+        self._object_types.append(kind.value)
+        self._object_ids.append(clean_text(external_id))
+        self._object_states.append(
+            keys.object_fields_state_json(kind, state, state_before, state_after)
         )
-        return self._add_object(obj)
+        return self
 
     def _add_object(self, obj: TrackedObject) -> TraceBuilder:
         if self._client._redaction is not None:
@@ -481,12 +570,14 @@ class TraceBuilder:
     # -- recording ---------------------------------------------------------------------
 
     def _final_attributes(self) -> dict[str, AttributeValue]:
-        attrs = dict(self._attrs)
-        attrs.update(
-            keys.objects_attributes(self._object_types, self._object_ids, self._object_states)
-        )
+        # No copy: a builder records once (the SDK copies the attributes into the span).
+        attrs = self._attrs
+        if self._object_ids:
+            attrs.update(
+                keys.objects_attributes(self._object_types, self._object_ids, self._object_states)
+            )
         if self._tags:
-            attrs[keys.TAGS] = list(self._tags)
+            attrs[keys.TAGS] = self._tags
         if self._metadata:
             attrs[keys.METADATA] = dumps(self._metadata, "metadata")
         if self._outcome is not None:

@@ -74,16 +74,21 @@ class _LedgerSampler(Sampler):
 
     def __init__(self) -> None:
         self._own_provider: weakref.ref[TracerProvider] | None = None
+        self._app_provider: TracerProvider | None = None
         self._env_sampler: Sampler | None = (
             _sampling._get_from_env_or_default() if os.environ.get("OTEL_TRACES_SAMPLER") else None
         )
 
     def _app_sampler(self) -> Sampler | None:
-        provider = otel_trace.get_tracer_provider()
-        own = self._own_provider() if self._own_provider is not None else None
-        if isinstance(provider, TracerProvider) and provider is not own:
-            return provider.sampler
-        return self._env_sampler
+        app_provider = self._app_provider
+        if app_provider is None:
+            provider = otel_trace.get_tracer_provider()
+            own = self._own_provider() if self._own_provider is not None else None
+            if not isinstance(provider, TracerProvider) or provider is own:
+                return self._env_sampler
+            # The global provider can be set only once, so it is looked up only until then.
+            self._app_provider = app_provider = provider
+        return app_provider.sampler
 
     def should_sample(
         self,

@@ -131,6 +131,93 @@ def _optional_text(value: Any, field_name: str) -> str | None:
     return value
 
 
+# The field checks below are shared by the models' ``__post_init__`` and the builder,
+# which validates the same arguments without building the models on its hot path.
+
+
+def check_actor_fields(
+    actor_id: Any,
+    name: Any,
+    email: Any,
+    role: Any,
+    model: Any,
+    version: Any,
+    service_name: Any,
+    metadata: Any,
+) -> None:
+    """Validate an actor's fields as :class:`Actor` does (its type is checked apart).
+
+    Raises:
+        InvalidInputError: naming the field (``actor.id``, ``actor.email``, …).
+    """
+    require_text(actor_id, "actor.id")
+    for field_name, value in (
+        ("name", name),
+        ("email", email),
+        ("role", role),
+        ("model", model),
+        ("version", version),
+        ("service_name", service_name),
+    ):
+        if value is not None and type(value) is not str:
+            _optional_text(value, f"actor.{field_name}")
+    if type(metadata) is not dict and not isinstance(metadata, Mapping):
+        raise InvalidInputError("actor.metadata", "must be a mapping")
+
+
+def check_decision_fields(
+    context: Any, alternatives: Any, rejection_reasons: Any
+) -> tuple[Mapping[str, Any], ...]:
+    """Validate a decision's structured fields as :class:`DecisionTrace` does; return the
+    alternatives as a tuple.
+
+    Raises:
+        InvalidInputError: naming the field (``context``, ``alternatives[1]``, …).
+    """
+    # ``type(x) is dict`` first: the ABC checks cost more than the rest of the function.
+    if type(context) is not dict and not isinstance(context, Mapping):
+        raise InvalidInputError("context", "must be a mapping")
+    if type(alternatives) not in (list, tuple) and (
+        isinstance(alternatives, (str, bytes)) or not isinstance(alternatives, Sequence)
+    ):
+        raise InvalidInputError("alternatives", "must be a list of mappings")
+    for index, alternative in enumerate(alternatives):
+        if type(alternative) is not dict and not isinstance(alternative, Mapping):
+            raise InvalidInputError(f"alternatives[{index}]", "must be a mapping")
+    if type(rejection_reasons) is not dict and not isinstance(rejection_reasons, Mapping):
+        raise InvalidInputError("rejection_reasons", "must be a mapping")
+    for key, reason in rejection_reasons.items():
+        if (type(key) is not str or type(reason) is not str) and (
+            not isinstance(key, str) or not isinstance(reason, str)
+        ):
+            raise InvalidInputError(
+                "rejection_reasons", f"keys and reasons must be strings, got {key!r}"
+            )
+    return alternatives if type(alternatives) is tuple else tuple(alternatives)
+
+
+def check_object_fields(
+    object_type: Any, external_id: Any, state: Any, state_before: Any, state_after: Any
+) -> ObjectType:
+    """Validate a tracked object's fields as :class:`TrackedObject` does; return its type.
+
+    Raises:
+        InvalidInputError: naming the field (``object_type``, ``order id``, ``state``, …).
+    """
+    kind = ObjectType._value2member_map_.get(object_type) if type(object_type) is str else None
+    if kind is None:
+        kind = ObjectType.parse(object_type, "object_type")
+    require_text(external_id, f"{kind.value} id")
+    for field_name, value in (
+        ("state", state),
+        ("state_before", state_before),
+        ("state_after", state_after),
+    ):
+        if value is not None and type(value) is not dict and not isinstance(value, Mapping):
+            raise InvalidInputError(field_name, "must be a mapping")
+    return kind  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class Actor:
     """Who performed an action.
@@ -165,13 +252,16 @@ class Actor:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "type", ActorType.parse(self.type, "actor.type"))
-        require_text(self.id, "actor.id")
-        for name in ("name", "email", "role", "model", "version", "service_name"):
-            value = getattr(self, name)
-            if value is not None and type(value) is not str:
-                _optional_text(value, f"actor.{name}")
-        if type(self.metadata) is not dict and not isinstance(self.metadata, Mapping):
-            raise InvalidInputError("actor.metadata", "must be a mapping")
+        check_actor_fields(
+            self.id,
+            self.name,
+            self.email,
+            self.role,
+            self.model,
+            self.version,
+            self.service_name,
+            self.metadata,
+        )
 
     @classmethod
     def user(
@@ -271,27 +361,10 @@ class DecisionTrace:
     def __post_init__(self) -> None:
         if not isinstance(self.reasoning, str):
             raise InvalidInputError("reasoning", "must be a string")
-        # ``type(x) is dict`` first: the ABC checks cost more than the rest of the method.
-        if type(self.context) is not dict and not isinstance(self.context, Mapping):
-            raise InvalidInputError("context", "must be a mapping")
-        if type(self.alternatives) not in (list, tuple) and (
-            isinstance(self.alternatives, (str, bytes))
-            or not isinstance(self.alternatives, Sequence)
-        ):
-            raise InvalidInputError("alternatives", "must be a list of mappings")
-        for index, alternative in enumerate(self.alternatives):
-            if type(alternative) is not dict and not isinstance(alternative, Mapping):
-                raise InvalidInputError(f"alternatives[{index}]", "must be a mapping")
-        object.__setattr__(self, "alternatives", tuple(self.alternatives))
-        if type(self.rejection_reasons) is not dict and not isinstance(
-            self.rejection_reasons, Mapping
-        ):
-            raise InvalidInputError("rejection_reasons", "must be a mapping")
-        for key, reason in self.rejection_reasons.items():
-            if not isinstance(key, str) or not isinstance(reason, str):
-                raise InvalidInputError(
-                    "rejection_reasons", f"keys and reasons must be strings, got {key!r}"
-                )
+        alternatives = check_decision_fields(
+            self.context, self.alternatives, self.rejection_reasons
+        )
+        object.__setattr__(self, "alternatives", alternatives)
         if self.confidence is not None:
             object.__setattr__(self, "confidence", check_confidence(self.confidence))
         if self.risk_level is not None:
@@ -326,12 +399,13 @@ class TrackedObject:
     state_after: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "object_type", ObjectType.parse(self.object_type, "object_type"))
-        require_text(self.external_id, f"{self.object_type.value} id")
-        for name in ("state", "state_before", "state_after"):
-            value = getattr(self, name)
-            if value is not None and type(value) is not dict and not isinstance(value, Mapping):
-                raise InvalidInputError(name, "must be a mapping")
+        object.__setattr__(
+            self,
+            "object_type",
+            check_object_fields(
+                self.object_type, self.external_id, self.state, self.state_before, self.state_after
+            ),
+        )
 
 
 @dataclass(frozen=True)

@@ -2,15 +2,17 @@
 
 Unlike the SDK's ``BatchSpanProcessor``, it never drops a span because a queue is full,
 and it ignores the sampled flag (the ledger keeps every decision; sampling only governs
-what goes to collectors).
+what goes to collectors). A span that cannot be decoded is logged and counted in
+``stats().failed``.
 
 - ``durability="sync"``: ``on_end`` commits the span before returning, in the caller's
   thread. A failed commit raises :class:`~decision_trace.errors.StoreError` to the caller.
-- ``durability="batch"``: ``on_end`` appends to a bounded in-memory queue and returns; a
-  background thread commits up to ``max_batch_size`` spans a transaction. When the queue
-  is full, ``on_end`` waits for room (back-pressure) instead of dropping. A batch that
-  still cannot be written after retries is counted in ``stats().failed``, logged, and
-  makes ``force_flush()`` return False.
+- ``durability="batch"``: ``on_end`` decodes the span into its row, appends that to a
+  bounded in-memory queue and returns; a background thread commits up to
+  ``max_batch_size`` rows a transaction. When the queue is full, ``on_end`` waits for
+  room (back-pressure) instead of dropping. A batch that still cannot be written after
+  retries is counted in ``stats().failed``, logged, and makes ``force_flush()`` return
+  False.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
+from .attributes import EventRecord
 from .errors import InvalidInputError
 from .exporters import SQLiteSpanExporter
 from .store import Durability, RejectedRecordsError
@@ -97,7 +100,7 @@ class LedgerSpanProcessor(SpanProcessor):
         # Re-entrant: the SIGTERM hook flushes from a signal handler, which may run in the
         # main thread while it is inside on_end() holding this lock.
         self._cond = threading.Condition(threading.RLock())
-        self._queue: deque[ReadableSpan] = deque()
+        self._queue: deque[EventRecord] = deque()
         self._recorded = 0
         self._written = 0
         self._failed = 0
@@ -122,26 +125,43 @@ class LedgerSpanProcessor(SpanProcessor):
         return None
 
     def on_end(self, span: ReadableSpan) -> None:
+        # Decoded here, in the thread that ended the span, while it is still in the CPU's
+        # cache: the writer thread would hold the GIL (taking it from the application's
+        # threads) for longer doing the same on a cold span, and a queue of rows holds
+        # less memory than a queue of spans.
+        record = self._exporter.decode(span)
+        if record is None:
+            with self._cond:
+                self._recorded += 1
+                self._failed += 1
+            return
         if self.durability == "sync":
             with self._sync_lock:
                 self._recorded += 1
-                self._exporter.write([span])
+                self._exporter.write_records([record])
                 self._written += 1
             return
         with self._cond:
             if self._shutdown:
                 # Closed client: write directly rather than lose the span.
                 self._recorded += 1
-                self._exporter.write([span])
+                self._exporter.write_records([record])
                 self._written += 1
                 return
-            self._ensure_writer()
-            while len(self._queue) >= self._max_queue_size and not self._shutdown:
-                self._cond.notify_all()
-                self._cond.wait(0.1)
-            self._queue.append(span)
+            if self._thread is None:
+                self._ensure_writer()
+            queued = len(self._queue)
+            if queued >= self._max_batch_size:
+                # Checked only here (not on every call: is_alive() costs as much as the
+                # rest of on_end): a writer that died would otherwise leave a full queue.
+                self._ensure_writer()
+                while len(self._queue) >= self._max_queue_size and not self._shutdown:
+                    self._cond.notify_all()
+                    self._cond.wait(0.1)
+                    self._ensure_writer()
+            self._queue.append(record)
             self._recorded += 1
-            if len(self._queue) >= self._max_batch_size:
+            if queued + 1 >= self._max_batch_size:
                 self._cond.notify_all()
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
@@ -237,13 +257,13 @@ class LedgerSpanProcessor(SpanProcessor):
                 self._failed += failed
                 self._cond.notify_all()
 
-    def _write_with_retries(self, batch: list[ReadableSpan]) -> int:
+    def _write_with_retries(self, batch: list[EventRecord]) -> int:
         """Write ``batch``; return how many of its spans could not be written."""
         for attempt, delay in enumerate((0.0, *RETRY_DELAYS_S)):
             if delay:
                 time.sleep(delay)
             try:
-                self._exporter.write(batch)
+                self._exporter.write_records(batch)
             except RejectedRecordsError as exc:
                 # Their content, not the disk: the others are written, retrying cannot help.
                 self._log_failure(len(exc.rejected), exc)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from decision_trace.attributes import record_from_span
+from decision_trace.attributes import EventRecord, record_from_span
 from decision_trace.errors import StoreError
 from decision_trace.store import Durability, Store, default_db_path
 
@@ -69,10 +69,28 @@ class SQLiteSpanExporter(SpanExporter):
             raise StoreError("the exporter is shut down")
         records = []
         for span in spans:
-            try:
-                records.append(record_from_span(span))
-            except Exception:  # a malformed foreign span must not block the batch
-                _logger.exception("decision-trace: cannot decode span %r; skipped", span.name)
+            record = self.decode(span)
+            if record is not None:
+                records.append(record)
+        return self._store.write(records)
+
+    def decode(self, span: ReadableSpan) -> EventRecord | None:
+        """The row of ``span``, or None (logged) if it cannot be decoded: a malformed
+        foreign span must not block the spans around it."""
+        try:
+            return record_from_span(span)
+        except Exception:
+            _logger.exception("decision-trace: cannot decode span %r; skipped", span.name)
+            return None
+
+    def write_records(self, records: Sequence[EventRecord]) -> int:
+        """Commit already decoded spans (see :meth:`decode`); return how many were new.
+
+        Raises:
+            StoreError: as :meth:`write`.
+        """
+        if self._is_shutdown:
+            raise StoreError("the exporter is shut down")
         return self._store.write(records)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:

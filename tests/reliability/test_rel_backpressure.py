@@ -10,9 +10,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import TracerProvider
 
 from decision_trace import processor as processor_module
+from decision_trace.attributes import EventRecord
 from decision_trace.errors import StoreError
 from decision_trace.exporters import SQLiteSpanExporter
 from decision_trace.processor import LedgerSpanProcessor
@@ -25,9 +26,9 @@ class SlowDiskExporter(SQLiteSpanExporter):
         super().__init__(db_path)
         self.delay_s = delay_s
 
-    def write(self, spans: Sequence[ReadableSpan]) -> int:
+    def write_records(self, records: Sequence[EventRecord]) -> int:
         time.sleep(self.delay_s)
-        return super().write(spans)
+        return super().write_records(records)
 
 
 class BrokenDiskExporter(SQLiteSpanExporter):
@@ -37,10 +38,10 @@ class BrokenDiskExporter(SQLiteSpanExporter):
         super().__init__(db_path)
         self.healed = False
 
-    def write(self, spans: Sequence[ReadableSpan]) -> int:
+    def write_records(self, records: Sequence[EventRecord]) -> int:
         if not self.healed:
             raise StoreError("disk I/O error (simulated)")
-        return super().write(spans)
+        return super().write_records(records)
 
 
 @pytest.fixture
