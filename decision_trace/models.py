@@ -8,11 +8,11 @@ stored rows back into the same types.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidInputError
 
@@ -429,6 +429,13 @@ class TraceEvent:
         correlation_id: The trace id, 32 lowercase hex characters.
         parent_event_id: The parent span id, or None for a root event.
         service_name: The ``service.name`` of the process that recorded it.
+
+    Events read from the store decode ``actor``, ``decision``, ``objects`` and
+    ``metadata`` (the JSON-backed fields) on first access of any of them; the other
+    fields are set when the event is read. This is invisible: the type, equality,
+    ``repr``, hashing, ``dataclasses.replace``/``asdict``, copying and pickling behave
+    as for an event built by the constructor. A stored value that cannot be decoded
+    raises on that first access instead of from the query.
     """
 
     id: str
@@ -447,7 +454,63 @@ class TraceEvent:
     parent_event_id: str | None
     service_name: str | None = None
 
+    # Lazy fields: a query listing many events rarely reads every decision, and decoding
+    # the JSON behind those four fields is most of the cost of reading an event. The
+    # read side (``attributes.events_from_rows``) leaves them out of the instance
+    # ``__dict__`` and stores under ``DEFERRED_KEY`` a callable returning them as a dict;
+    # ``__getattr__`` (only called for names missing from ``__dict__``) fills them in.
+    # Hidden from type checkers, which would otherwise accept any attribute name.
+    if not TYPE_CHECKING:
+
+        def __getattr__(self, name: str) -> Any:
+            state = self.__dict__
+            fill = state.get(DEFERRED_KEY)
+            if fill is not None and name in _TRACE_EVENT_FIELDS:
+                _fill(state, fill)
+                if name in state:
+                    return state[name]
+            elif name in state:  # another thread filled it in meanwhile
+                return state[name]
+            raise AttributeError(
+                f"{type(self).__name__!r} object has no attribute {name!r}", name=name, obj=self
+            )
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The fields for ``copy`` and ``pickle``, lazy ones decoded (never the callable
+        that decodes them), in declaration order as for a constructed event."""
+        state = self.__dict__
+        fill = state.get(DEFERRED_KEY)
+        if fill is None:
+            return state
+        _fill(state, fill)
+        ordered = {name: state[name] for name in _FIELD_ORDER if name in state}
+        ordered.update(state)
+        return ordered
+
     def objects_of(self, object_type: ObjectType | str) -> tuple[TrackedObject, ...]:
         """The objects of one type that this event touched."""
         wanted = ObjectType.parse(object_type, "object_type")
         return tuple(o for o in self.objects if o.object_type is wanted)
+
+
+DEFERRED_KEY = "_deferred"
+"""The ``TraceEvent.__dict__`` key of the callable that returns its lazy fields."""
+_FIELD_ORDER = tuple(TraceEvent.__dataclass_fields__)
+_TRACE_EVENT_FIELDS = frozenset(_FIELD_ORDER)
+
+
+def _fill(state: dict[str, Any], fill: Callable[[], Mapping[str, Any]]) -> None:
+    """Store in ``state`` (a ``TraceEvent.__dict__``) the fields its deferred filler
+    ``fill`` returns, then drop the filler.
+
+    The fields go in before the filler is removed: a thread that finds the filler gone
+    finds the fields there (two threads racing may both decode; equal values, the last
+    one written stays).
+    """
+    try:
+        values = fill()
+    except AttributeError as exc:
+        # Not "no such attribute": that would make getattr()/hasattr() hide the error.
+        raise ValueError(f"event {state.get('id')!r}: stored fields cannot be decoded") from exc
+    state.update(values)
+    state.pop(DEFERRED_KEY, None)

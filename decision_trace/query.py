@@ -280,34 +280,55 @@ def get_chain(conn: sqlite3.Connection, event_id: str) -> ChainNode:
     if not isinstance(event_id, str):
         raise InvalidInputError("event_id", f"must be a string, got {type(event_id).__name__}")
     wanted = event_id.lower()
-    # Only its trace id is needed first: the event itself is among the trace's events.
-    trace_id = trace_id_of(conn, wanted)
-    if trace_id is None:
-        raise EventNotFoundError(event_id)
+    # One statement: the event is among its trace's events, so its trace id is all that
+    # is needed, and no rows at all means no such event.
     events = _events(
         conn,
         _run(
             conn,
-            f"{_SELECT} WHERE e.trace_id = ? ORDER BY e.start_ns, e.rowid",
-            [trace_id],
+            f"{_SELECT} WHERE e.trace_id = (SELECT trace_id FROM events WHERE id = ?) "
+            "ORDER BY e.start_ns, e.rowid",
+            [wanted],
         ),
     )
+    if not events:
+        raise EventNotFoundError(event_id)
     by_id = {e.id: e for e in events}
     children: dict[str, list[TraceEvent]] = {}
     for e in events:
-        if e.parent_event_id is not None and e.parent_event_id in by_id:
-            children.setdefault(e.parent_event_id, []).append(e)
+        parent = e.parent_event_id
+        if parent is not None and parent in by_id:
+            kids = children.get(parent)
+            if kids is None:
+                children[parent] = [e]
+            else:
+                kids.append(e)
     root = by_id[wanted]
-    seen = {root.id}
+    seen = {wanted}
     while root.parent_event_id in by_id and root.parent_event_id not in seen:
         root = by_id[root.parent_event_id]
         seen.add(root.id)
+    # Each event has one parent, so the only event that can come back as a descendant
+    # (a cycle in the stored parent ids) is the root: skipping it as a child keeps the
+    # tree finite. Built bottom-up without recursion, however deep the chain.
+    root_id = root.id
+    order = [root]
+    for node in order:  # grows while iterating: breadth-first from the root
+        order.extend(c for c in children.get(node.id, ()) if c.id != root_id)
+    built: dict[str, ChainNode] = {}
+    for node in reversed(order):
+        kids = children.get(node.id)
+        built[node.id] = _chain_node(
+            node, tuple(built[c.id] for c in kids if c.id != root_id) if kids else ()
+        )
+    return built[root_id]
 
-    def build(node: TraceEvent, path: frozenset[str]) -> ChainNode:
-        kids = [c for c in children.get(node.id, []) if c.id not in path]
-        return ChainNode(node, tuple(build(c, path | {c.id}) for c in kids))
 
-    return build(root, frozenset({root.id}))
+def _chain_node(event: TraceEvent, children: tuple[ChainNode, ...]) -> ChainNode:
+    """``ChainNode(event, children)`` without the frozen dataclass's per-field setattr."""
+    node: ChainNode = object.__new__(ChainNode)
+    object.__setattr__(node, "__dict__", {"event": event, "children": children})
+    return node
 
 
 def object_history(

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import json
+import pickle
+import sqlite3
+import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from decision_trace import ActorType, DecisionTraceClient, InvalidInputError, ObjectType
+from decision_trace import (
+    Actor,
+    ActorType,
+    DecisionTraceClient,
+    EventNotFoundError,
+    InvalidInputError,
+    ObjectType,
+    Outcome,
+    RiskLevel,
+    TraceEvent,
+)
+from decision_trace.models import DEFERRED_KEY
 
 
 @pytest.fixture
@@ -154,3 +171,253 @@ def test_timestamps_are_recent_utc(make_client: Callable[..., DecisionTraceClien
     event = client.get_event(client.trace("t").record())
     assert event is not None
     assert before - timedelta(seconds=1) <= event.timestamp <= datetime.now(timezone.utc)
+
+
+# --- Lazily decoded fields ----------------------------------------------------------
+
+
+@pytest.fixture
+def rich(make_client: Callable[..., DecisionTraceClient]) -> tuple[DecisionTraceClient, str]:
+    """A client and the id of an event that fills every field."""
+    client = make_client()
+    event_id = (
+        client.trace("order.refunded", "Refund issued")
+        .at(datetime(2024, 3, 1, 12, 30))
+        .by_user("agent-7", "Sam", email="sam@example.com", role="support", team="returns")
+        .affecting_order("ord-9", {"status": "refunded"}, state_before={"total": 10})
+        .affecting_customer("cust-9")
+        .because(
+            "Item arrived broken",
+            context={"photos": 2},
+            alternatives=[{"action": "replace"}],
+            rejection_reasons={"replace": "out of stock"},
+            confidence=0.9,
+            risk_level="medium",
+        )
+        .with_tags("web", "refund")
+        .with_metadata(ticket=42)
+        .record()
+    )
+    return client, event_id
+
+
+def _read(client: DecisionTraceClient, event_id: str) -> TraceEvent:
+    event = client.get_event(event_id)
+    assert event is not None
+    return event
+
+
+def _constructed(client: DecisionTraceClient, event_id: str) -> TraceEvent:
+    """The same event, built by the constructor from a separate read."""
+    source = _read(client, event_id)
+    return TraceEvent(**{f.name: getattr(source, f.name) for f in dataclasses.fields(source)})
+
+
+def test_read_events_decode_json_fields_on_first_access(
+    rich: tuple[DecisionTraceClient, str],
+) -> None:
+    client, event_id = rich
+    event = _read(client, event_id)
+    assert type(event) is TraceEvent
+    lazy = {"actor", "decision", "objects", "metadata"}
+    assert DEFERRED_KEY in vars(event) and not lazy & set(vars(event))
+    assert event.event_type == "order.refunded" and event.tags == ("web", "refund")
+    assert DEFERRED_KEY in vars(event)  # plain fields do not decode the rest
+    assert event.decision is not None and event.decision.risk_level is RiskLevel.MEDIUM
+    assert DEFERRED_KEY not in vars(event) and lazy <= set(vars(event))
+    assert event.actor == Actor.user(
+        "agent-7", "Sam", email="sam@example.com", role="support", team="returns"
+    )
+    assert [(o.object_type, o.external_id) for o in event.objects] == [
+        (ObjectType.ORDER, "ord-9"),
+        (ObjectType.CUSTOMER, "cust-9"),
+    ]
+    assert event.objects[0].state_before == {"total": 10}
+    assert event.metadata == {"ticket": 42}
+    assert event.decision is event.decision  # decoded once, then kept
+
+
+@pytest.mark.parametrize("first", ["lazy", "constructed"])
+def test_lazy_event_equals_a_constructed_one(
+    rich: tuple[DecisionTraceClient, str], first: str
+) -> None:
+    client, event_id = rich
+    lazy, constructed = _read(client, event_id), _constructed(client, event_id)
+    if first == "lazy":
+        assert lazy == constructed
+    else:
+        assert constructed == lazy
+    assert _read(client, event_id) == _read(client, event_id)  # both lazy
+    other = _read(client, event_id)
+    assert other != dataclasses.replace(constructed, description="changed")
+
+
+def test_lazy_event_repr_replace_asdict(rich: tuple[DecisionTraceClient, str]) -> None:
+    client, event_id = rich
+    constructed = _constructed(client, event_id)
+    assert repr(_read(client, event_id)) == repr(constructed)
+    assert dataclasses.asdict(_read(client, event_id)) == dataclasses.asdict(constructed)
+    replaced = dataclasses.replace(_read(client, event_id), description="changed")
+    assert type(replaced) is TraceEvent and DEFERRED_KEY not in vars(replaced)
+    assert replaced == dataclasses.replace(constructed, description="changed")
+    assert replaced.decision == constructed.decision
+
+
+def test_lazy_event_hashing_behaves_as_a_constructed_one(
+    rich: tuple[DecisionTraceClient, str],
+) -> None:
+    client, event_id = rich
+    errors = []
+    for event in (_read(client, event_id), _constructed(client, event_id)):
+        with pytest.raises(TypeError) as caught:  # mappings inside: unhashable
+            hash(event)
+        errors.append(str(caught.value))
+    assert errors[0] == errors[1]
+
+
+@pytest.mark.parametrize("how", ["copy", "deepcopy", "pickle"])
+def test_lazy_event_copies_and_pickles_decoded(
+    rich: tuple[DecisionTraceClient, str], how: str
+) -> None:
+    client, event_id = rich
+    event = _read(client, event_id)
+    if how == "copy":
+        clone = copy.copy(event)
+    elif how == "deepcopy":
+        clone = copy.deepcopy(event)
+    else:
+        data = pickle.dumps(event)
+        assert b"_lazy_fields" not in data and b"functools" not in data
+        clone = pickle.loads(data)
+    constructed = _constructed(client, event_id)
+    assert type(clone) is TraceEvent
+    assert clone == constructed and clone == event
+    assert DEFERRED_KEY not in vars(clone) and DEFERRED_KEY not in vars(event)
+    # Field order as in a constructed event (what pickle and vars() show).
+    assert list(vars(clone)) == [f.name for f in dataclasses.fields(TraceEvent)]
+    assert list(vars(clone)) == list(vars(constructed))
+
+
+def test_lazy_event_unknown_attribute_raises_attribute_error(
+    rich: tuple[DecisionTraceClient, str],
+) -> None:
+    client, event_id = rich
+    event = _read(client, event_id)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        event.nope  # type: ignore[attr-defined]  # noqa: B018
+    assert getattr(event, "__setstate__", None) is None
+    assert DEFERRED_KEY in vars(event)  # other names do not decode the fields
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        event.actor = None  # type: ignore[misc]
+
+
+def test_lazy_event_first_access_from_many_threads(
+    make_client: Callable[..., DecisionTraceClient],
+) -> None:
+    client = make_client()
+    for i in range(50):
+        client.trace("t", f"n{i}").by_ai_agent("a").because(f"why {i}", {"i": i}).record()
+    expected = [f"why {i}" for i in range(50)] + ["{}"] * 50
+
+    def read(events: list[TraceEvent], barrier: threading.Barrier, seen: list[object]) -> None:
+        barrier.wait()
+        seen.append(
+            [e.decision.reasoning if e.decision else "" for e in events]
+            + [str(e.metadata) for e in events]
+        )
+
+    for _ in range(5):
+        events = client.query(limit=None, order="asc")
+        barrier = threading.Barrier(8)
+        seen: list[object] = []
+        threads = [threading.Thread(target=read, args=(events, barrier, seen)) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert seen == [expected] * 8  # a thread that raised appended nothing
+        assert all(DEFERRED_KEY not in vars(e) for e in events)
+
+
+def _edit(client: DecisionTraceClient, sql: str, *params: object) -> None:
+    """Change stored rows as another tool might have written them."""
+    client.flush()
+    conn = sqlite3.connect(client.db_path)
+    try:
+        with conn:
+            conn.execute(sql, params)
+    finally:
+        conn.close()
+
+
+def test_lazy_decoding_keeps_tolerating_values_other_tools_wrote(
+    rich: tuple[DecisionTraceClient, str],
+) -> None:
+    client, event_id = rich
+    _edit(
+        client,
+        "UPDATE events SET actor_type = 'robot', actor_json = ' {\"email\": \"x@y\"} ', "
+        "decision_json = ?, metadata_json = '{ \"k\" : [1, 2] }', outcome = 'weird' "
+        "WHERE id = ?",
+        '{"context": {"a": 1}, "risk_level": "spicy", "confidence": 1}',
+        event_id,
+    )
+    _edit(client, "UPDATE event_objects SET object_type = 'planet' WHERE external_id = 'ord-9'")
+    event = _read(client, event_id)
+    assert event.outcome is Outcome.SUCCESS
+    assert event.actor is not None
+    assert (event.actor.type, event.actor.email) == (ActorType.SYSTEM, "x@y")
+    assert event.decision is not None
+    assert event.decision.context == {"a": 1} and event.decision.risk_level is None
+    assert event.decision.confidence == 1.0 and event.decision.alternatives == ()
+    assert event.metadata == {"k": [1, 2]}
+    assert event.objects[0].object_type is ObjectType.OTHER
+
+
+def test_undecodable_stored_json_raises_on_first_access(
+    rich: tuple[DecisionTraceClient, str],
+) -> None:
+    client, event_id = rich
+    _edit(client, "UPDATE events SET decision_json = '{oops' WHERE id = ?", event_id)
+    event = _read(client, event_id)  # the plain fields still read
+    assert event.event_type == "order.refunded"
+    with pytest.raises(json.JSONDecodeError):
+        event.decision  # noqa: B018
+    with pytest.raises(json.JSONDecodeError):  # still undecoded: raises again
+        event.actor  # noqa: B018
+    # A JSON value of the wrong shape is a ValueError too, never an AttributeError that
+    # getattr(event, "actor", None) would silently turn into None.
+    _edit(client, "UPDATE events SET decision_json = '[1]' WHERE id = ?", event_id)
+    with pytest.raises(ValueError, match="cannot be decoded"):
+        getattr(_read(client, event_id), "actor", None)
+
+
+def test_get_chain_survives_a_cycle_in_stored_parents(
+    make_client: Callable[..., DecisionTraceClient],
+) -> None:
+    client = make_client()
+    root = client.trace("workflow.started").record()
+    step = client.trace("workflow.step").child_of(root).record()
+    sub = client.trace("workflow.substep").child_of(step).record()
+    _edit(client, "UPDATE events SET parent_id = ? WHERE id = ?", sub, root)
+    chain = client.get_chain(sub)
+    assert [(depth, e.id) for depth, e in chain.walk()] == [(0, root), (1, step), (2, sub)]
+    # From the step, the walk up stops where it would repeat itself: at the substep.
+    chain = client.get_chain(step.upper())
+    assert [(depth, e.id) for depth, e in chain.walk()] == [(0, sub), (1, root), (2, step)]
+    with pytest.raises(EventNotFoundError):
+        client.get_chain("0" * 16)
+
+
+def test_get_chain_of_a_deep_chain(make_client: Callable[..., DecisionTraceClient]) -> None:
+    client = make_client()
+    ids = [client.trace("step", "0").record()]
+    for i in range(1, 1500):
+        ids.append(client.trace("step", str(i)).child_of(ids[-1]).record())
+    node = client.get_chain(ids[700])
+    for expected in ids:
+        assert node.event.id == expected
+        assert len(node.children) <= 1
+        if node.children:
+            node = node.children[0]
+    assert node.event.id == ids[-1] and node.children == ()
