@@ -279,6 +279,8 @@ def dumps(value: Any, path: str) -> str:
             encoded = _encode(coerce_json(value, path))
         except RecursionError:
             raise InvalidInputError(path, "is nested too deeply to store") from None
+    if len(encoded) <= MAX_DEPTH:  # too short to nest deeper (the usual case)
+        return encoded
     return _check_depth(encoded, path)
 
 
@@ -533,6 +535,15 @@ def _str_tuple(value: Any) -> tuple[str, ...]:
         return ()
     if isinstance(value, str):
         return (value,)
+    if type(value) is tuple:
+        # The SDK stores sequences as tuples; ours hold only strings, which join() checks
+        # (in C) faster than converting each item again.
+        try:
+            "".join(value)
+        except TypeError:
+            pass
+        else:
+            return value
     return tuple(map(str, value))
 
 
