@@ -23,6 +23,7 @@ import functools
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -168,6 +169,38 @@ _INSERT_OBJECT = (
 _INSERT_TAG = "INSERT OR IGNORE INTO event_tags (tag, event_rowid) VALUES (?, ?)"
 
 
+_SQLITE_BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (primary result codes)
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if isinstance(code, int):
+        return (code & 0xFF) in _SQLITE_BUSY_CODES
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switch ``conn``'s database to WAL mode, waiting out other openers.
+
+    Turning a new file's journal to WAL needs an exclusive lock, and SQLite reports a
+    busy database at once here instead of calling the busy handler; so when several
+    processes open a new ledger together, retry for as long as the busy timeout.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.001
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or time.monotonic() > deadline:
+                raise
+        else:
+            if str(mode).lower() == "wal" or time.monotonic() > deadline:
+                return
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
 def _tags_json(tags: Sequence[str]) -> str | None:
     if not tags:
         return None
@@ -283,9 +316,7 @@ class Store:
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                conn.execute("PRAGMA journal_mode = WAL")
+            _use_wal(conn)
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         except sqlite3.DatabaseError as exc:
             conn.close()
@@ -316,16 +347,18 @@ class Store:
 
     def _user_version(self, conn: sqlite3.Connection) -> int:
         try:
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            if version == 0:
-                tables = conn.execute(
-                    "SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
-                ).fetchone()[0]
-                if tables:
-                    raise StoreError(
-                        f"{self.path} is an SQLite database of another application "
-                        "(it has tables but no decision-trace schema version)"
-                    )
+            # One statement, so one snapshot: read apart, another process's migration
+            # could commit in between, and its tables would look like a foreign schema.
+            version, tables = conn.execute(
+                "SELECT (SELECT user_version FROM pragma_user_version), "
+                "(SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%')"
+            ).fetchone()
+            version = int(version)
+            if version == 0 and tables:
+                raise StoreError(
+                    f"{self.path} is an SQLite database of another application "
+                    "(it has tables but no decision-trace schema version)"
+                )
             return version
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path} is not a decision-trace database: {exc}") from exc
