@@ -167,10 +167,8 @@ class LedgerSpanProcessor(SpanProcessor):
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Wait until every span recorded so far is written; False on timeout, or if any
         span failed since the previous flush reported (even before this call)."""
-        if self.durability == "sync":
-            return True
         with self._cond:
-            if not self.wait_until_written(timeout_millis):
+            if self.durability == "batch" and not self.wait_until_written(timeout_millis):
                 return False
             ok = self._failed == self._failed_reported
             self._failed_reported = self._failed

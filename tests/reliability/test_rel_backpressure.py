@@ -177,3 +177,28 @@ def test_one_unstorable_span_costs_only_itself(db_path: Path, durability: str) -
             assert (stats.recorded, stats.written, stats.failed) == (21, 20, 1)
         assert {e.id for e in client.query(limit=None)} == set(ids)
     assert _stored(db_path) == 20
+
+
+@pytest.mark.parametrize("durability", ["batch", "sync"])
+def test_a_span_that_cannot_be_decoded_is_counted_never_raised(
+    db_path: Path, durability: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Spans are decoded in ``on_end``, in the application's thread: one that cannot be
+    (our keys with a value of the wrong type) is logged and counted as failed, and
+    ``end()`` returns normally in both modes."""
+    from decision_trace import DecisionTraceClient
+
+    caplog.set_level(logging.ERROR, logger="decision_trace")
+    with DecisionTraceClient(db_path=db_path, durability=durability) as client:
+        first = client.trace("ok.before", "1").by_system("s").record()
+        client.tracer_provider.get_tracer("app").start_span(
+            "hand.made",
+            attributes={"decision_trace.event_type": "x", "decision_trace.context": 5},
+        ).end()
+        last = client.trace("ok.after", "2").by_system("s").record()
+        assert client.flush() is False
+        assert client.flush() is True  # reported once
+        stats = client.stats()
+        assert (stats.recorded, stats.written, stats.failed) == (3, 2, 1)
+        assert {e.id for e in client.query(limit=None)} == {first, last}
+    assert any("cannot decode span 'hand.made'" in r.getMessage() for r in caplog.records)
