@@ -547,42 +547,7 @@ def _str_tuple(value: Any) -> tuple[str, ...]:
     return tuple(map(str, value))
 
 
-def record_from_span_data(
-    *,
-    span_id: int,
-    trace_id: int,
-    parent_span_id: int | None,
-    name: str,
-    start_ns: int,
-    end_ns: int,
-    attributes: Mapping[str, Any],
-    resource_attributes: Mapping[str, Any],
-    status_error: str | None,
-    failed: bool,
-) -> EventRecord:
-    """Decode one finished span's data into an :class:`EventRecord`.
-
-    Spans made by decision-trace carry ``decision_trace.event_type``. Any other span (an
-    auto-instrumented HTTP request, say) becomes an event whose type is the span name,
-    whose actor comes from ``user.id`` or the resource's ``service.name``, and whose
-    metadata holds all its attributes, so ``get_chain`` shows what led to a decision.
-    """
-    service = resource_attributes.get(SERVICE_NAME)
-    return _record(
-        span_id,
-        trace_id,
-        parent_span_id,
-        name,
-        start_ns,
-        end_ns,
-        attributes,
-        str(service) if service is not None else None,
-        status_error,
-        failed,
-    )
-
-
-def _record(
+def _decode_span(
     span_id: int,
     trace_id: int,
     parent_span_id: int | None,
@@ -594,8 +559,15 @@ def _record(
     status_error: str | None,
     failed: bool,
 ) -> EventRecord:
-    # The writer thread runs this for every span while holding the GIL, so each µs here
-    # is taken from the application's threads: plain lookups, positional construction.
+    """Decode one finished span's data into an :class:`EventRecord`.
+
+    Spans made by decision-trace carry ``decision_trace.event_type``. Any other span (an
+    auto-instrumented HTTP request, say) becomes an event whose type is the span name,
+    whose actor comes from ``user.id`` or the resource's ``service.name``, and whose
+    metadata holds all its attributes, so ``get_chain`` shows what led to a decision.
+    """
+    # Runs for every span in the thread that ends it (the ledger processor's on_end), so
+    # it is part of record()'s cost: plain lookups, positional construction.
     get = attrs.get
     event_type = get(EVENT_TYPE)
     if event_type is None:
@@ -1071,7 +1043,7 @@ def record_from_span(span: ReadableSpan) -> EventRecord:
         service = resource.attributes.get(SERVICE_NAME) if resource is not None else None
         service_name = str(service) if service is not None else None
         _last_resource = (resource, service_name)
-    return _record(
+    return _decode_span(
         context.span_id,
         context.trace_id,
         parent.span_id if parent is not None else None,
