@@ -49,7 +49,7 @@ _logger = logging.getLogger(__name__)
 INSTRUMENTATION_NAME = "decision_trace"
 
 DEFAULT_DURABILITY: Durability = "batch"
-"""Why batch: ``record()`` then never waits for the disk (tens of microseconds in the
+"""Why batch: ``record()`` then never waits for the disk (about 0.1 ms in the
 caller's thread; see benchmarks/RESULTS.md), so it can sit on a checkout path; the
 background writer commits within 0.2 s, every exit path (normal exit, ``sys.exit``, an
 uncaught exception, SIGTERM) flushes, and the queue applies back-pressure instead of
