@@ -34,8 +34,14 @@ dataclass instance                    a dict of its fields
 ``tuple``, ``list``, other sequences  a list
 mapping                               a dict; keys must be ``str``, ``int``, ``float``,
                                       ``bool``, ``None`` or an ``Enum`` (stored as JSON
-                                      would: ``1`` -> ``"1"``, ``True`` -> ``"true"``)
+                                      would: ``1`` -> ``"1"``, ``True`` -> ``"true"``);
+                                      two keys of one mapping that become the same
+                                      string (``1`` and ``"1"``) are not an error: the
+                                      one given last is the value read back
 ====================================  ==================================================
+
+(Finding such a pair would mean walking every mapping of every value on ``record()``'s
+path, to catch what is almost always a bug in the caller's own data.)
 
 Any other type, a structure that contains itself, and lists or dicts nested more than
 500 deep raise :class:`~decision_trace.errors.InvalidInputError` naming the field

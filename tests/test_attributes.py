@@ -6,12 +6,14 @@ import dataclasses
 import enum
 import json
 import uuid
+from collections.abc import Callable
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
-from decision_trace import Actor, InvalidInputError
+from decision_trace import Actor, DecisionTraceClient, InvalidInputError
 from decision_trace import attributes as keys
 
 
@@ -127,3 +129,22 @@ def test_ns_conversion_treats_naive_as_utc() -> None:
     assert keys.datetime_from_ns(keys.ns_from_datetime(aware, "start")) == aware
     with pytest.raises(InvalidInputError, match="start"):
         keys.ns_from_datetime("2024-01-01", "start")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "context",
+    [
+        {1: "first", "1": "last"},  # plain JSON types: the C encoder's fast path
+        {1: Decimal("1.5"), "1": "last"},  # a value to coerce: the coercion path
+        {True: "first", "true": "last"},
+    ],
+)
+def test_keys_that_become_the_same_string_read_back_the_last(
+    make_client: Callable[..., DecisionTraceClient], context: dict[Any, Any]
+) -> None:
+    """The documented coercion, the same on both encoding paths."""
+    client = make_client()
+    event_id = client.trace("a.b").by_system("s").because("why", context=context).record()
+    event = client.get_event(event_id)
+    assert event is not None and event.decision is not None
+    assert event.decision.context == {str(next(iter(context))).lower(): "last"}
