@@ -11,6 +11,7 @@ This module formats and parses; the SQL it needs lives in ``query.py`` and ``sto
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import re
@@ -857,17 +858,36 @@ def why(
       decision-trace why customer:cust-456 --json
     """
     object_type, external_id = object_ref
-    with _open(db_path) as store, store.reader() as conn:
-        history = q.object_history(conn, external_id, object_type, limit=_limit(limit))
-        path = store.path
-    if not history:
-        raise _Fail(f"no events about {object_type.value} {external_id!r} in {path}")
-    if as_json:
-        for event in history:
-            _print_json(event_to_json(event))
-        return
-    title = f"{object_type.value} {_safe(external_id)}: {len(history)} event"
-    _out(click.style(title + ("s" if len(history) != 1 else ""), bold=True))
+    with (
+        _open(db_path) as store,
+        store.reader() as conn,
+        closing(q.iter_object_history(conn, external_id, object_type, batch_size=200)) as stream,
+    ):
+        # Streamed: an object with a long history is printed as it is read.
+        history = islice(stream, _limit(limit))
+        first = next(history, None)
+        if first is None:
+            raise _Fail(f"no events about {object_type.value} {external_id!r} in {store.path}")
+        if as_json:
+            for event in itertools.chain([first], history):
+                _print_json(event_to_json(event))
+            return
+        # Counted inside the stream's read transaction: the same snapshot it reads.
+        total = q.count_object_history(conn, external_id, object_type)
+        _print_story(
+            itertools.chain([first], history),
+            object_type,
+            external_id,
+            min(total, limit or total),
+        )
+
+
+def _print_story(
+    history: Iterable[TraceEvent], object_type: ObjectType, external_id: str, count: int
+) -> None:
+    """``why``'s text output: a title, then a block per event."""
+    title = f"{object_type.value} {_safe(external_id)}: {_count(count, 'event')}"
+    _out(click.style(title, bold=True))
     indent = " " * 13
     for event in history:
         _out()
@@ -927,9 +947,13 @@ def search(db_path: Path | None, as_json: bool, text: tuple[str, ...], limit: in
       decision-trace search defect --json
     """
     words = " ".join(text)
-    with _open(db_path) as store, store.reader() as conn:
-        found = q.search_events(conn, words, limit=_limit(limit))
-    _print_list(found, as_json)
+    with (
+        _open(db_path) as store,
+        store.reader() as conn,
+        closing(q.iter_search(conn, words, batch_size=200)) as stream,
+    ):
+        # Streamed, as for events: --limit 0 on a common word keeps memory bounded.
+        found = _print_list(islice(stream, _limit(limit)), as_json)
     if found or as_json:
         return
     if q.fts_query(words) is None:

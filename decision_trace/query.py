@@ -250,11 +250,24 @@ def search_events(conn: sqlite3.Connection, text: str, *, limit: int | None) -> 
     match = fts_query(text)
     if match is None:
         return []
-    sql = (
-        f"{_SELECT} WHERE e.rowid IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ? "
-        "ORDER BY rowid DESC LIMIT ?) ORDER BY e.rowid DESC"
-    )
-    return _events(conn, _run(conn, sql, [match, -1 if limit is None else limit]))
+    return _events(conn, _run(conn, _SEARCH_SQL, [match, -1 if limit is None else limit]))
+
+
+_SEARCH_SQL = (
+    f"{_SELECT} WHERE e.rowid IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ? "
+    "ORDER BY rowid DESC LIMIT ?) ORDER BY e.rowid DESC"
+)
+
+
+def iter_search(
+    conn: sqlite3.Connection, text: str, *, batch_size: int = 500
+) -> Generator[TraceEvent, None, None]:
+    """:func:`search_events` without a limit, read ``batch_size`` rows at a time (see
+    :func:`iter_events`): memory stays bounded however many events match."""
+    match = fts_query(text)
+    if match is None:
+        return
+    yield from _stream(conn, _SEARCH_SQL, [match, -1], batch_size)
 
 
 def get_event(conn: sqlite3.Connection, event_id: str) -> TraceEvent | None:
@@ -339,20 +352,47 @@ def object_history(
     limit: int | None = None,
 ) -> list[TraceEvent]:
     """Every event that touched the object, oldest first."""
+    _check_limit(limit, 0)
+    linked, params = _object_links(external_id, object_type)
+    sql = (
+        f"{_SELECT} JOIN ({linked}) AS h ON h.event_rowid = e.rowid "
+        "ORDER BY h.start_ns, e.rowid LIMIT ?"
+    )
+    return _events(conn, _run(conn, sql, [*params, -1 if limit is None else limit]))
+
+
+def _object_links(external_id: str, object_type: ObjectType | str | None) -> tuple[str, list[Any]]:
+    """The SQL (and its parameters) of the distinct events that touched an object."""
     if not isinstance(external_id, str) or not external_id:
         raise InvalidInputError("external_id", "must be a non-empty string")
-    _check_limit(limit, 0)
     sql = "SELECT DISTINCT event_rowid, start_ns FROM event_objects WHERE external_id = ?"
     params: list[Any] = [clean_text(external_id)]
     if object_type is not None:
         sql += " AND object_type = ?"
         params.append(ObjectType.parse(object_type, "object_type").value)
-    sql = (
-        f"{_SELECT} JOIN ({sql}) AS h ON h.event_rowid = e.rowid "
-        "ORDER BY h.start_ns, e.rowid LIMIT ?"
-    )
-    params.append(-1 if limit is None else limit)
-    return _events(conn, _run(conn, sql, params))
+    return sql, params
+
+
+def iter_object_history(
+    conn: sqlite3.Connection,
+    external_id: str,
+    object_type: ObjectType | str | None = None,
+    *,
+    batch_size: int = 500,
+) -> Generator[TraceEvent, None, None]:
+    """:func:`object_history` without a limit, read ``batch_size`` rows at a time (see
+    :func:`iter_events`)."""
+    linked, params = _object_links(external_id, object_type)
+    sql = f"{_SELECT} JOIN ({linked}) AS h ON h.event_rowid = e.rowid ORDER BY h.start_ns, e.rowid"
+    yield from _stream(conn, sql, params, batch_size)
+
+
+def count_object_history(
+    conn: sqlite3.Connection, external_id: str, object_type: ObjectType | str | None = None
+) -> int:
+    """How many events touched the object (what :func:`object_history` returns)."""
+    linked, params = _object_links(external_id, object_type)
+    return int(_run(conn, f"SELECT count(*) FROM ({linked})", params)[0][0])
 
 
 def iter_events(
@@ -371,15 +411,24 @@ def iter_events(
     """
     if order not in ("desc", "asc"):
         raise InvalidInputError("order", f"must be 'desc' or 'asc', got {order!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidInputError("batch_size", f"must be a positive integer, got {batch_size!r}")
     direction = "DESC" if order == "desc" else "ASC"
     sql = f"{_SELECT}{filters.where} ORDER BY e.start_ns {direction}, e.rowid {direction}"
+    yield from _stream(conn, sql, filters.params, batch_size)
+
+
+def _stream(
+    conn: sqlite3.Connection, sql: str, params: Sequence[Any], batch_size: int
+) -> Generator[TraceEvent, None, None]:
+    """The events ``sql`` selects (``_COLUMNS`` first), ``batch_size`` rows at a time,
+    all read from one snapshot: a read transaction that ends with the iteration (or
+    with a transaction the caller already has open)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidInputError("batch_size", f"must be a positive integer, got {batch_size!r}")
     own_transaction = not conn.in_transaction
     try:
         if own_transaction:
             conn.execute("BEGIN")
-        cursor = conn.execute(sql, filters.params)
+        cursor = conn.execute(sql, params)
         while True:
             rows = cursor.fetchmany(batch_size)
             if not rows:

@@ -953,3 +953,35 @@ def test_demo_data_through_a_real_process(tmp_path: Path) -> None:
     pruned = json.loads(cli("prune", "--older-than", "0s", "--json"))
     assert pruned["events"] == len(events) and pruned["integrity_check"] == "ok"
     assert integrity(db) == "ok"
+
+
+def test_why_and_search_stream_histories_longer_than_a_batch(
+    make_client: Callable[..., DecisionTraceClient], db_path: Path
+) -> None:
+    """``why`` and ``search --limit 0`` read 200 rows at a time; every event of a long
+    history comes out, in order, with the title counting them all (or the limit)."""
+    client = make_client(durability="sync")
+    start = datetime(2025, 3, 1, tzinfo=timezone.utc)
+    ids = [
+        client.trace("order.touched", f"touch {i}")
+        .by_system("ops")
+        .affecting_order("ord-long", {"n": i})
+        .because("routine recalculation")
+        .at(start + timedelta(minutes=i))
+        .record()
+        for i in range(450)
+    ]
+    db = str(db_path)
+
+    story = run("why", "order:ord-long", "--db", db).stdout
+    assert story.startswith("order ord-long: 450 events")
+    assert [line.split()[-1] for line in story.splitlines() if "event  " in line] == ids
+    assert run("why", "order:ord-long", "--db", db, "--limit", "5").stdout.startswith(
+        "order ord-long: 5 events"
+    )
+    history = json_lines(run("why", "order:ord-long", "--db", db, "--json"))
+    assert [e["id"] for e in history] == ids
+
+    found = json_lines(run("search", "routine", "--db", db, "--limit", "0", "--json"))
+    assert [e["id"] for e in found] == ids[::-1]  # newest stored first
+    assert len(json_lines(run("search", "routine", "--db", db, "--json"))) == 50
