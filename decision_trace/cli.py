@@ -1113,7 +1113,24 @@ _CSV_COLUMNS = (
 )
 
 
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""What makes a spreadsheet treat a cell as a formula (OWASP's CSV injection list)."""
+
+
+def _csv_cell(value: Any) -> Any:
+    """``value``, with a ``'`` in front when it is text a spreadsheet would run as a
+    formula: the ledger holds text written by customers and agents, and an export is
+    typically opened in one."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def _csv_row(event: TraceEvent) -> list[Any]:
+    return [_csv_cell(value) for value in _csv_fields(event)]
+
+
+def _csv_fields(event: TraceEvent) -> list[Any]:
     data = event_to_json(event)
     decision = data["decision"] or {}
     actor = data["actor"] or {}

@@ -544,6 +544,33 @@ def test_export_csv_to_file_with_filters(ledger: Ledger, tmp_path: Path) -> None
     assert list(tmp_path.joinpath("out").iterdir()) == [out]
 
 
+@pytest.mark.parametrize("start", ["=", "+", "-", "@", "\t", "\r"])
+def test_export_csv_cells_never_run_as_spreadsheet_formulas(
+    make_client: Callable[..., DecisionTraceClient], db_path: Path, start: str
+) -> None:
+    client = make_client(durability="sync")
+    formula = start + 'HYPERLINK("http://evil.example","refund")'
+    event_id = (
+        client.trace("order.note", formula)
+        .by_user("cust-1", start + "cmd|' /C calc'!A0")
+        .because(formula, context={"note": formula})
+        .record()
+    )
+    rows = list(
+        csv.DictReader(
+            io.StringIO(run("export", "--db", str(db_path), "--format", "csv").stdout, newline="")
+        )
+    )
+    (row,) = rows
+    assert row["id"] == event_id
+    assert row["description"] == row["reasoning"] == "'" + formula
+    assert row["actor_name"] == "'" + start + "cmd|' /C calc'!A0"
+    assert json.loads(row["context"]) == {"note": formula}  # a JSON cell starts with {
+    # JSON lines keep the exact text.
+    (line,) = json_lines(run("export", "--db", str(db_path)))
+    assert line["description"] == formula
+
+
 def test_export_has_no_progress_bar_when_not_a_terminal(ledger: Ledger, tmp_path: Path) -> None:
     result = run_db(ledger, "export", "-o", str(tmp_path / "x.jsonl"))
     assert "Exporting" not in result.stderr
