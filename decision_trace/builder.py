@@ -308,8 +308,12 @@ class TraceBuilder:
             state_before: Fields before the change.
             state_after: The same fields after the change.
         """
-        if self._client._redaction is not None:
-            return self._add_object(
+        redaction = self._client._redaction
+        if redaction is None:
+            # TrackedObject's checks, without building it (the hot path).
+            kind = check_object_fields(object_type, external_id, state, state_before, state_after)
+        else:  # redaction works on the model
+            obj = redaction.tracked_object(
                 TrackedObject(
                     object_type=ObjectType.parse(object_type, "object_type"),
                     external_id=external_id,
@@ -318,22 +322,13 @@ class TraceBuilder:
                     state_after=state_after,
                 )
             )
-        # TrackedObject's checks, without building it (the hot path).
-        kind = check_object_fields(object_type, external_id, state, state_before, state_after)
+            kind, external_id = obj.object_type, obj.external_id
+            state, state_before, state_after = obj.state, obj.state_before, obj.state_after
         self._object_types.append(kind.value)
         self._object_ids.append(clean_text(external_id))
         self._object_states.append(
             keys.object_fields_state_json(kind, state, state_before, state_after)
         )
-        return self
-
-    def _add_object(self, obj: TrackedObject) -> TraceBuilder:
-        if self._client._redaction is not None:
-            obj = self._client._redaction.tracked_object(obj)
-        state_json = keys.object_state_json(obj)
-        self._object_types.append(obj.object_type.value)
-        self._object_ids.append(clean_text(obj.external_id))
-        self._object_states.append(state_json)
         return self
 
     def affecting_order(
