@@ -422,6 +422,7 @@ class Store:
         self._switches = 0
         self._switches_reported = 0
         self._refused: tuple[FileId, StoreError] | None = None
+        self._lost: FileId | None = None
         if hasattr(os, "register_at_fork"):
             ref = weakref.ref(self)
             os.register_at_fork(
@@ -562,22 +563,21 @@ class Store:
                 with suppress(FileNotFoundError):
                     os.unlink(f"{self.path}{suffix}")
         self._companions = {}
+        if self._file is not None and self._lost != self._file:
+            self._lost = self._file  # counted once, however many steps following it takes
+            self._switches += 1
+            what = "deleted" if found is None else "replaced by another file"
+            _logger.warning(
+                "decision-trace: the ledger %s was %s while open; the events written to it "
+                "are no longer at that path",
+                self.path,
+                what,
+            )
         if found is None:
             if not create or self.read_only:
                 raise StoreError(f"the decision-trace database {self.path} was deleted")
-            self._switches += 1
-            _logger.warning(
-                "decision-trace: the ledger %s was deleted while open; events already "
-                "written to it went with it; writing to a new ledger there",
-                self.path,
-            )
+            _logger.warning("decision-trace: creating a new ledger at %s", self.path)
             self._create_file()
-        else:
-            self._switches += 1
-            _logger.warning(
-                "decision-trace: the ledger %s was replaced by another file while open",
-                self.path,
-            )
         self._file = None  # until the file at the path has been identified
         try:
             self._open_file()
@@ -596,10 +596,11 @@ class Store:
                 return True
             refused = self._refused
             try:
-                self._follow_path()
+                self._follow_path(create=False)  # a deleted ledger is made again by a write
             except StoreError as exc:
                 if self._refused is not refused:  # a new refusal: the repeats are not logged
                     _logger.error("decision-trace: %s", exc)
+                self._switches_reported = self._switches
                 return False
             seen, self._switches_reported = self._switches_reported, self._switches
             return seen == self._switches
@@ -630,12 +631,13 @@ class Store:
 
     def _connect_read_only(self, *, immutable: bool = False) -> sqlite3.Connection:
         """A ``mode=ro`` connection; ``immutable=1`` (no locks, no -wal/-shm) when asked,
-        on a read-only mount, or in a folder we cannot write while no -wal exists (then
-        SQLite could not make the -shm it needs, and no writer has the file open)."""
-        folder = self.path.parent
+        or when no -wal exists in a folder we cannot write (a read-only mount): SQLite
+        could not make the -wal/-shm it needs, and no writer has the file open. (With a
+        -wal there, say a copy of a ledger whose writer was killed, ``mode=ro`` reads it.)
+        """
         if not immutable:
-            immutable = _on_read_only_fs(folder) or (
-                not os.access(folder, os.W_OK) and not Path(f"{self.path}-wal").exists()
+            immutable = not os.access(self.path.parent, os.W_OK) and not (
+                Path(f"{self.path}-wal").exists()
             )
         params = {"mode": "ro", "immutable": "1"} if immutable else {"mode": "ro"}
         try:
