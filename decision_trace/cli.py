@@ -345,8 +345,9 @@ def _filters(
 
 
 @contextmanager
-def _open(db_path: Path | None) -> Iterator[Store]:
-    """The existing ledger (never created here), closed afterwards."""
+def _open(db_path: Path | None, *, write: bool = False) -> Iterator[Store]:
+    """The existing ledger (never created here; opened read-only unless ``write``),
+    closed afterwards."""
     if db_path is None:
         context = click.get_current_context(silent=True)
         db_path = context.obj if context is not None else None
@@ -358,7 +359,7 @@ def _open(db_path: Path | None) -> Iterator[Store]:
         )
     if path.is_file() and path.stat().st_size == 0:
         raise _Fail(f"{path} is empty, not a decision-trace database")
-    store = Store(path, create=False)
+    store = Store(path, create=False, read_only=not write)
     try:
         yield store
     finally:
@@ -1301,7 +1302,7 @@ def prune(
     now = datetime.now(timezone.utc)
     if older_than > now:
         raise click.UsageError(f"--older-than is in the future ({_when(older_than)})")
-    with _open(db_path) as store:
+    with _open(db_path, write=True) as store:
         report = store.prune(ns_from_datetime(older_than, "older_than"), dry_run=dry_run)
         problems: list[str] | None = None
         checkpointed: bool | None = None

@@ -166,13 +166,14 @@ class LedgerSpanProcessor(SpanProcessor):
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Wait until every span recorded so far is written; False on timeout, or if any
-        span failed since the previous flush reported (even before this call)."""
+        span failed since the previous flush reported (even before this call), or if the
+        ledger was deleted or replaced while open (see ``Store.check_file``)."""
         with self._cond:
             if self.durability == "batch" and not self.wait_until_written(timeout_millis):
                 return False
             ok = self._failed == self._failed_reported
             self._failed_reported = self._failed
-            return ok
+        return self._exporter.store.check_file() and ok
 
     def wait_until_written(self, timeout_millis: int = 30_000) -> bool:
         """Wait until every span recorded so far has been handled (written or counted as
