@@ -169,15 +169,27 @@ class QueryFilters:
         )
         object_id_list = _strings(object_ids, "object_ids")
         if object_type_list is not None or object_id_list is not None:
-            sub = ["o.event_rowid = e.rowid"]
+            # With ids: the (few) events linked to them, found by the object index. Types
+            # alone: each candidate event's own links, by primary key (the '+' keeps
+            # SQLite from scanning every link of the type once per event instead).
+            sub = [] if object_id_list is not None else ["o.event_rowid = e.rowid"]
             if object_type_list is not None:
                 values = [ObjectType.parse(o, "object_types").value for o in object_type_list]
-                sub.append(f"o.object_type IN ({_placeholders(values)})")
+                sub.append(f"+o.object_type IN ({_placeholders(values)})")
                 params.extend(values)
             if object_id_list is not None:
+                if object_type_list is not None:
+                    sub[-1] = sub[-1][1:]  # both columns lead the object index: use it
                 sub.append(f"o.external_id IN ({_placeholders(object_id_list)})")
                 params.extend(object_id_list)
-            clauses.append(f"EXISTS (SELECT 1 FROM event_objects AS o WHERE {' AND '.join(sub)})")
+                clauses.append(
+                    "e.rowid IN (SELECT o.event_rowid FROM event_objects AS o "
+                    f"WHERE {' AND '.join(sub)})"
+                )
+            else:
+                clauses.append(
+                    f"EXISTS (SELECT 1 FROM event_objects AS o WHERE {' AND '.join(sub)})"
+                )
         tag_list = _strings(tags, "tags")
         if tag_list is not None:
             clauses.append(
