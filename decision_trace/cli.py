@@ -30,7 +30,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 import click
 
 from . import query as q
-from .attributes import ns_from_datetime
+from .attributes import clean_text, ns_from_datetime
 from .errors import DecisionTraceError, InvalidInputError
 from .models import Actor, ActorType, ObjectType, Outcome, TraceEvent, TrackedObject
 from .store import Store, check_integrity, compact, default_db_path
@@ -986,12 +986,22 @@ def chain(db_path: Path | None, as_json: bool, event_id: str) -> None:
     g = _glyphs()
     width = _width()
 
-    def render(node: q.ChainNode, lead: str, branch: str, below: str) -> None:
+    # An explicit stack, not recursion: a chain may be thousands of events deep. Beyond
+    # half the width, the indentation is cut to its nearest levels after a depth marker,
+    # so that every line still fits the width however deep the chain.
+    max_lead = max(20, width // 2)
+    stack: list[tuple[q.ChainNode, int, str, str, str]] = [(root, 0, "", "", "")]
+    while stack:
+        node, depth, lead, branch, below = stack.pop()
+        shown = lead
+        if len(lead) > max_lead:
+            marker = f"{g.ellipsis}[depth {depth}]"
+            shown = marker + lead[len(lead) - max(3, max_lead - len(marker)) :]
         event = node.event
         head = f"{_safe(event.event_type)}  {_duration(event.duration)}  "
         tail = f"  {g.mark} this event" if event.id == event_id else ""
-        room = max(20, width - len(lead + branch) - len(event.id) - len(tail))
-        line = lead + branch + click.style(_fit(head, room), bold=True)
+        room = max(20, width - len(shown + branch) - len(event.id) - len(tail))
+        line = shown + branch + click.style(_fit(head, room), bold=True)
         line += click.style(event.id, fg="bright_black")
         if event.outcome is not Outcome.SUCCESS:
             line += " " + _style_outcome(event)
@@ -999,13 +1009,20 @@ def chain(db_path: Path | None, as_json: bool, event_id: str) -> None:
         detail = _actor(event.actor)
         if event.description:
             detail += f" {g.dot} {_safe(event.description)}"
-        detail_lead = lead + below + (g.pipe if node.children else "   ")
+        detail_lead = shown + below + (g.pipe if node.children else "   ")
         _out(detail_lead + _fit(detail, max(20, width - len(detail_lead))))
-        for index, child in enumerate(node.children):
-            last = index == len(node.children) - 1
-            render(child, lead + below, g.last if last else g.tee, "   " if last else g.pipe)
-
-    render(root, "", "", "")
+        last_index = len(node.children) - 1
+        for index in range(last_index, -1, -1):  # pushed last first: popped in order
+            last = index == last_index
+            stack.append(
+                (
+                    node.children[index],
+                    depth + 1,
+                    lead + below,
+                    g.last if last else g.tee,
+                    "   " if last else g.pipe,
+                )
+            )
 
 
 @main.command(short_help="Counts by type, actor, outcome and day; file size.")
@@ -1121,9 +1138,12 @@ _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 def _csv_cell(value: Any) -> Any:
     """``value``, with a ``'`` in front when it is text a spreadsheet would run as a
     formula: the ledger holds text written by customers and agents, and an export is
-    typically opened in one."""
-    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
-        return "'" + value
+    typically opened in one. A lone surrogate (JSON values keep them; UTF-8 cannot hold
+    them) becomes U+FFFD, as in the plain text fields, instead of failing the export."""
+    if isinstance(value, str):
+        value = clean_text(value)
+        if value.startswith(_FORMULA_STARTS):
+            return "'" + value
     return value
 
 
@@ -1166,14 +1186,59 @@ def _csv_fields(event: TraceEvent) -> list[Any]:
     ]
 
 
+_COMPANIONS = ("", "-wal", "-shm", "-journal")
+"""The ledger file and the files SQLite keeps beside it."""
+
+
+def _check_not_ledger(target: Path, ledger: Path) -> None:
+    """Refuse an output path that is the ledger or one of its companion files: the same
+    file (device and inode: through symbolic and hard links too), or the same name once
+    symbolic links are resolved (a companion that does not exist yet)."""
+
+    def resolve(path: Path) -> Path:
+        try:
+            return path.resolve()
+        except (OSError, RuntimeError):  # a symbolic link loop
+            return path.absolute()
+
+    resolved = resolve(target)
+    # SQLite names the companions after the path as given or after the file it points to.
+    bases = {resolve(ledger.parent) / ledger.name, resolve(ledger)}
+    try:
+        target_stat: os.stat_result | None = target.stat()
+    except OSError:
+        target_stat = None
+    for suffix in _COMPANIONS:
+        companion = Path(f"{ledger}{suffix}")
+        same = False
+        for candidate in {Path(f"{base}{suffix}") for base in bases}:
+            if resolved == candidate:
+                same = True
+            elif target_stat is not None:
+                try:
+                    found = candidate.stat()
+                except OSError:
+                    continue
+                same = (found.st_dev, found.st_ino) == (target_stat.st_dev, target_stat.st_ino)
+            if same:
+                break
+        if same:
+            what = "the ledger itself" if not suffix else f"the ledger's {suffix[1:]} file"
+            raise _UsageFail(
+                f"--output {target} is {what} ({companion}): exporting there would "
+                "destroy the ledger; choose another file"
+            )
+
+
 @contextmanager
-def _output(path: str) -> Iterator[IO[str]]:
+def _output(path: str, ledger: Path) -> Iterator[IO[str]]:
     """stdout for ``-``; otherwise a private (0600) temporary file beside ``path`` that
-    replaces it only when the export completes."""
+    replaces it only when the export completes. Never the ledger or its companions."""
     if path == "-":
         yield sys.stdout
         return
     target = Path(path).expanduser()
+    _check_not_ledger(target, ledger)
     if target.is_dir():
         raise _Fail(f"{target} is a directory")
     if not target.parent.is_dir():
@@ -1240,7 +1305,11 @@ def export(
     to_file = output != "-"
     show_progress = _is_tty(sys.stderr) and (to_file or not _is_tty(sys.stdout))
     written = 0
-    with _open(db_path) as store, store.reader() as conn, _output(output) as stream:
+    with (
+        _open(db_path) as store,
+        store.reader() as conn,
+        _output(output, store.path) as stream,
+    ):
         total = q.count_events(conn, filters) if show_progress else 0
         progress = (
             click.progressbar(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -35,30 +35,62 @@ _COLUMNS = (
 _SELECT = f"SELECT {_COLUMNS} FROM events AS e"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ChainNode:
-    """One event of a chain and the events recorded as its children (oldest first)."""
+    """One event of a chain and the events recorded as its children (oldest first).
+
+    Every method works without recursion, so a chain thousands of events deep can be
+    walked, searched, compared and printed.
+    """
 
     event: TraceEvent
     children: tuple[ChainNode, ...] = ()
 
     def walk(self, depth: int = 0) -> Iterator[tuple[int, TraceEvent]]:
         """Yield ``(depth, event)`` for this node and its descendants, depth first."""
-        yield depth, self.event
-        for child in self.children:
-            yield from child.walk(depth + 1)
+        for node_depth, node in self._nodes(depth):
+            yield node_depth, node.event
 
     def find(self, event_id: str) -> ChainNode | None:
         """The node of ``event_id`` within this tree, if present."""
-        for node in self._nodes():
+        for _, node in self._nodes(0):
             if node.event.id == event_id:
                 return node
         return None
 
-    def _nodes(self) -> Iterator[ChainNode]:
-        yield self
-        for child in self.children:
-            yield from child._nodes()
+    def _nodes(self, depth: int) -> Iterator[tuple[int, ChainNode]]:
+        """``(depth, node)`` for this node and its descendants, depth first (pre-order),
+        with an explicit stack instead of recursion."""
+        stack: list[tuple[int, ChainNode]] = [(depth, self)]
+        while stack:
+            node_depth, node = stack.pop()
+            yield node_depth, node
+            children = node.children
+            if children:
+                stack.extend((node_depth + 1, child) for child in reversed(children))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ChainNode):
+            return NotImplemented
+        pairs: list[tuple[ChainNode, ChainNode]] = [(self, other)]
+        while pairs:
+            mine, theirs = pairs.pop()
+            if mine is theirs:
+                continue
+            if mine.event != theirs.event or len(mine.children) != len(theirs.children):
+                return False
+            pairs.extend(zip(mine.children, theirs.children, strict=True))
+        return True
+
+    def __hash__(self) -> int:
+        return hash(self.event.id)
+
+    def __repr__(self) -> str:
+        count = len(self.children)
+        return (
+            f"ChainNode(event={self.event.event_type!r} {self.event.id}, "
+            f"children={count} node{'' if count == 1 else 's'})"
+        )
 
 
 def _as_list(value: Any, field: str) -> list[Any] | None:
@@ -137,15 +169,27 @@ class QueryFilters:
         )
         object_id_list = _strings(object_ids, "object_ids")
         if object_type_list is not None or object_id_list is not None:
-            sub = ["o.event_rowid = e.rowid"]
+            # With ids: the (few) events linked to them, found by the object index. Types
+            # alone: each candidate event's own links, by primary key (the '+' keeps
+            # SQLite from scanning every link of the type once per event instead).
+            sub = [] if object_id_list is not None else ["o.event_rowid = e.rowid"]
             if object_type_list is not None:
                 values = [ObjectType.parse(o, "object_types").value for o in object_type_list]
-                sub.append(f"o.object_type IN ({_placeholders(values)})")
+                sub.append(f"+o.object_type IN ({_placeholders(values)})")
                 params.extend(values)
             if object_id_list is not None:
+                if object_type_list is not None:
+                    sub[-1] = sub[-1][1:]  # both columns lead the object index: use it
                 sub.append(f"o.external_id IN ({_placeholders(object_id_list)})")
                 params.extend(object_id_list)
-            clauses.append(f"EXISTS (SELECT 1 FROM event_objects AS o WHERE {' AND '.join(sub)})")
+                clauses.append(
+                    "e.rowid IN (SELECT o.event_rowid FROM event_objects AS o "
+                    f"WHERE {' AND '.join(sub)})"
+                )
+            else:
+                clauses.append(
+                    f"EXISTS (SELECT 1 FROM event_objects AS o WHERE {' AND '.join(sub)})"
+                )
         tag_list = _strings(tags, "tags")
         if tag_list is not None:
             clauses.append(
@@ -257,17 +301,25 @@ _SEARCH_SQL = (
     f"{_SELECT} WHERE e.rowid IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ? "
     "ORDER BY rowid DESC LIMIT ?) ORDER BY e.rowid DESC"
 )
+_SEARCH_PAGE_SQL = (
+    f"{_SELECT} WHERE e.rowid IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ? "
+    "AND rowid < ? ORDER BY rowid DESC LIMIT ?) ORDER BY e.rowid DESC"
+)
 
 
 def iter_search(
     conn: sqlite3.Connection, text: str, *, batch_size: int = 500
 ) -> Generator[TraceEvent, None, None]:
-    """:func:`search_events` without a limit, read ``batch_size`` rows at a time (see
-    :func:`iter_events`): memory stays bounded however many events match."""
+    """:func:`search_events` without a limit, read ``batch_size`` rows at a time, each
+    batch in its own short read transaction (see :func:`iter_events`)."""
     match = fts_query(text)
     if match is None:
         return
-    yield from _stream(conn, _SEARCH_SQL, [match, -1], batch_size)
+
+    def page(after: tuple[int, int] | None, size: int) -> tuple[str, list[Any]]:
+        return _SEARCH_PAGE_SQL, [match, _MAX_ROWID if after is None else after[1], size]
+
+    yield from _paged(conn, page, batch_size)
 
 
 def get_event(conn: sqlite3.Connection, event_id: str) -> TraceEvent | None:
@@ -380,11 +432,22 @@ def iter_object_history(
     *,
     batch_size: int = 500,
 ) -> Generator[TraceEvent, None, None]:
-    """:func:`object_history` without a limit, read ``batch_size`` rows at a time (see
-    :func:`iter_events`)."""
+    """:func:`object_history` without a limit, read ``batch_size`` rows at a time, each
+    batch in its own short read transaction (see :func:`iter_events`)."""
     linked, params = _object_links(external_id, object_type)
-    sql = f"{_SELECT} JOIN ({linked}) AS h ON h.event_rowid = e.rowid ORDER BY h.start_ns, e.rowid"
-    yield from _stream(conn, sql, params, batch_size)
+
+    def page(after: tuple[int, int] | None, size: int) -> tuple[str, list[Any]]:
+        sub, args = linked, list(params)
+        if after is not None:
+            sub += " AND start_ns >= ? AND (start_ns > ? OR event_rowid > ?)"
+            args += [after[0], after[0], after[1]]
+        sql = (
+            f"{_SELECT} JOIN ({sub} ORDER BY start_ns, event_rowid LIMIT ?) AS h "
+            "ON h.event_rowid = e.rowid ORDER BY h.start_ns, e.rowid"
+        )
+        return sql, [*args, size]
+
+    yield from _paged(conn, page, batch_size)
 
 
 def count_object_history(
@@ -405,40 +468,69 @@ def iter_events(
     """Every event matching ``filters``, oldest first by default, read ``batch_size`` rows
     at a time so that memory stays bounded however many events match.
 
-    The whole iteration reads one snapshot of the file (a read transaction that ends when
-    the iterator is exhausted or closed), so concurrent writes or prunes never make it
-    skip or repeat an event.
+    Each batch is read in its own short read transaction, and none is open while the
+    caller holds the iterator between batches: a consumer that stalls (a pager left
+    open) never keeps the write-ahead log from being checkpointed. Each batch resumes
+    strictly after the ``(start time, rowid)`` of the last event returned, so no event
+    is returned twice and every event stored before the iteration began (and still
+    stored when its batch is read) is returned once, whatever is written meanwhile.
+    Events recorded during the iteration are returned when they sort after that point.
     """
     if order not in ("desc", "asc"):
         raise InvalidInputError("order", f"must be 'desc' or 'asc', got {order!r}")
     direction = "DESC" if order == "desc" else "ASC"
-    sql = f"{_SELECT}{filters.where} ORDER BY e.start_ns {direction}, e.rowid {direction}"
-    yield from _stream(conn, sql, filters.params, batch_size)
+    after_op = "<" if order == "desc" else ">"
+    base = f"{_SELECT}{filters.where}"
+    joiner = " AND " if filters.where else " WHERE "
+    order_by = f" ORDER BY e.start_ns {direction}, e.rowid {direction} LIMIT ?"
+
+    def page(after: tuple[int, int] | None, size: int) -> tuple[str, list[Any]]:
+        if after is None:
+            return base + order_by, [*filters.params, size]
+        keyset = f"e.start_ns {after_op}= ? AND (e.start_ns {after_op} ? OR e.rowid {after_op} ?)"
+        return (
+            base + joiner + keyset + order_by,
+            [*filters.params, after[0], after[0], after[1], size],
+        )
+
+    yield from _paged(conn, page, batch_size)
 
 
-def _stream(
-    conn: sqlite3.Connection, sql: str, params: Sequence[Any], batch_size: int
+_MAX_ROWID = 2**63 - 1
+
+_Page = Callable[[tuple[int, int] | None, int], tuple[str, list[Any]]]
+"""``page(after, size)``: the SQL and parameters of the next ``size`` rows (``_COLUMNS``
+first) after the ``(start_ns, rowid)`` of the last row returned (None: from the start)."""
+
+
+def _paged(
+    conn: sqlite3.Connection, page: _Page, batch_size: int
 ) -> Generator[TraceEvent, None, None]:
-    """The events ``sql`` selects (``_COLUMNS`` first), ``batch_size`` rows at a time,
-    all read from one snapshot: a read transaction that ends with the iteration (or
-    with a transaction the caller already has open)."""
+    """The events ``page`` selects, ``batch_size`` rows at a time, each batch (its rows
+    and their objects) read in one short read transaction that ends before any event
+    is yielded. Inside a transaction the caller already has open, every batch reads
+    that transaction's snapshot instead."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidInputError("batch_size", f"must be a positive integer, got {batch_size!r}")
-    own_transaction = not conn.in_transaction
-    try:
-        if own_transaction:
-            conn.execute("BEGIN")
-        cursor = conn.execute(sql, params)
-        while True:
-            rows = cursor.fetchmany(batch_size)
-            if not rows:
-                break
-            yield from _events(conn, rows)
-    except sqlite3.Error as exc:
-        raise StoreError(f"query failed: {exc}") from exc
-    finally:
-        if own_transaction and conn.in_transaction:
-            conn.execute("COMMIT")
+    after: tuple[int, int] | None = None
+    while True:
+        sql, params = page(after, batch_size)
+        own_transaction = not conn.in_transaction
+        try:
+            if own_transaction:
+                conn.execute("BEGIN")
+            rows = conn.execute(sql, params).fetchall()
+            events = _events(conn, rows)
+        except sqlite3.Error as exc:
+            raise StoreError(f"query failed: {exc}") from exc
+        finally:
+            if own_transaction and conn.in_transaction:
+                conn.execute("COMMIT")
+        if not rows:
+            return
+        last = rows[-1]
+        after = (int(last[4]), int(last[0]))  # (start_ns, rowid): see _COLUMNS
+        yield from events
 
 
 @dataclass(frozen=True)
