@@ -44,10 +44,11 @@ RETRY_DELAYS_S = (0.05, 0.2, 0.5, 1.0, 2.0, 4.0)
 """Waits between attempts to write a batch before its spans are counted as failed."""
 
 MAX_LAG_S = 1.0
-"""Batch mode: once the oldest span not yet committed is older than this, ``on_end``
-waits until the writer has caught up to half of it. It bounds what ``kill -9`` can take
-from an application busy enough to starve the writer thread of the GIL. Not applied
-while the writer waits to retry a failed write (the queue bound still is)."""
+"""Batch mode: once the oldest span not yet committed is older than this, or more spans
+are queued than the writer (at the pace it last wrote) commits in half of it, ``on_end``
+waits until the writer has caught up. It bounds what ``kill -9`` can take from an
+application busy enough to starve the writer thread of the GIL, or faster than its disk.
+Not applied while the writer waits to retry a failed write (the queue bound still is)."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,8 @@ class LedgerSpanProcessor(SpanProcessor):
         self._queued_at: deque[float] = deque()  # time.monotonic() of each queued row
         self._in_flight_since = 0.0  # when the oldest row of the batch being written queued
         self._retrying = False  # the writer is waiting to retry a failed write
+        # Spans the writer commits in max_lag_s / 2 at the pace of its last batch.
+        self._backlog_cap = self._max_queue_size
         self._recorded = 0
         self._written = 0
         self._failed = 0
@@ -181,6 +184,8 @@ class LedgerSpanProcessor(SpanProcessor):
                     self._cond.notify_all()
                     self._cond.wait(0.1)
                     self._ensure_writer()
+                if len(self._queue) >= self._backlog_cap and not self._retrying:
+                    self._catch_up()
                 now = time.monotonic()
             if self._in_flight:
                 oldest = self._in_flight_since
@@ -258,7 +263,8 @@ class LedgerSpanProcessor(SpanProcessor):
 
     def _catch_up(self) -> None:
         """Wait (holding ``_cond``) until the oldest uncommitted span is younger than half
-        of ``max_lag_s``: a waiting application leaves the writer the GIL it needs."""
+        of ``max_lag_s`` and the queue is under the backlog the writer commits in that
+        time: a waiting application leaves the writer the GIL it needs."""
         self._ensure_writer()
         while not self._shutdown and not self._retrying:
             if self._in_flight:
@@ -267,7 +273,10 @@ class LedgerSpanProcessor(SpanProcessor):
                 oldest = self._queued_at[0]
             else:
                 return
-            if time.monotonic() - oldest <= self._max_lag_s / 2:
+            if (
+                time.monotonic() - oldest <= self._max_lag_s / 2
+                and len(self._queue) < self._backlog_cap
+            ):
                 return
             self._cond.notify_all()
             self._cond.wait(0.1)
@@ -299,8 +308,13 @@ class LedgerSpanProcessor(SpanProcessor):
                     self._queued_at.popleft()
                 self._in_flight = count
                 self._cond.notify_all()  # room in the queue for waiting producers
+            started = time.monotonic()
             failed = self._write_with_retries(batch)
+            elapsed = time.monotonic() - started
             with self._cond:
+                if not failed and elapsed > 0:
+                    pace = int(count / elapsed * self._max_lag_s / 2)
+                    self._backlog_cap = max(self._max_batch_size, pace)
                 self._in_flight = 0
                 self._written += count - failed
                 self._failed += failed

@@ -8,13 +8,18 @@ import random
 import signal
 import sqlite3
 import struct
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 from reliability_support import started_python, write_script
 
-from decision_trace.processor import MAX_LAG_S
+from decision_trace.attributes import EventRecord
+from decision_trace.exporters import SQLiteSpanExporter
+from decision_trace.processor import MAX_LAG_S, LedgerSpanProcessor
 
 SLOTS = 200_000
 """Acknowledgement slots in the shared file (the child records fewer: ~1,000 a second)."""
@@ -101,7 +106,7 @@ def test_busy_application_loses_at_most_the_last_second_to_kill_9(
             killed_at = time.monotonic()
             proc.wait()
         acks = _acks(ack_file)
-        assert len(acks) > 1_000, "the child recorded too little to measure anything"
+        assert len(acks) > 300, "the child recorded too little to measure anything"
         stored = _stored_seqs(db)
         missing = [(seq, at) for seq, at in acks if seq not in stored]
         window = killed_at - min(at for _, at in missing) if missing else 0.0
@@ -111,3 +116,61 @@ def test_busy_application_loses_at_most_the_last_second_to_kill_9(
             assert min(seq for seq, _ in missing) > max(stored, default=-1)
     print("acknowledged, lost to kill -9, oldest lost event's age at the kill (s):", windows)
     assert all(window <= WINDOW_BOUND_S for *_, window in windows), windows
+
+
+class SlowDiskExporter(SQLiteSpanExporter):
+    """The real exporter on a simulated slow disk: every commit takes ``delay_s`` longer."""
+
+    def __init__(self, db_path: Path, delay_s: float) -> None:
+        super().__init__(db_path)
+        self.delay_s = delay_s
+
+    def write_records(self, records: Sequence[EventRecord]) -> int:
+        time.sleep(self.delay_s)
+        return super().write_records(records)
+
+
+def test_record_waits_once_the_oldest_uncommitted_event_is_max_lag_old(db_path: Path) -> None:
+    """The lag is bounded in time, not only by the queue's size: with a writer that needs
+    0.3 s a batch and a queue that never fills, a producer 10,000 events ahead would leave
+    the last ones uncommitted for seconds; instead on_end waits once the oldest queued
+    event is ``max_lag_s`` old, so no event waits much longer than that to be committed."""
+    max_lag_s = 0.5
+    provider = TracerProvider(shutdown_on_exit=False)
+    ledger = LedgerSpanProcessor(SlowDiskExporter(db_path, 0.3), max_lag_s=max_lag_s)
+    provider.add_span_processor(ledger)
+    tracer = provider.get_tracer("test")
+    count = 10_000
+    acked: list[float] = []
+    committed = [0.0] * count
+    done = threading.Event()  # set only if the producer fails
+
+    def watch() -> None:  # when each event was committed, to within a few ms
+        seen = 0
+        while seen < count and not done.is_set():
+            written = ledger.stats().written
+            now = time.monotonic()
+            for seq in range(seen, written):
+                committed[seq] = now
+            seen = max(seen, written)
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for i in range(count):
+            tracer.start_span(f"work.{i}").end()
+            acked.append(time.monotonic())
+        assert ledger.force_flush(timeout_millis=120_000)
+    except BaseException:
+        done.set()
+        raise
+    finally:
+        watcher.join()
+        provider.shutdown()
+    assert ledger.stats().written == count and all(committed)
+    lags = [c - a for a, c in zip(acked, committed, strict=True)]
+    print(f"longest wait from record() to commit: {max(lags):.2f} s")
+    # Expected: max_lag_s plus one 0.3 s commit (~0.8 s); unbounded it was 8 s, and with
+    # the age bound alone (no pace-based cap) 2.5 s. Generous for a loaded machine.
+    assert max(lags) <= max_lag_s + 1.5, f"max lag {max(lags):.2f} s"
