@@ -9,10 +9,12 @@ what goes to collectors). A span that cannot be decoded is logged and counted in
   thread. A failed commit raises :class:`~decision_trace.errors.StoreError` to the caller.
 - ``durability="batch"``: ``on_end`` decodes the span into its row, appends that to a
   bounded in-memory queue and returns; a background thread commits up to
-  ``max_batch_size`` rows a transaction. When the queue is full, ``on_end`` waits for
-  room (back-pressure) instead of dropping. A batch that still cannot be written after
-  retries is counted in ``stats().failed``, logged, and makes ``force_flush()`` return
-  False.
+  ``max_batch_size`` rows a transaction. When the queue is full, or its oldest row has
+  waited longer than ``max_lag_s`` (:data:`MAX_LAG_S`), ``on_end`` waits for the writer
+  (back-pressure) instead of dropping or falling further behind. A batch that still
+  cannot be written after retries is counted in ``stats().failed``, logged, and makes
+  ``force_flush()`` return False; a span that cannot be stored on its own account is
+  counted alone and the rest of its batch is written.
 """
 
 from __future__ import annotations
@@ -41,6 +43,13 @@ _logger = logging.getLogger(__name__)
 RETRY_DELAYS_S = (0.05, 0.2, 0.5, 1.0, 2.0, 4.0)
 """Waits between attempts to write a batch before its spans are counted as failed."""
 
+MAX_LAG_S = 1.0
+"""Batch mode: once the oldest span not yet committed is older than this, or more spans
+are queued than the writer (at the pace it last wrote) commits in half of it, ``on_end``
+waits until the writer has caught up. It bounds what ``kill -9`` can take from an
+application busy enough to starve the writer thread of the GIL, or faster than its disk.
+Not applied while the writer waits to retry a failed write (the queue bound still is)."""
+
 
 @dataclass(frozen=True)
 class LedgerStats:
@@ -68,6 +77,8 @@ class LedgerSpanProcessor(SpanProcessor):
         max_queue_size: Spans held in memory before ``on_end`` waits (batch only).
         max_batch_size: Spans committed per transaction (batch only).
         schedule_delay_s: How long the writer waits to fill a batch (batch only).
+        max_lag_s: How old the oldest uncommitted span may get before ``on_end`` waits
+            for the writer (batch only; see :data:`MAX_LAG_S`).
     """
 
     def __init__(
@@ -78,6 +89,7 @@ class LedgerSpanProcessor(SpanProcessor):
         max_queue_size: int = 20_000,
         max_batch_size: int = 512,
         schedule_delay_s: float = 0.2,
+        max_lag_s: float = MAX_LAG_S,
     ) -> None:
         if durability not in ("sync", "batch"):
             raise InvalidInputError("durability", f"must be 'sync' or 'batch', got {durability!r}")
@@ -88,6 +100,7 @@ class LedgerSpanProcessor(SpanProcessor):
         self._max_queue_size = max_queue_size
         self._max_batch_size = max_batch_size
         self._schedule_delay_s = schedule_delay_s
+        self._max_lag_s = max_lag_s
         self._init_state()
         if hasattr(os, "register_at_fork"):
             ref = weakref.WeakMethod(self._after_fork_in_child)
@@ -101,6 +114,11 @@ class LedgerSpanProcessor(SpanProcessor):
         # main thread while it is inside on_end() holding this lock.
         self._cond = threading.Condition(threading.RLock())
         self._queue: deque[EventRecord] = deque()
+        self._queued_at: deque[float] = deque()  # time.monotonic() of each queued row
+        self._in_flight_since = 0.0  # when the oldest row of the batch being written queued
+        self._retrying = False  # the writer is waiting to retry a failed write
+        # Spans the writer commits in max_lag_s / 2 at the pace of its last batch.
+        self._backlog_cap = self._max_queue_size
         self._recorded = 0
         self._written = 0
         self._failed = 0
@@ -138,7 +156,13 @@ class LedgerSpanProcessor(SpanProcessor):
         if self.durability == "sync":
             with self._sync_lock:
                 self._recorded += 1
-                self._exporter.write_records([record])
+                try:
+                    self._exporter.write_records([record])
+                except Exception:
+                    # Raised to the caller; counted, so stats() and flush() add up.
+                    with self._cond:
+                        self._failed += 1
+                    raise
                 self._written += 1
             return
         with self._cond:
@@ -150,6 +174,7 @@ class LedgerSpanProcessor(SpanProcessor):
                 return
             if self._thread is None:
                 self._ensure_writer()
+            now = time.monotonic()
             queued = len(self._queue)
             if queued >= self._max_batch_size:
                 # Checked only here (not on every call: is_alive() costs as much as the
@@ -159,7 +184,18 @@ class LedgerSpanProcessor(SpanProcessor):
                     self._cond.notify_all()
                     self._cond.wait(0.1)
                     self._ensure_writer()
+                if len(self._queue) >= self._backlog_cap and not self._retrying:
+                    self._catch_up()
+                now = time.monotonic()
+            if self._in_flight:
+                oldest = self._in_flight_since
+            else:
+                oldest = self._queued_at[0] if self._queued_at else now
+            if now - oldest > self._max_lag_s and not self._retrying:
+                self._catch_up()
+                now = time.monotonic()
             self._queue.append(record)
+            self._queued_at.append(now)
             self._recorded += 1
             if queued + 1 >= self._max_batch_size:
                 self._cond.notify_all()
@@ -226,6 +262,27 @@ class LedgerSpanProcessor(SpanProcessor):
 
     # -- the writer thread --------------------------------------------------------------
 
+    def _catch_up(self) -> None:
+        """Wait (holding ``_cond``) until the oldest uncommitted span is younger than half
+        of ``max_lag_s`` and the queue is under the backlog the writer commits in that
+        time: a waiting application leaves the writer the GIL it needs."""
+        self._ensure_writer()
+        while not self._shutdown and not self._retrying:
+            if self._in_flight:
+                oldest = self._in_flight_since
+            elif self._queued_at:
+                oldest = self._queued_at[0]
+            else:
+                return
+            if (
+                time.monotonic() - oldest <= self._max_lag_s / 2
+                and len(self._queue) < self._backlog_cap
+            ):
+                return
+            self._cond.notify_all()
+            self._cond.wait(0.1)
+            self._ensure_writer()
+
     def _ensure_writer(self) -> None:
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(
@@ -247,10 +304,18 @@ class LedgerSpanProcessor(SpanProcessor):
                     continue
                 count = min(len(self._queue), self._max_batch_size)
                 batch = [self._queue.popleft() for _ in range(count)]
+                self._in_flight_since = self._queued_at[0]
+                for _ in range(count):
+                    self._queued_at.popleft()
                 self._in_flight = count
                 self._cond.notify_all()  # room in the queue for waiting producers
+            started = time.monotonic()
             failed = self._write_with_retries(batch)
+            elapsed = time.monotonic() - started
             with self._cond:
+                if not failed and elapsed > 0:
+                    pace = int(count / elapsed * self._max_lag_s / 2)
+                    self._backlog_cap = max(self._max_batch_size, pace)
                 self._in_flight = 0
                 self._written += count - failed
                 self._failed += failed
@@ -258,22 +323,28 @@ class LedgerSpanProcessor(SpanProcessor):
 
     def _write_with_retries(self, batch: list[EventRecord]) -> int:
         """Write ``batch``; return how many of its spans could not be written."""
-        for attempt, delay in enumerate((0.0, *RETRY_DELAYS_S)):
-            if delay:
-                time.sleep(delay)
-            try:
-                self._exporter.write_records(batch)
-            except RejectedRecordsError as exc:
-                # Their content, not the disk: the others are written, retrying cannot help.
-                self._log_failure(len(exc.rejected), exc)
-                return len(exc.rejected)
-            except Exception as exc:
-                if attempt == len(RETRY_DELAYS_S):
-                    self._log_failure(len(batch), exc)
-                    return len(batch)
-                continue
-            return 0
-        return len(batch)
+        try:
+            for attempt, delay in enumerate((0.0, *RETRY_DELAYS_S)):
+                if delay:
+                    self._retrying = True
+                    time.sleep(delay)
+                try:
+                    self._exporter.write_records(batch)
+                except RejectedRecordsError as exc:
+                    # Their content, not the disk: the store wrote every other record of the
+                    # batch (it isolates any record that fails on its own); retrying cannot
+                    # help them.
+                    self._log_failure(len(exc.rejected), exc)
+                    return len(exc.rejected)
+                except Exception as exc:
+                    if attempt == len(RETRY_DELAYS_S):
+                        self._log_failure(len(batch), exc)
+                        return len(batch)
+                    continue
+                return 0
+            return len(batch)
+        finally:
+            self._retrying = False
 
     def _log_failure(self, count: int, exc: Exception) -> None:
         if not self._failure_logged:

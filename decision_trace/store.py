@@ -28,6 +28,7 @@ commit (see :meth:`Store._follow_path`).
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import sqlite3
@@ -186,12 +187,52 @@ _EVENT_COLUMNS = (
     "actor_type, actor_id, actor_name, actor_json, reasoning, decision_json, objects_json, "
     "tags_json, outcome, error, metadata_json, service_name"
 )
+_OBJECT_COLUMNS = "event_rowid, position, object_type, external_id, start_ns"
 _INSERT_EVENT = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES ({', '.join('?' * 20)})"
-_INSERT_OBJECT = (
-    "INSERT INTO event_objects (event_rowid, position, object_type, external_id, start_ns) "
-    "VALUES (?, ?, ?, ?, ?)"
-)
+_INSERT_OBJECT = f"INSERT INTO event_objects ({_OBJECT_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
 _INSERT_TAG = "INSERT OR IGNORE INTO event_tags (tag, event_rowid) VALUES (?, ?)"
+
+
+def _from_json_rows(columns: int) -> str:
+    return (
+        "SELECT "
+        + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(columns))
+        + " FROM json_each(?)"
+    )
+
+
+# A whole batch as one statement a table: its rows go in as one JSON array of arrays.
+# executemany() steps SQLite once a row and releases the GIL around each step, so in a
+# busy application the writer waited for the GIL (up to the 5 ms switch interval) once a
+# row; one statement needs it back once a batch. See _insert_rows for exactness.
+_INSERT_EVENTS_JSON = f"INSERT INTO events ({_EVENT_COLUMNS}) {_from_json_rows(20)}"
+_INSERT_OBJECTS_JSON = f"INSERT INTO event_objects ({_OBJECT_COLUMNS}) {_from_json_rows(5)}"
+_INSERT_TAGS_JSON = f"INSERT OR IGNORE INTO event_tags (tag, event_rowid) {_from_json_rows(2)}"
+
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+
+_encode_rows = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, check_circular=False, separators=(",", ":")
+).encode
+"""Rows to JSON: strings stay UTF-8 (SQLite hands them back byte for byte; a lone
+surrogate makes binding the batch fail, as it would the row), NaN is refused."""
+
+
+def _insert_rows(
+    conn: sqlite3.Connection, json_sql: str, plain_sql: str, rows: list[tuple[object, ...]]
+) -> None:
+    """Insert ``rows`` with one statement (``json_sql``), or with ``executemany`` of
+    ``plain_sql`` when JSON cannot carry them exactly.
+
+    SQLite 3.40's JSON functions cut a string at an escaped NUL, so rows with a NUL in
+    any text go through executemany (the JSON encoder escapes NUL as \\u0000 and nothing else
+    contains that text, except a string with a literal backslash-u0000: harmless).
+    """
+    text = _encode_rows(rows)
+    if "\\u0000" in text:
+        conn.executemany(plain_sql, rows)
+    else:
+        conn.execute(json_sql, (text,))
 
 
 _SQLITE_BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (primary result codes)
@@ -357,11 +398,46 @@ class RejectedRecordsError(StoreError):
 _CONTENT_ERROR_CODES = frozenset({1, 18, 19, 20, 25})
 
 
-def _about_content(exc: sqlite3.Error) -> bool:
+def _about_row(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` is about the row being written, not about the database."""
     code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
     if code is not None:
         return (int(code) & 0xFF) in _CONTENT_ERROR_CODES
-    return isinstance(exc, (sqlite3.IntegrityError, sqlite3.DataError)) or "malformed" in str(exc)
+    # Refused by the sqlite3 module while binding (a type it cannot bind), or by SQLite.
+    return isinstance(
+        exc,
+        (
+            sqlite3.IntegrityError,
+            sqlite3.DataError,
+            sqlite3.InterfaceError,
+            sqlite3.ProgrammingError,
+        ),
+    ) or "malformed" in str(exc)
+
+
+def _event_row(rowid: int, r: EventRecord) -> tuple[object, ...]:
+    return (
+        rowid,
+        r.id,
+        r.trace_id,
+        r.parent_id,
+        r.start_ns,
+        r.duration_ns,
+        r.event_type,
+        r.description,
+        r.actor_type,
+        r.actor_id,
+        r.actor_name,
+        r.actor_json,
+        r.reasoning,
+        r.decision_json,
+        r.objects_json,
+        _tags_json(r.tags),
+        r.outcome,
+        r.error,
+        r.metadata_json,
+        r.service_name,
+    )
 
 
 @dataclass(frozen=True)
@@ -767,7 +843,10 @@ class Store:
         """Commit ``records`` in one transaction; return how many were new.
 
         A record whose id is already stored is skipped, so exporting the same span twice
-        never duplicates an event.
+        never duplicates an event. A record that cannot be stored on its own account
+        (whatever the error: a value SQLite refuses, or one Python cannot bind, such as
+        an integer beyond 64 bits or a lone surrogate) is left out and the others are
+        written.
 
         Raises:
             RejectedRecordsError: some records cannot be stored because of what they hold;
@@ -801,83 +880,116 @@ class Store:
             try:
                 return self._write_batch(conn, records)
             except sqlite3.Error as exc:
-                if not isinstance(exc, sqlite3.IntegrityError) and not _about_content(exc):
+                if not isinstance(exc, sqlite3.IntegrityError) and not _about_row(exc):
                     raise StoreError(f"cannot write to {self.path}: {exc}") from exc
-            # An id is already stored, or one record is unstorable: write one at a time,
-            # skipping stored ids, so one bad record never costs the rest of the batch.
-            written = 0
-            rejected: list[tuple[str, str]] = []
-            for record in records:
-                try:
-                    written += self._write_batch(conn, [record], skip_existing=True)
-                except sqlite3.Error as exc:
-                    if not _about_content(exc):
-                        raise StoreError(f"cannot write to {self.path}: {exc}") from exc
-                    rejected.append((record.id, str(exc)))
+            except Exception:  # a value Python cannot bind: found row by row below
+                pass
+            # An id is already stored, or some record is unstorable: write them one at a
+            # time (one transaction still), so one bad record never costs the rest.
+            written, rejected = self._write_each(conn, records)
             if rejected:
                 raise RejectedRecordsError(self.path, written, rejected)
             return written
 
-    def _write_batch(
-        self, conn: sqlite3.Connection, records: Sequence[EventRecord], skip_existing: bool = False
-    ) -> int:
+    def _write_batch(self, conn: sqlite3.Connection, records: Sequence[EventRecord]) -> int:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if skip_existing:
-                ids = [r.id for r in records]
-                known = {
-                    row[0]
-                    for row in conn.execute(
-                        f"SELECT id FROM events WHERE id IN ({','.join('?' * len(ids))})", ids
-                    )
-                }
-                records = [r for r in records if r.id not in known]
             base = conn.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()[0]
-            event_rows = []
-            object_rows = []
-            tag_rows = []
+            event_rows: list[tuple[object, ...]] = []
+            object_rows: list[tuple[object, ...]] = []
+            tag_rows: list[tuple[object, ...]] = []
+            exact = True  # whether JSON carries every integer exactly (else executemany)
             for rowid, r in enumerate(records, base + 1):
-                event_rows.append(
-                    (
-                        rowid,
-                        r.id,
-                        r.trace_id,
-                        r.parent_id,
-                        r.start_ns,
-                        r.duration_ns,
-                        r.event_type,
-                        r.description,
-                        r.actor_type,
-                        r.actor_id,
-                        r.actor_name,
-                        r.actor_json,
-                        r.reasoning,
-                        r.decision_json,
-                        r.objects_json,
-                        _tags_json(r.tags),
-                        r.outcome,
-                        r.error,
-                        r.metadata_json,
-                        r.service_name,
-                    )
-                )
+                start, duration = r.start_ns, r.duration_ns
+                if not (
+                    type(start) is int
+                    and type(duration) is int
+                    and _I64_MIN <= start <= _I64_MAX
+                    and _I64_MIN <= duration <= _I64_MAX
+                ):
+                    exact = False
+                event_rows.append(_event_row(rowid, r))
                 for position, (object_type, external_id) in enumerate(
                     zip(r.object_types, r.object_ids, strict=False)
                 ):
-                    object_rows.append((rowid, position, object_type, external_id, r.start_ns))
+                    object_rows.append((rowid, position, object_type, external_id, start))
                 for tag in r.tags:
                     tag_rows.append((tag, rowid))
-            conn.executemany(_INSERT_EVENT, event_rows)
-            if object_rows:
-                conn.executemany(_INSERT_OBJECT, object_rows)
+            if exact:
+                _insert_rows(conn, _INSERT_EVENTS_JSON, _INSERT_EVENT, event_rows)
+                if object_rows:
+                    _insert_rows(conn, _INSERT_OBJECTS_JSON, _INSERT_OBJECT, object_rows)
+            else:
+                conn.executemany(_INSERT_EVENT, event_rows)
+                if object_rows:
+                    conn.executemany(_INSERT_OBJECT, object_rows)
             if tag_rows:
-                conn.executemany(_INSERT_TAG, tag_rows)
+                _insert_rows(conn, _INSERT_TAGS_JSON, _INSERT_TAG, tag_rows)
             conn.execute("COMMIT")
             return len(event_rows)
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    def _write_each(
+        self, conn: sqlite3.Connection, records: Sequence[EventRecord]
+    ) -> tuple[int, list[tuple[str, str]]]:
+        """Write ``records`` one statement set a record, each in its own savepoint of one
+        transaction: skip stored ids, leave out (and return) the records that fail on their
+        own. A database error (disk full, I/O) rolls everything back and raises."""
+        written = 0
+        rejected: list[tuple[str, str]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            ids = [r.id for r in records]
+            known: set[object] = set()
+            for i in range(0, len(ids), 500):  # under every SQLite's variable limit
+                part = ids[i : i + 500]
+                known.update(
+                    row[0]
+                    for row in conn.execute(
+                        f"SELECT id FROM events WHERE id IN ({','.join('?' * len(part))})", part
+                    )
+                )
+            rowid = conn.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()[0]
+            for r in records:
+                if r.id in known:
+                    continue
+                conn.execute("SAVEPOINT record")
+                try:
+                    conn.execute(_INSERT_EVENT, _event_row(rowid + 1, r))
+                    conn.executemany(
+                        _INSERT_OBJECT,
+                        [
+                            (rowid + 1, position, object_type, external_id, r.start_ns)
+                            for position, (object_type, external_id) in enumerate(
+                                zip(r.object_types, r.object_ids, strict=False)
+                            )
+                        ],
+                    )
+                    conn.executemany(_INSERT_TAG, [(tag, rowid + 1) for tag in r.tags])
+                except Exception as exc:
+                    if isinstance(exc, sqlite3.Error) and not _about_row(exc):
+                        raise
+                    conn.execute("ROLLBACK TO record")
+                    conn.execute("RELEASE record")
+                    rejected.append((str(r.id), f"{type(exc).__name__}: {exc}"))
+                    continue
+                conn.execute("RELEASE record")
+                rowid += 1
+                written += 1
+                known.add(r.id)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise StoreError(f"cannot write to {self.path}: {exc}") from exc
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return written, rejected
 
     def prune(self, older_than_ns: int, *, dry_run: bool = False) -> PruneReport:
         """Delete events that started before ``older_than_ns`` with their objects, tags
