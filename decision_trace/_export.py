@@ -218,9 +218,9 @@ class ExportProcessor(SpanProcessor):
             self._cond.notify_all()
         if left or in_flight:
             _logger.warning(
-                "decision-trace: %d span(s) were not delivered to %s before the shutdown "
-                "deadline (%d dropped from its queue, %d in an export that had not returned); "
-                "the ledger has them",
+                "decision-trace: %d span(s) were not delivered to %s when it was shut down "
+                "(%d dropped from its queue, %d in an export that had not returned); the "
+                "ledger has them",
                 left + in_flight,
                 self.name,
                 left,

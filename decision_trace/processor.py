@@ -221,10 +221,17 @@ class LedgerSpanProcessor(SpanProcessor):
         ending afterwards are written directly."""
         with self._cond:
             first = not self._shutdown
-        if self.durability == "batch":
-            self.wait_until_written(int(max(0.0, deadline - time.monotonic()) * 1000))
-        with self._cond:
+            # From now on on_end() writes directly, so a thread still recording cannot
+            # keep the queue growing behind the wait below.
             self._shutdown = True
+            if self._queue:
+                self._ensure_writer()
+            self._cond.notify_all()
+            while self.durability == "batch" and self._written + self._failed < self._recorded:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
             left = len(self._queue)
             self._queue.clear()
             self._failed += left
