@@ -125,7 +125,8 @@ def test_signal_flushes_a_client_made_in_a_worker_thread(tmp_path: Path, signame
 
 
 def test_signal_hooks_respect_the_host_and_can_be_switched_off(tmp_path: Path) -> None:
-    """A handler the host installed (before or after the import) is never replaced, and
+    """A handler the host installed (before or after the import) is never replaced; an
+    import off the main thread is made up for by the next main-thread call; and
     DECISION_TRACE_SIGNAL_HOOKS=0 leaves both signals alone."""
     script = write_script(
         tmp_path,
@@ -138,8 +139,14 @@ def test_signal_hooks_respect_the_host_and_can_be_switched_off(tmp_path: Path) -
             pass
         if sys.argv[2] == "host-first":
             signal.signal(signal.SIGTERM, host)
+        if sys.argv[2] == "import-in-thread":  # a lazy import in a request handler
+            import threading
+            importer = threading.Thread(target=lambda: __import__("decision_trace"))
+            importer.start()
+            importer.join()
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
         from decision_trace import DecisionTraceClient
-        client = DecisionTraceClient(db_path=sys.argv[1])
+        client = DecisionTraceClient(db_path=sys.argv[1])  # on the main thread: installs
         if sys.argv[2] == "host-later":
             signal.signal(signal.SIGTERM, host)
         client.trace("job.ran").by_system("cron").record()
@@ -163,6 +170,7 @@ def test_signal_hooks_respect_the_host_and_can_be_switched_off(tmp_path: Path) -
     assert handlers("plain") == f"{ours} {ours}"
     assert handlers("host-first") == f"host {ours}"
     assert handlers("host-later") == f"host {ours}"
+    assert handlers("import-in-thread") == f"{ours} {ours}"
     assert handlers("plain", {"DECISION_TRACE_SIGNAL_HOOKS": "0"}) == "default default"
 
 
