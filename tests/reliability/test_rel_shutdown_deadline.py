@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from reliability_support import started_python, write_script
 
-from decision_trace import DecisionTraceClient
+from decision_trace import DecisionTraceClient, InvalidInputError
 
 _ID = re.compile(r"^[0-9a-f]{16}$")
 
@@ -273,3 +273,26 @@ def test_a_full_export_queue_drops_from_the_exporter_only_and_says_so(
         assert {e.id for e in client.query(limit=None)} == set(ids)
     finally:
         client.close()
+
+
+def test_the_deadline_comes_from_the_argument_else_the_environment(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """shutdown_timeout_s wins over DECISION_TRACE_SHUTDOWN_TIMEOUT, which wins over 10 s;
+    a value that is not a finite number >= 0 raises InvalidInputError naming its source."""
+    monkeypatch.delenv("DECISION_TRACE_SHUTDOWN_TIMEOUT", raising=False)
+    with DecisionTraceClient(db_path=db_path) as client:
+        assert client.shutdown_timeout_s == 10.0
+    monkeypatch.setenv("DECISION_TRACE_SHUTDOWN_TIMEOUT", "2.5")
+    with DecisionTraceClient(db_path=db_path) as client:
+        assert client.shutdown_timeout_s == 2.5
+    with DecisionTraceClient(db_path=db_path, shutdown_timeout_s=4) as client:
+        assert client.shutdown_timeout_s == 4.0
+    monkeypatch.setenv("DECISION_TRACE_SHUTDOWN_TIMEOUT", "soon")
+    with pytest.raises(InvalidInputError) as raised:
+        DecisionTraceClient(db_path=db_path)
+    assert raised.value.field == "DECISION_TRACE_SHUTDOWN_TIMEOUT"
+    for bad in (-1, float("nan"), float("inf"), "3"):
+        with pytest.raises(InvalidInputError) as raised:
+            DecisionTraceClient(db_path=db_path, shutdown_timeout_s=bad)  # type: ignore[arg-type]
+        assert raised.value.field == "shutdown_timeout_s"
