@@ -20,6 +20,7 @@ The queue, batch size and delay honour the SDK's ``OTEL_BSP_*`` variables.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -202,7 +203,8 @@ class ExportProcessor(SpanProcessor):
                 return 0
             target = self._accepted
             if self._queue:
-                self._ensure_worker()
+                with contextlib.suppress(RuntimeError):  # no new thread at finalization
+                    self._ensure_worker()
                 self._flush_requested = True
                 self._cond.notify_all()
             while self._handled() < target:

@@ -17,6 +17,7 @@ what goes to collectors). A span that cannot be decoded is logged and counted in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing.util
 import os
@@ -225,7 +226,8 @@ class LedgerSpanProcessor(SpanProcessor):
             # keep the queue growing behind the wait below.
             self._shutdown = True
             if self._queue:
-                self._ensure_writer()
+                with contextlib.suppress(RuntimeError):  # no new thread at finalization:
+                    self._ensure_writer()  # then what is left is counted and logged below
             self._cond.notify_all()
             while self.durability == "batch" and self._written + self._failed < self._recorded:
                 remaining = deadline - time.monotonic()
