@@ -19,6 +19,7 @@ what goes to collectors). A span that cannot be decoded is logged and counted in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing.util
 import os
@@ -31,12 +32,13 @@ from dataclasses import dataclass
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
+from ._export import ExporterStats
 from .attributes import EventRecord
 from .errors import InvalidInputError
 from .exporters import SQLiteSpanExporter
 from .store import Durability, RejectedRecordsError
 
-__all__ = ["LedgerSpanProcessor", "LedgerStats"]
+__all__ = ["ExporterStats", "LedgerSpanProcessor", "LedgerStats"]
 
 _logger = logging.getLogger(__name__)
 
@@ -58,14 +60,19 @@ class LedgerStats:
     Attributes:
         recorded: Spans handed to the processor.
         written: Spans committed to the store (including ones already stored).
-        failed: Spans that could not be written after retries (lost to the ledger).
+        failed: Spans that could not be written after retries, or were still queued when
+            a shutdown deadline passed (lost to the ledger; each loss is logged).
         queued: Spans waiting for the background writer.
+        exporters: One :class:`ExporterStats` per exporter the client sends spans to
+            (OTLP, ``exporters=``): what it delivered, failed and dropped, so a collector
+            that missed events is visible while the ledger kept them.
     """
 
     recorded: int
     written: int
     failed: int
     queued: int
+    exporters: tuple[ExporterStats, ...] = ()
 
 
 class LedgerSpanProcessor(SpanProcessor):
@@ -237,18 +244,52 @@ class LedgerSpanProcessor(SpanProcessor):
                 self._cond.wait(remaining)
             return True
 
+    shutdown_timeout_s: float = 30.0
+    """What :meth:`shutdown` and a ``multiprocessing`` child's exit give the queue."""
+
     def shutdown(self) -> None:
-        """Write what is queued, stop the writer thread. Idempotent."""
+        """The SDK's shutdown: :meth:`close_within` ``shutdown_timeout_s`` from now."""
+        self.close_within(time.monotonic() + self.shutdown_timeout_s)
+
+    def close_within(self, deadline: float) -> int:
+        """Write what is queued until ``deadline`` (a ``time.monotonic()`` time), then stop
+        the writer. Events still queued then are dropped, counted in ``stats().failed``
+        (so the next ``force_flush()`` returns False) and logged with their number, as are
+        those in a write that had not finished. Returns that number. Idempotent; events
+        ending afterwards are written directly."""
         with self._cond:
-            if self._shutdown:
-                return
-        self.force_flush()
-        with self._cond:
+            first = not self._shutdown
+            # From now on on_end() writes directly, so a thread still recording cannot
+            # keep the queue growing behind the wait below.
             self._shutdown = True
+            if self._queue:
+                with contextlib.suppress(RuntimeError):  # no new thread at finalization:
+                    self._ensure_writer()  # then what is left is counted and logged below
+            self._cond.notify_all()
+            while self.durability == "batch" and self._written + self._failed < self._recorded:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            left = len(self._queue)
+            self._queue.clear()
+            self._failed += left
+            in_flight = self._in_flight
             self._cond.notify_all()
             thread = self._thread
+        if first and (left or in_flight):
+            _logger.error(
+                "decision-trace: %d event(s) were not written to %s before the shutdown "
+                "deadline: %d dropped from the queue (lost to the ledger, counted in "
+                "client.stats().failed) and %d in a write that had not finished",
+                left + in_flight,
+                self._exporter.store.path,
+                left,
+                in_flight,
+            )
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=30)
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return left + in_flight if first else 0
 
     def stats(self) -> LedgerStats:
         """Current counters; see :class:`LedgerStats`."""
@@ -368,4 +409,4 @@ def _flush_at_multiprocessing_exit(processor: LedgerSpanProcessor) -> None:
 def _flush_at_exit(ref: weakref.ReferenceType[LedgerSpanProcessor]) -> None:
     processor = ref()
     if processor is not None and not processor._shutdown:
-        processor.force_flush()
+        processor.force_flush(int(processor.shutdown_timeout_s * 1000))
