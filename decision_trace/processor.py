@@ -124,8 +124,10 @@ class LedgerSpanProcessor(SpanProcessor):
         self._queued_at: deque[float] = deque()  # time.monotonic() of each queued row
         self._in_flight_since = 0.0  # when the oldest row of the batch being written queued
         self._retrying = False  # the writer is waiting to retry a failed write
-        # Spans the writer commits in max_lag_s / 2 at the pace of its last batch.
-        self._backlog_cap = self._max_queue_size
+        # Spans the writer commits in max_lag_s / 2 at the pace of its last batch; until a
+        # batch has been timed, a few batches (a producer could otherwise queue thousands
+        # of events before the oldest is max_lag_s old, and they would all wait for it).
+        self._backlog_cap = min(self._max_queue_size, 4 * self._max_batch_size)
         self._recorded = 0
         self._written = 0
         self._failed = 0
