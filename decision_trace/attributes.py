@@ -799,6 +799,26 @@ def ns_from_datetime(value: datetime, field: str) -> int:
     return ns
 
 
+def span_ns_from_datetime(value: datetime, field: str) -> int:
+    """:func:`ns_from_datetime` for a span's own time (``at()``), which OpenTelemetry
+    also sends over OTLP: there a time is an unsigned count, so one before 1970 would
+    make the whole export batch fail.
+
+    Raises:
+        InvalidInputError: ``value`` is not a datetime, or lies outside 1970-01-01 to
+            2262-04-11 UTC (0 to :data:`MAX_NS`).
+    """
+    ns = epoch_ns(value, field)
+    if not 0 <= ns <= MAX_NS:
+        raise InvalidInputError(
+            field,
+            "must be between 1970-01-01T00:00:00Z and 2262-04-11T23:47:16.854775Z "
+            "(a span's time is a 64-bit count of nanoseconds since 1970, unsigned in "
+            f"OpenTelemetry's wire format), got {value.isoformat()}",
+        )
+    return ns
+
+
 def _enum_or(parser: Any, value: str, fallback: Any) -> Any:
     try:
         return parser(value, "stored value")

@@ -33,7 +33,7 @@ from .attributes import (
     dumps,
     exception_message,
     exception_text,
-    ns_from_datetime,
+    span_ns_from_datetime,
 )
 from .errors import DecisionTraceError, InvalidInputError
 from .models import (
@@ -558,11 +558,12 @@ class TraceBuilder:
 
         Raises:
             InvalidInputError: ``timestamp`` (field ``timestamp``) is not a datetime or
-                lies outside 1677-09-21 to 2262-04-11 UTC, the times a span can hold.
+                lies outside 1970-01-01 to 2262-04-11 UTC, the times a span can hold
+                (unsigned 64-bit nanoseconds since 1970 over OTLP, signed in SQLite).
         """
         if self._as_span:
             raise DecisionTraceError("at() cannot be used with span(); its time is measured")
-        self._start_ns = ns_from_datetime(timestamp, "timestamp")
+        self._start_ns = span_ns_from_datetime(timestamp, "timestamp")
         return self
 
     def child_of(self, parent: str) -> TraceBuilder:

@@ -18,7 +18,9 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from decision_trace import (
     DecisionTraceClient,
@@ -30,10 +32,12 @@ from decision_trace.cli import main
 from decision_trace.ecommerce import EcommerceClient
 
 UTC = timezone.utc
-FIRST = datetime(1677, 9, 21, 0, 12, 43, 145225, tzinfo=UTC)
-"""The earliest time a span (64-bit nanoseconds since 1970) can hold, to the microsecond."""
+FIRST = datetime(1970, 1, 1, tzinfo=UTC)
+"""The earliest time an event can have: OTLP sends a span's time as unsigned nanoseconds."""
 LAST = datetime(2262, 4, 11, 23, 47, 16, 854775, tzinfo=UTC)
-"""The latest."""
+"""The latest, to the microsecond: the ledger stores signed 64-bit nanoseconds."""
+LEDGER_FIRST = datetime(1677, 9, 21, 0, 12, 43, 145225, tzinfo=UTC)
+"""The earliest time a signed 64-bit nanosecond count (an SQLite integer) holds."""
 
 
 class BrokenStr(Exception):
@@ -58,7 +62,9 @@ OUT_OF_RANGE = [
     pytest.param(datetime(9999, 1, 1), id="9999"),
     pytest.param(datetime.min, id="min"),
     pytest.param(datetime.max.replace(tzinfo=UTC), id="max-aware"),
-    pytest.param(FIRST - timedelta(microseconds=1), id="just-before-1677"),
+    pytest.param(LEDGER_FIRST - timedelta(microseconds=1), id="just-before-1677"),
+    pytest.param(datetime(1960, 1, 1), id="1960"),
+    pytest.param(FIRST - timedelta(microseconds=1), id="just-before-1970"),
     pytest.param(LAST + timedelta(microseconds=1), id="just-after-2262"),
     pytest.param(datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5))), id="year-0-in-utc"),
     pytest.param(datetime(1, 1, 1, tzinfo=FailingOffset()), id="failing-tzinfo"),
@@ -91,9 +97,11 @@ def test_out_of_range_timestamps_raise_naming_the_field(
     assert abs(event.timestamp - datetime.now(UTC)) < timedelta(hours=1)
 
 
-def test_the_first_and_last_storable_times_are_stored_exactly(
-    client: DecisionTraceClient,
+def test_the_first_and_last_storable_times_are_stored_and_exported_exactly(
+    make_client: Callable[..., DecisionTraceClient], durability: str
 ) -> None:
+    otlp = InMemorySpanExporter()
+    client = make_client(durability=durability, exporters=[otlp])
     no_offset = datetime(2024, 5, 6, 7, 8, 9, tzinfo=NoOffset())
     cases = {
         FIRST: FIRST,
@@ -104,6 +112,10 @@ def test_the_first_and_last_storable_times_are_stored_exactly(
     for when, expected in cases.items():
         event = client.get_event(client.trace("backfill.event").by_system("s").at(when).record())
         assert event is not None and event.timestamp == expected
+    assert client.flush()
+    spans = otlp.get_finished_spans()
+    assert len(spans) == len(cases)
+    assert encode_spans(spans).SerializeToString()  # what OTLP sends: every time fits
 
 
 # -- one bad input among 600 good ones ---------------------------------------------------
@@ -411,6 +423,8 @@ def test_query_bounds_beyond_the_storable_range_are_clamped(client: DecisionTrac
     assert found(start=datetime(9999, 1, 1)) == set()
     assert found(end=datetime(1, 1, 1)) == set()
     assert found(end=FIRST) == set()
+    assert found(end=LEDGER_FIRST) == set()
+    assert found(start=LEDGER_FIRST) == everything
     assert found(end=FIRST + timedelta(microseconds=1)) == {ids["first"]}
     assert found(start=LAST) == {ids["last"]}
     assert found(start=datetime(1500, 1, 1), end=datetime(2100, 1, 1)) == {
