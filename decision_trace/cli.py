@@ -160,7 +160,10 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
         ) from None
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:  # 0001-01-01T00:00+05:00 is before year 1 in UTC
+        raise ValueError(f"{text!r} is before year 1 or after year 9999 in UTC") from None
 
 
 class _TimeType(_ParamType):

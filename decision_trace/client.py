@@ -300,6 +300,10 @@ class DecisionTraceClient:
     ) -> None:
         if durability not in ("sync", "batch"):
             raise InvalidInputError("durability", f"must be 'sync' or 'batch', got {durability!r}")
+        if service_name is not None and not isinstance(service_name, str):
+            raise InvalidInputError(
+                "service_name", f"must be a string, got {type(service_name).__name__}"
+            )
         if redact is not None and not isinstance(redact, Redaction):
             raise InvalidInputError("redact", f"must be a Redaction, got {type(redact).__name__}")
         self._redaction = redact
@@ -312,11 +316,16 @@ class DecisionTraceClient:
             self._exporter, durability=durability, max_queue_size=max_queue_size
         )
         self._ledger.shutdown_timeout_s = self.shutdown_timeout_s
-        resource_attrs = {keys.SERVICE_NAME: service_name} if service_name else {}
+        # service.name (service_name= or OTEL_SERVICE_NAME) is plain text like any other:
+        # a lone surrogate, which no row or OTLP request can hold, becomes U+FFFD.
+        resource = Resource.create({keys.SERVICE_NAME: service_name} if service_name else {})
+        name = resource.attributes.get(keys.SERVICE_NAME)
+        if isinstance(name, str) and name != keys.clean_text(name):
+            resource = resource.merge(Resource({keys.SERVICE_NAME: keys.clean_text(name)}))
         sampler = _LedgerSampler()
         self._provider = TracerProvider(
             sampler=sampler,
-            resource=Resource.create(resource_attrs),
+            resource=resource,
             span_limits=_NO_LIMITS,
             shutdown_on_exit=False,
             id_generator=_OsRandomIdGenerator(),

@@ -14,10 +14,12 @@ from datetime import datetime
 from typing import Any, Literal
 
 from .attributes import (
+    MAX_NS,
+    MIN_NS,
     clean_text,
     datetime_from_ns,
+    epoch_ns,
     events_from_rows,
-    ns_from_datetime,
 )
 from .errors import EventNotFoundError, InvalidInputError, StoreError
 from .models import ActorType, ObjectType, Outcome, TraceEvent
@@ -140,14 +142,28 @@ class QueryFilters:
         outcome: Outcome | str | None = None,
         correlation_id: str | None = None,
     ) -> QueryFilters:
+        """Validate the filters and turn them into SQL.
+
+        ``start`` and ``end`` may be any datetime: a bound before or after every time a
+        ledger can hold (1677-09-21 to 2262-04-11 UTC) is clamped to that range, so it
+        selects all events or none, as it would if such times could be stored.
+        """
         clauses: list[str] = []
         params: list[Any] = []
         if start is not None:
-            clauses.append("e.start_ns >= ?")
-            params.append(ns_from_datetime(start, "start"))
+            start_ns = epoch_ns(start, "start")
+            if start_ns > MAX_NS:
+                clauses.append("0")  # after every storable time: nothing matches
+            elif start_ns > MIN_NS:  # (at or before the first: no bound at all)
+                clauses.append("e.start_ns >= ?")
+                params.append(start_ns)
         if end is not None:
-            clauses.append("e.start_ns < ?")
-            params.append(ns_from_datetime(end, "end"))
+            end_ns = epoch_ns(end, "end")
+            if end_ns <= MIN_NS:
+                clauses.append("0")  # nothing starts before the first storable time
+            elif end_ns <= MAX_NS:  # (past the last: no bound at all)
+                clauses.append("e.start_ns < ?")
+                params.append(end_ns)
         types = _strings(event_types, "event_types")
         if types is not None:
             clauses.append(f"e.event_type IN ({_placeholders(types)})")
@@ -204,16 +220,22 @@ class QueryFilters:
             if not isinstance(correlation_id, str):
                 raise InvalidInputError("correlation_id", "must be a string")
             clauses.append("e.trace_id = ?")
-            params.append(correlation_id.lower())
+            params.append(clean_text(correlation_id.lower()))
         where = " WHERE " + " AND ".join(clauses) if clauses else ""
         return cls(where=where, params=tuple(params))
 
 
-def _check_limit(limit: int | None, offset: int) -> None:
+def _check_limit(limit: int | None, offset: int) -> tuple[int, int]:
+    """``(limit, offset)`` as SQL binds them: -1 for no limit; counts beyond a 64-bit
+    integer (more rows than a ledger can hold) are clamped to the largest one."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise InvalidInputError("limit", f"must be a non-negative integer or None, got {limit!r}")
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
         raise InvalidInputError("offset", f"must be a non-negative integer, got {offset!r}")
+    return (-1 if limit is None else min(int(limit), _MAX_INT64)), min(int(offset), _MAX_INT64)
+
+
+_MAX_INT64 = 2**63 - 1
 
 
 def _run(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
@@ -254,7 +276,7 @@ def query_events(
     order: Order = "desc",
 ) -> list[TraceEvent]:
     """Events matching ``filters``, newest first (``order="desc"``) or oldest first."""
-    _check_limit(limit, offset)
+    sql_limit, sql_offset = _check_limit(limit, offset)
     if order not in ("desc", "asc"):
         raise InvalidInputError("order", f"must be 'desc' or 'asc', got {order!r}")
     direction = "DESC" if order == "desc" else "ASC"
@@ -262,7 +284,7 @@ def query_events(
     params = list(filters.params)
     if limit is not None or offset:
         sql += " LIMIT ? OFFSET ?"
-        params += [-1 if limit is None else limit, offset]
+        params += [sql_limit, sql_offset]
     return _events(conn, _run(conn, sql, params))
 
 
@@ -290,11 +312,11 @@ def fts_query(text: str) -> str | None:
 def search_events(conn: sqlite3.Connection, text: str, *, limit: int | None) -> list[TraceEvent]:
     """Events whose description, reasoning or context contain every word of ``text``,
     most recently stored first."""
-    _check_limit(limit, 0)
+    sql_limit = _check_limit(limit, 0)[0]
     match = fts_query(text)
     if match is None:
         return []
-    return _events(conn, _run(conn, _SEARCH_SQL, [match, -1 if limit is None else limit]))
+    return _events(conn, _run(conn, _SEARCH_SQL, [match, sql_limit]))
 
 
 _SEARCH_SQL = (
@@ -326,7 +348,8 @@ def get_event(conn: sqlite3.Connection, event_id: str) -> TraceEvent | None:
     """The event with this id, or None."""
     if not isinstance(event_id, str):
         raise InvalidInputError("event_id", f"must be a string, got {type(event_id).__name__}")
-    events = _events(conn, _run(conn, f"{_SELECT} WHERE e.id = ?", [event_id.lower()]))
+    wanted = clean_text(event_id.lower())
+    events = _events(conn, _run(conn, f"{_SELECT} WHERE e.id = ?", [wanted]))
     return events[0] if events else None
 
 
@@ -344,7 +367,7 @@ def get_chain(conn: sqlite3.Connection, event_id: str) -> ChainNode:
     """
     if not isinstance(event_id, str):
         raise InvalidInputError("event_id", f"must be a string, got {type(event_id).__name__}")
-    wanted = event_id.lower()
+    wanted = clean_text(event_id.lower())
     # One statement: the event is among its trace's events, so its trace id is all that
     # is needed, and no rows at all means no such event.
     events = _events(
@@ -404,13 +427,13 @@ def object_history(
     limit: int | None = None,
 ) -> list[TraceEvent]:
     """Every event that touched the object, oldest first."""
-    _check_limit(limit, 0)
+    sql_limit = _check_limit(limit, 0)[0]
     linked, params = _object_links(external_id, object_type)
     sql = (
         f"{_SELECT} JOIN ({linked}) AS h ON h.event_rowid = e.rowid "
         "ORDER BY h.start_ns, e.rowid LIMIT ?"
     )
-    return _events(conn, _run(conn, sql, [*params, -1 if limit is None else limit]))
+    return _events(conn, _run(conn, sql, [*params, sql_limit]))
 
 
 def _object_links(external_id: str, object_type: ObjectType | str | None) -> tuple[str, list[Any]]:
@@ -569,7 +592,7 @@ def summarize(conn: sqlite3.Connection, *, days: int | None = None) -> LedgerSum
         days: Keep only the newest ``days`` days that have events in ``by_day``
             (None for every day).
     """
-    _check_limit(days, 0)
+    sql_days = _check_limit(days, 0)[0]
 
     def grouped(column: str) -> list[Any]:
         return _run(
@@ -596,7 +619,7 @@ def summarize(conn: sqlite3.Connection, *, days: int | None = None) -> LedgerSum
             conn,
             "SELECT date(start_ns / 1000000000, 'unixepoch') AS day, count(*) FROM events "
             "GROUP BY day ORDER BY day DESC LIMIT ?",
-            [-1 if days is None else days],
+            [sql_days],
         )
         summary = LedgerSummary(
             events=int(total),
