@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.trace import Status, StatusCode
 
 from decision_trace.attributes import EventRecord, span_id_hex
 from decision_trace.errors import StoreError
@@ -23,7 +22,8 @@ from decision_trace.store import Store, _event_row
 # Hand-made spans that reach the writer with a value Python cannot bind into SQLite
 # (the builder refuses such values at the call; spans from elsewhere are not checked).
 # Each makes one span through one of two providers sharing the ledger processor:
-# ``plain`` (a normal resource) or ``odd`` (a service name with a lone surrogate).
+# ``plain`` (a normal resource) or ``odd`` (a service name with a lone surrogate, which
+# the decoder now replaces, so the odd provider's spans are good ones).
 BadSpan = Callable[[TracerProvider, TracerProvider], int]
 
 
@@ -39,15 +39,18 @@ def _start_before_1677(plain: TracerProvider, odd: TracerProvider) -> int:
     return span.get_span_context().span_id
 
 
-def _surrogate_in_error_message(plain: TracerProvider, odd: TracerProvider) -> int:
-    span = plain.get_tracer("app").start_span("bad.error")
-    span.set_status(Status(StatusCode.ERROR, "payment failed: \ud83d"))  # UnicodeEncodeError
+def _surrogate_in_description(plain: TracerProvider, odd: TracerProvider) -> int:
+    # A decision span made by hand (not through the builder, which cleans text): the lone
+    # surrogate reaches the writer, and UTF-8 cannot hold it (UnicodeEncodeError).
+    attributes = {"decision_trace.event_type": "bad.text", "decision_trace.description": "\ud83d"}
+    span = plain.get_tracer("app").start_span("bad.text", attributes=attributes)
     span.end()
     return span.get_span_context().span_id
 
 
-def _surrogate_in_service_name(plain: TracerProvider, odd: TracerProvider) -> int:
-    span = odd.get_tracer("app").start_span("bad.service")
+def _surrogate_in_tag(plain: TracerProvider, odd: TracerProvider) -> int:
+    attributes = {"decision_trace.event_type": "bad.tag", "decision_trace.tags": ["eu\udc00"]}
+    span = plain.get_tracer("app").start_span("bad.tag", attributes=attributes)
     span.end()
     return span.get_span_context().span_id
 
@@ -55,8 +58,8 @@ def _surrogate_in_service_name(plain: TracerProvider, odd: TracerProvider) -> in
 BAD_SPANS = {
     "start-after-2262": _start_after_2262,
     "start-before-1677": _start_before_1677,
-    "surrogate-in-error-message": _surrogate_in_error_message,
-    "surrogate-in-service-name": _surrogate_in_service_name,
+    "surrogate-in-description": _surrogate_in_description,
+    "surrogate-in-tag": _surrogate_in_tag,
 }
 
 
