@@ -40,7 +40,9 @@ from .exporters import SQLiteSpanExporter
 from .models import ActorType, ObjectType, Outcome, TraceEvent
 from .processor import LedgerSpanProcessor, LedgerStats
 from .redaction import Redaction
-from .store import Durability, Store, default_db_path
+from .storage import EventFilters, Ledger, Order, open_ledger
+from .storage.sqlite import SQLiteLedger
+from .store import Durability, default_db_path
 
 __all__ = ["DecisionTraceClient"]
 
@@ -306,8 +308,10 @@ class DecisionTraceClient:
         self._redaction = redact
         self.durability: Durability = durability
         path = db_path if db_path is not None else default_db_path()
-        self._store = Store(path, durability=durability)
-        self._exporter = SQLiteSpanExporter(store=self._store)
+        self._storage: Ledger = open_ledger(path, durability=durability)
+        if not isinstance(self._storage, SQLiteLedger):  # pragma: no cover - one backend today
+            raise InvalidInputError("db_path", f"cannot record into {self._storage.location}")
+        self._exporter = SQLiteSpanExporter(store=self._storage.store)
         self._ledger = LedgerSpanProcessor(
             self._exporter, durability=durability, max_queue_size=max_queue_size
         )
@@ -344,7 +348,7 @@ class DecisionTraceClient:
     @property
     def db_path(self) -> str:
         """The path of the SQLite ledger."""
-        return str(self._store.path)
+        return self._storage.location
 
     @property
     def tracer_provider(self) -> TracerProvider:
@@ -399,12 +403,10 @@ class DecisionTraceClient:
                     trace_flags=known.trace_flags,
                     trace_state=known.trace_state,
                 )
-            with self._store.reader() as conn:
-                trace_id = q.trace_id_of(conn, event_id)
+            trace_id = self._storage.trace_id_of(event_id)
             if trace_id is None:
                 self._read_your_writes()
-                with self._store.reader() as conn:
-                    trace_id = q.trace_id_of(conn, event_id)
+                trace_id = self._storage.trace_id_of(event_id)
             if trace_id is None:
                 raise EventNotFoundError(parent)
             return SpanContext(
@@ -455,7 +457,7 @@ class DecisionTraceClient:
         correlation_id: str | None = None,
         limit: int | None = 100,
         offset: int = 0,
-        order: q.Order = "desc",
+        order: Order = "desc",
     ) -> list[TraceEvent]:
         """Events matching every filter given, newest first by default.
 
@@ -478,7 +480,7 @@ class DecisionTraceClient:
             offset: Skip this many first.
             order: ``"desc"`` (newest first) or ``"asc"``.
         """
-        filters = q.QueryFilters.build(
+        filters = EventFilters.build(
             start=start,
             end=end,
             event_types=event_types,
@@ -491,8 +493,7 @@ class DecisionTraceClient:
             correlation_id=correlation_id,
         )
         self._read_your_writes()
-        conn = self._store.read_connection()
-        return q.query_events(conn, filters, limit=limit, offset=offset, order=order)
+        return self._storage.query(filters, limit=limit, offset=offset, order=order)
 
     def search(self, text: str, limit: int | None = 50) -> list[TraceEvent]:
         """Full-text search over descriptions, reasoning and context, newest first.
@@ -501,14 +502,12 @@ class DecisionTraceClient:
         ``*`` or ``-`` are searched for as words, never parsed as syntax.
         """
         self._read_your_writes()
-        conn = self._store.read_connection()
-        return q.search_events(conn, text, limit=limit)
+        return self._storage.search(text, limit=limit)
 
     def get_event(self, event_id: str) -> TraceEvent | None:
         """The event with this id, or None."""
         self._read_your_writes()
-        conn = self._store.read_connection()
-        return q.get_event(conn, event_id)
+        return self._storage.get_event(event_id)
 
     def get_chain(self, event_id: str) -> q.ChainNode:
         """The chain an event belongs to: its topmost stored ancestor and every
@@ -518,8 +517,7 @@ class DecisionTraceClient:
             EventNotFoundError: the event is not in the store.
         """
         self._read_your_writes()
-        conn = self._store.read_connection()
-        return q.get_chain(conn, event_id)
+        return self._storage.get_chain(event_id)
 
     def get_object_history(
         self,
@@ -530,8 +528,7 @@ class DecisionTraceClient:
     ) -> list[TraceEvent]:
         """Every event that touched an object, oldest first."""
         self._read_your_writes()
-        conn = self._store.read_connection()
-        return q.object_history(conn, external_id, object_type, limit=limit)
+        return self._storage.object_history(external_id, object_type, limit=limit)
 
     def stats(self) -> LedgerStats:
         """Counters of recorded, written, failed and queued events in this process."""
@@ -554,7 +551,7 @@ class DecisionTraceClient:
         try:
             self._provider.shutdown()
         finally:
-            self._store.close()
+            self._storage.close()
             _live_clients.discard(self)
 
     def __enter__(self) -> DecisionTraceClient:

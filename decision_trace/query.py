@@ -8,23 +8,21 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from .attributes import (
     clean_text,
     datetime_from_ns,
     events_from_rows,
-    ns_from_datetime,
 )
 from .errors import EventNotFoundError, InvalidInputError, StoreError
-from .models import ActorType, ObjectType, Outcome, TraceEvent
+from .models import ObjectType, TraceEvent
+from .storage.filters import EventFilters, Order, check_limit
 
 __all__ = ["ChainNode", "QueryFilters", "fts_query"]
-
-Order = Literal["desc", "asc"]
 
 _COLUMNS = (
     "e.rowid, e.id, e.trace_id, e.parent_id, e.start_ns, e.duration_ns, e.event_type, "
@@ -61,115 +59,68 @@ class ChainNode:
             yield from child._nodes()
 
 
-def _as_list(value: Any, field: str) -> list[Any] | None:
-    """None means no filter; a single string is a one-element list."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return [value]
-    if not isinstance(value, Iterable):
-        raise InvalidInputError(field, f"must be a list, got {type(value).__name__}")
-    return list(value)
-
-
-def _strings(value: Any, field: str) -> list[str] | None:
-    items = _as_list(value, field)
-    if items is None:
-        return None
-    for item in items:
-        if not isinstance(item, str):
-            raise InvalidInputError(field, f"must hold strings, got {item!r}")
-    return [clean_text(item) for item in items]
-
-
 def _placeholders(values: Sequence[Any]) -> str:
     return ",".join("?" * len(values))
 
 
 @dataclass(frozen=True)
 class QueryFilters:
-    """Validated ``query()`` arguments; see :meth:`DecisionTraceClient.query`."""
+    """:class:`~decision_trace.storage.filters.EventFilters` as an SQLite ``WHERE`` clause
+    over ``events AS e``, with its parameters."""
 
     where: str
     params: tuple[Any, ...]
 
     @classmethod
-    def build(
-        cls,
-        *,
-        start: datetime | None = None,
-        end: datetime | None = None,
-        event_types: Iterable[str] | str | None = None,
-        actor_types: Iterable[ActorType | str] | ActorType | str | None = None,
-        actor_ids: Iterable[str] | str | None = None,
-        object_types: Iterable[ObjectType | str] | ObjectType | str | None = None,
-        object_ids: Iterable[str] | str | None = None,
-        tags: Iterable[str] | str | None = None,
-        outcome: Outcome | str | None = None,
-        correlation_id: str | None = None,
-    ) -> QueryFilters:
+    def build(cls, **filters: Any) -> QueryFilters:
+        """Validate ``query()``'s arguments (see :meth:`EventFilters.build`) into SQL."""
+        return cls.of(EventFilters.build(**filters))
+
+    @classmethod
+    def of(cls, filters: EventFilters) -> QueryFilters:
+        """The SQL of already validated ``filters``."""
         clauses: list[str] = []
         params: list[Any] = []
-        if start is not None:
+        if filters.start_ns is not None:
             clauses.append("e.start_ns >= ?")
-            params.append(ns_from_datetime(start, "start"))
-        if end is not None:
+            params.append(filters.start_ns)
+        if filters.end_ns is not None:
             clauses.append("e.start_ns < ?")
-            params.append(ns_from_datetime(end, "end"))
-        types = _strings(event_types, "event_types")
-        if types is not None:
-            clauses.append(f"e.event_type IN ({_placeholders(types)})")
-            params.extend(types)
-        actor_type_list = _as_list(
-            [actor_types] if isinstance(actor_types, ActorType) else actor_types, "actor_types"
-        )
-        if actor_type_list is not None:
-            values = [ActorType.parse(a, "actor_types").value for a in actor_type_list]
-            clauses.append(f"e.actor_type IN ({_placeholders(values)})")
-            params.extend(values)
-        ids = _strings(actor_ids, "actor_ids")
-        if ids is not None:
-            clauses.append(f"e.actor_id IN ({_placeholders(ids)})")
-            params.extend(ids)
-        object_type_list = _as_list(
-            [object_types] if isinstance(object_types, ObjectType) else object_types,
-            "object_types",
-        )
-        object_id_list = _strings(object_ids, "object_ids")
-        if object_type_list is not None or object_id_list is not None:
-            sub = ["o.event_rowid = e.rowid"]
-            if object_type_list is not None:
-                values = [ObjectType.parse(o, "object_types").value for o in object_type_list]
-                sub.append(f"o.object_type IN ({_placeholders(values)})")
+            params.append(filters.end_ns)
+        for column, values in (
+            ("e.event_type", filters.event_types),
+            ("e.actor_type", filters.actor_types),
+            ("e.actor_id", filters.actor_ids),
+        ):
+            if values is not None:
+                clauses.append(f"{column} IN ({_placeholders(values)})")
                 params.extend(values)
-            if object_id_list is not None:
-                sub.append(f"o.external_id IN ({_placeholders(object_id_list)})")
-                params.extend(object_id_list)
+        if filters.object_types is not None or filters.object_ids is not None:
+            sub = ["o.event_rowid = e.rowid"]
+            if filters.object_types is not None:
+                sub.append(f"o.object_type IN ({_placeholders(filters.object_types)})")
+                params.extend(filters.object_types)
+            if filters.object_ids is not None:
+                sub.append(f"o.external_id IN ({_placeholders(filters.object_ids)})")
+                params.extend(filters.object_ids)
             clauses.append(f"EXISTS (SELECT 1 FROM event_objects AS o WHERE {' AND '.join(sub)})")
-        tag_list = _strings(tags, "tags")
-        if tag_list is not None:
+        if filters.tags is not None:
             clauses.append(
                 "EXISTS (SELECT 1 FROM event_tags AS t WHERE t.event_rowid = e.rowid "
-                f"AND t.tag IN ({_placeholders(tag_list)}))"
+                f"AND t.tag IN ({_placeholders(filters.tags)}))"
             )
-            params.extend(tag_list)
-        if outcome is not None:
+            params.extend(filters.tags)
+        if filters.outcome is not None:
             clauses.append("e.outcome = ?")
-            params.append(Outcome.parse(outcome, "outcome").value)
-        if correlation_id is not None:
-            if not isinstance(correlation_id, str):
-                raise InvalidInputError("correlation_id", "must be a string")
+            params.append(filters.outcome)
+        if filters.correlation_id is not None:
             clauses.append("e.trace_id = ?")
-            params.append(correlation_id.lower())
+            params.append(filters.correlation_id)
         where = " WHERE " + " AND ".join(clauses) if clauses else ""
         return cls(where=where, params=tuple(params))
 
 
-def _check_limit(limit: int | None, offset: int) -> None:
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise InvalidInputError("limit", f"must be a non-negative integer or None, got {limit!r}")
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise InvalidInputError("offset", f"must be a non-negative integer, got {offset!r}")
+_check_limit = check_limit
 
 
 def _run(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
