@@ -176,6 +176,22 @@ def clean_text(value: str) -> str:
     return _LONE_SURROGATE.sub("\ufffd", value)
 
 
+def exception_message(error: BaseException) -> str:
+    """``str(error)`` as plain text (lone surrogates replaced), never raising: an
+    exception whose ``__str__`` fails gives ``"<exception str() failed>"``, as
+    :mod:`traceback` shows it."""
+    try:
+        message = str(error)
+    except Exception:
+        return "<exception str() failed>"
+    return clean_text(message)
+
+
+def exception_text(error: BaseException) -> str:
+    """The error text of a failed event: ``"<type name>: <message>"``, plain text."""
+    return clean_text(type(error).__name__) + ": " + exception_message(error)
+
+
 def _float_value(value: float) -> float | str:
     if math.isfinite(value):
         return value
@@ -631,8 +647,8 @@ def _decode_span(
         )
     outcome = get(OUTCOME) or (_FAILURE if failed else _SUCCESS)
     error = get(ERROR)
-    if error is None and failed:
-        error = status_error
+    if error is None and failed and status_error is not None:
+        error = clean_text(status_error)  # set by hand on the span, not by the builder
     types = get(OBJECT_TYPES)
     ids = get(OBJECT_IDS)
     tags = get(TAGS)
@@ -701,9 +717,10 @@ def _foreign_record(
     actor_type: str | None = None
     actor_id: str | None = None
     actor_name: str | None = None
+    # Another library's span: its text is made plain text here, as the builder does.
     if attrs.get(USER_ID):
-        actor_type, actor_id = ActorType.USER.value, str(attrs[USER_ID])
-        actor_name = str(attrs[USER_NAME]) if attrs.get(USER_NAME) else None
+        actor_type, actor_id = ActorType.USER.value, clean_text(str(attrs[USER_ID]))
+        actor_name = clean_text(str(attrs[USER_NAME])) if attrs.get(USER_NAME) else None
     elif service_name:
         actor_type, actor_id = ActorType.SYSTEM.value, service_name
     metadata = {key: list(v) if isinstance(v, tuple) else v for key, v in attrs.items()}
@@ -726,7 +743,7 @@ def _foreign_record(
         objects_json=None,
         tags=(),
         outcome=Outcome.FAILURE.value if failed else Outcome.SUCCESS.value,
-        error=status_error if failed else None,
+        error=clean_text(status_error) if failed and status_error is not None else None,
         metadata_json=dumps(metadata, "attributes") if metadata else None,
         service_name=service_name,
     )
@@ -740,14 +757,66 @@ def datetime_from_ns(ns: int) -> datetime:
     return _EPOCH + timedelta(microseconds=ns // 1000)
 
 
-def ns_from_datetime(value: datetime, field: str) -> int:
-    """Nanoseconds since the epoch; a naive datetime is taken as UTC."""
+MIN_NS = -(2**63)
+"""The earliest storable time, 1677-09-21T00:12:43.145224192Z: times are 64-bit
+nanosecond counts since the epoch (SQLite integers; OpenTelemetry span times)."""
+MAX_NS = 2**63 - 1
+"""The latest storable time, 2262-04-11T23:47:16.854775807Z."""
+
+
+def epoch_ns(value: datetime, field: str) -> int:
+    """Nanoseconds since the epoch, however far from it; a naive datetime is taken as
+    UTC. :func:`ns_from_datetime` also checks that the result can be stored.
+
+    Raises:
+        InvalidInputError: ``value`` is not a datetime, or its timezone gives no offset.
+    """
     if not isinstance(value, datetime):
         raise InvalidInputError(field, f"must be a datetime, got {type(value).__name__}")
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    delta = value - _EPOCH
+    try:
+        if value.tzinfo is None or value.utcoffset() is None:
+            value = value.replace(tzinfo=timezone.utc)
+        delta = value - _EPOCH
+    except Exception as exc:  # a tzinfo whose utcoffset() fails
+        raise InvalidInputError(field, f"cannot be converted to UTC: {exc!r}") from None
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+
+
+def ns_from_datetime(value: datetime, field: str) -> int:
+    """Nanoseconds since the epoch; a naive datetime is taken as UTC.
+
+    Raises:
+        InvalidInputError: ``value`` is not a datetime, or lies outside the storable
+            range (1677-09-21 to 2262-04-11 UTC, :data:`MIN_NS` to :data:`MAX_NS`).
+    """
+    ns = epoch_ns(value, field)
+    if not MIN_NS <= ns <= MAX_NS:
+        raise InvalidInputError(
+            field,
+            "must be between 1677-09-21T00:12:43.145225Z and 2262-04-11T23:47:16.854775Z "
+            f"(times are stored as 64-bit nanoseconds since 1970), got {value.isoformat()}",
+        )
+    return ns
+
+
+def span_ns_from_datetime(value: datetime, field: str) -> int:
+    """:func:`ns_from_datetime` for a span's own time (``at()``), which OpenTelemetry
+    also sends over OTLP: there a time is an unsigned count, so one before 1970 would
+    make the whole export batch fail.
+
+    Raises:
+        InvalidInputError: ``value`` is not a datetime, or lies outside 1970-01-01 to
+            2262-04-11 UTC (0 to :data:`MAX_NS`).
+    """
+    ns = epoch_ns(value, field)
+    if not 0 <= ns <= MAX_NS:
+        raise InvalidInputError(
+            field,
+            "must be between 1970-01-01T00:00:00Z and 2262-04-11T23:47:16.854775Z "
+            "(a span's time is a 64-bit count of nanoseconds since 1970, unsigned in "
+            f"OpenTelemetry's wire format), got {value.isoformat()}",
+        )
+    return ns
 
 
 def _enum_or(parser: Any, value: str, fallback: Any) -> Any:
@@ -1047,7 +1116,7 @@ def record_from_span(span: ReadableSpan) -> EventRecord:
     if resource is not cached_resource:
         # Every span of a provider shares its resource: look the name up once.
         service = resource.attributes.get(SERVICE_NAME) if resource is not None else None
-        service_name = str(service) if service is not None else None
+        service_name = clean_text(str(service)) if service is not None else None
         _last_resource = (resource, service_name)
     return _decode_span(
         context.span_id,

@@ -15,6 +15,8 @@ builder so calls chain::
 
 from __future__ import annotations
 
+import logging
+import traceback as _traceback
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -25,7 +27,14 @@ from opentelemetry import trace as otel_trace
 from opentelemetry.trace import Span, SpanContext, Status, StatusCode
 
 from . import attributes as keys
-from .attributes import AttributeValue, clean_text, dumps, ns_from_datetime
+from .attributes import (
+    AttributeValue,
+    clean_text,
+    dumps,
+    exception_message,
+    exception_text,
+    span_ns_from_datetime,
+)
 from .errors import DecisionTraceError, InvalidInputError
 from .models import (
     Actor,
@@ -46,6 +55,8 @@ if TYPE_CHECKING:
     from .client import DecisionTraceClient
 
 __all__ = ["TraceBuilder"]
+
+_logger = logging.getLogger(__name__)
 
 
 class TraceBuilder:
@@ -519,10 +530,15 @@ class TraceBuilder:
         return self
 
     def failed(self, error: str | BaseException | None = None) -> TraceBuilder:
-        """Mark the outcome a failure, with the error message or exception."""
+        """Mark the outcome a failure, with the error message or exception.
+
+        An exception is stored as ``"<type name>: <message>"``, plain text like the
+        other text fields (a lone surrogate becomes U+FFFD; a ``__str__`` that raises
+        gives ``<exception str() failed>``).
+        """
         self._outcome = Outcome.FAILURE
         if isinstance(error, BaseException):
-            self._error = f"{type(error).__name__}: {error}"
+            self._error = exception_text(error)
         elif error is not None:
             if not isinstance(error, str):
                 raise InvalidInputError("error", "must be a string or an exception")
@@ -539,10 +555,15 @@ class TraceBuilder:
 
         For importing or backfilling past events. A naive datetime is taken as UTC.
         Not available on ``span()`` builders, whose time is the block's real time.
+
+        Raises:
+            InvalidInputError: ``timestamp`` (field ``timestamp``) is not a datetime or
+                lies outside 1970-01-01 to 2262-04-11 UTC, the times a span can hold
+                (unsigned 64-bit nanoseconds since 1970 over OTLP, signed in SQLite).
         """
         if self._as_span:
             raise DecisionTraceError("at() cannot be used with span(); its time is measured")
-        self._start_ns = ns_from_datetime(timestamp, "timestamp")
+        self._start_ns = span_ns_from_datetime(timestamp, "timestamp")
         return self
 
     def child_of(self, parent: str) -> TraceBuilder:
@@ -646,9 +667,24 @@ class TraceBuilder:
         if span is None:
             return
         try:
+            self._finish(span, exc)
+        except Exception:
+            if exc is None:
+                raise  # as from record(): e.g. a sync-mode StoreError
+            # The application's own exception must propagate unchanged: this one would
+            # replace it, so it is only logged.
+            _logger.exception(
+                "decision-trace: could not record failed span %s (%s); the application's "
+                "exception propagates",
+                self._recorded_id,
+                self._event_type,
+            )
+
+    def _finish(self, span: Span, exc: BaseException | None) -> None:
+        try:
             if exc is not None:
                 self.failed(exc)
-                span.record_exception(exc)
+                span.add_event("exception", _exception_attributes(exc))
             span.set_attributes(self._final_attributes())
             if self._outcome is Outcome.FAILURE:
                 span.set_status(Status(StatusCode.ERROR, self._error))
@@ -657,3 +693,18 @@ class TraceBuilder:
                 otel_context.detach(self._token)  # type: ignore[arg-type]
                 self._token = None
             span.end()
+
+
+def _exception_attributes(exc: BaseException) -> dict[str, AttributeValue]:
+    """What ``Span.record_exception`` records, as plain text and never raising on the
+    exception's own ``__str__`` (the SDK calls it unguarded)."""
+    kind = type(exc)
+    module, name = kind.__module__, kind.__qualname__
+    exception_type = f"{module}.{name}" if module and module != "builtins" else name
+    stacktrace = "".join(_traceback.format_exception(kind, exc, exc.__traceback__))
+    return {
+        "exception.type": clean_text(exception_type),
+        "exception.message": exception_message(exc),
+        "exception.stacktrace": clean_text(stacktrace),
+        "exception.escaped": "False",
+    }

@@ -5,7 +5,8 @@ the library's default ledger) and ``--json`` (one JSON object per line for lists
 goes to stdout, messages to stderr; a user's mistake is one ``Error:`` line on stderr and
 a non-zero exit, never a traceback. Read commands never create a database.
 
-This module formats and parses; the SQL it needs lives in ``query.py`` and ``store.py``.
+This module formats and parses; it reads and prunes through a
+:class:`~decision_trace.storage.Ledger` and knows no SQL.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import sqlite3
 import sys
 import tempfile
 import textwrap
@@ -29,12 +29,19 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from . import query as q
-from .attributes import ns_from_datetime
+from .attributes import clean_text, ns_from_datetime
 from .errors import DecisionTraceError, InvalidInputError
-from .models import Actor, ActorType, ObjectType, Outcome, TraceEvent, TrackedObject
+from .models import (
+    Actor,
+    ActorType,
+    ChainNode,
+    ObjectType,
+    Outcome,
+    TraceEvent,
+    TrackedObject,
+)
 from .serialize import event_to_json
-from .store import Store, check_integrity, compact, default_db_path
+from .storage import EventFilters, Ledger, default_db_path, open_ledger
 
 __all__ = ["event_to_json", "main"]
 
@@ -77,8 +84,6 @@ def _usage_failure(exc: click.UsageError) -> _UsageFail:
 def _failure(exc: BaseException) -> _Fail:
     if isinstance(exc, DecisionTraceError):
         return _Fail(_one_line(str(exc)))
-    if isinstance(exc, sqlite3.Error):
-        return _Fail(f"database error: {_one_line(str(exc))}")
     if isinstance(exc, OSError):
         where = f" ({exc.filename})" if exc.filename else ""
         return _Fail(f"{_one_line(exc.strerror or str(exc))}{where}")
@@ -161,7 +166,10 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
         ) from None
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:  # 0001-01-01T00:00+05:00 is before year 1 in UTC
+        raise ValueError(f"{text!r} is before year 1 or after year 9999 in UTC") from None
 
 
 class _TimeType(_ParamType):
@@ -329,10 +337,10 @@ def _filters(
     outcome: Outcome | None,
     since: datetime | None,
     until: datetime | None,
-) -> q.QueryFilters:
+) -> EventFilters:
     if since is not None and until is not None and since >= until:
         raise click.UsageError(f"--since ({_when(since)}) must be before --until ({_when(until)})")
-    return q.QueryFilters.build(
+    return EventFilters.build(
         start=since,
         end=until,
         event_types=list(event_types) or None,
@@ -346,8 +354,9 @@ def _filters(
 
 
 @contextmanager
-def _open(db_path: Path | None) -> Iterator[Store]:
-    """The existing ledger (never created here), closed afterwards."""
+def _open(db_path: Path | None, *, write: bool = False) -> Iterator[Ledger]:
+    """The existing ledger (never created here; opened read-only unless ``write``),
+    closed afterwards."""
     if db_path is None:
         context = click.get_current_context(silent=True)
         db_path = context.obj if context is not None else None
@@ -359,11 +368,11 @@ def _open(db_path: Path | None) -> Iterator[Store]:
         )
     if path.is_file() and path.stat().st_size == 0:
         raise _Fail(f"{path} is empty, not a decision-trace database")
-    store = Store(path, create=False)
+    ledger = open_ledger(path, create=False, read_only=not write)
     try:
-        yield store
+        yield ledger
     finally:
-        store.close()
+        ledger.close()
 
 
 # --- output helpers ---------------------------------------------------------------------
@@ -692,15 +701,15 @@ def events(
       decision-trace events --type order.refunded --since 2024-01-01 --until 7d
     """
     filters = _filters(event_types, actor_types, actor_ids, object_ref, tags, outcome, since, until)
-    with _open(db_path) as store, store.reader() as conn:
+    with _open(db_path) as ledger:
         # Streamed: printing starts at once and memory stays bounded with --limit 0.
-        with closing(q.iter_events(conn, filters, order="desc", batch_size=200)) as stream:
+        with closing(ledger.iter_events(filters, order="desc")) as stream:
             shown = _print_list(islice(stream, _limit(limit)), as_json)
         if as_json:
             return
         if not shown:
             _err("No events match.")
-        elif shown == limit and (total := q.count_events(conn, filters)) > shown:
+        elif shown == limit and (total := ledger.count(filters)) > shown:
             _err(f"Showing the newest {shown:,} of {total:,} events (--limit 0 shows all).")
 
 
@@ -715,9 +724,9 @@ def show(db_path: Path | None, as_json: bool, event_id: str) -> None:
       decision-trace show 3f2a9c0d1e2b4a5f
       decision-trace show 3f2a9c0d1e2b4a5f --json
     """
-    with _open(db_path) as store, store.reader() as conn:
-        event = q.get_event(conn, event_id)
-        path = store.path
+    with _open(db_path) as ledger:
+        event = ledger.get_event(event_id)
+        path = ledger.location
     if event is None:
         raise _Fail(f"no event with id {event_id!r} in {path}")
     if as_json:
@@ -807,21 +816,20 @@ def why(
     """
     object_type, external_id = object_ref
     with (
-        _open(db_path) as store,
-        store.reader() as conn,
-        closing(q.iter_object_history(conn, external_id, object_type, batch_size=200)) as stream,
+        _open(db_path) as ledger,
+        closing(ledger.iter_object_history(external_id, object_type)) as stream,
     ):
         # Streamed: an object with a long history is printed as it is read.
         history = islice(stream, _limit(limit))
         first = next(history, None)
         if first is None:
-            raise _Fail(f"no events about {object_type.value} {external_id!r} in {store.path}")
+            raise _Fail(f"no events about {object_type.value} {external_id!r} in {ledger.location}")
         if as_json:
             for event in itertools.chain([first], history):
                 _print_json(event_to_json(event))
             return
         # Counted inside the stream's read transaction: the same snapshot it reads.
-        total = q.count_object_history(conn, external_id, object_type)
+        total = ledger.count_object_history(external_id, object_type)
         _print_story(
             itertools.chain([first], history),
             object_type,
@@ -896,15 +904,14 @@ def search(db_path: Path | None, as_json: bool, text: tuple[str, ...], limit: in
     """
     words = " ".join(text)
     with (
-        _open(db_path) as store,
-        store.reader() as conn,
-        closing(q.iter_search(conn, words, batch_size=200)) as stream,
+        _open(db_path) as ledger,
+        closing(ledger.iter_search(words)) as stream,
     ):
         # Streamed, as for events: --limit 0 on a common word keeps memory bounded.
         found = _print_list(islice(stream, _limit(limit)), as_json)
     if found or as_json:
         return
-    if q.fts_query(words) is None:
+    if not clean_text(words.replace("\x00", " ")).split():
         _err("No events match: the text has no words to search for.")
     else:
         _err(f"No events match {_safe(words)!r}.")
@@ -924,8 +931,8 @@ def chain(db_path: Path | None, as_json: bool, event_id: str) -> None:
       decision-trace chain 3f2a9c0d1e2b4a5f
       decision-trace chain 3f2a9c0d1e2b4a5f --json
     """
-    with _open(db_path) as store, store.reader() as conn:
-        root = q.get_chain(conn, event_id)
+    with _open(db_path) as ledger:
+        root = ledger.get_chain(event_id)
     if as_json:
         for depth, event in root.walk():
             _print_json({"depth": depth, **event_to_json(event)})
@@ -933,12 +940,22 @@ def chain(db_path: Path | None, as_json: bool, event_id: str) -> None:
     g = _glyphs()
     width = _width()
 
-    def render(node: q.ChainNode, lead: str, branch: str, below: str) -> None:
+    # An explicit stack, not recursion: a chain may be thousands of events deep. Beyond
+    # half the width, the indentation is cut to its nearest levels after a depth marker,
+    # so that every line still fits the width however deep the chain.
+    max_lead = max(20, width // 2)
+    stack: list[tuple[ChainNode, int, str, str, str]] = [(root, 0, "", "", "")]
+    while stack:
+        node, depth, lead, branch, below = stack.pop()
+        shown = lead
+        if len(lead) > max_lead:
+            marker = f"{g.ellipsis}[depth {depth}]"
+            shown = marker + lead[len(lead) - max(3, max_lead - len(marker)) :]
         event = node.event
         head = f"{_safe(event.event_type)}  {_duration(event.duration)}  "
         tail = f"  {g.mark} this event" if event.id == event_id else ""
-        room = max(20, width - len(lead + branch) - len(event.id) - len(tail))
-        line = lead + branch + click.style(_fit(head, room), bold=True)
+        room = max(20, width - len(shown + branch) - len(event.id) - len(tail))
+        line = shown + branch + click.style(_fit(head, room), bold=True)
         line += click.style(event.id, fg="bright_black")
         if event.outcome is not Outcome.SUCCESS:
             line += " " + _style_outcome(event)
@@ -946,13 +963,20 @@ def chain(db_path: Path | None, as_json: bool, event_id: str) -> None:
         detail = _actor(event.actor)
         if event.description:
             detail += f" {g.dot} {_safe(event.description)}"
-        detail_lead = lead + below + (g.pipe if node.children else "   ")
+        detail_lead = shown + below + (g.pipe if node.children else "   ")
         _out(detail_lead + _fit(detail, max(20, width - len(detail_lead))))
-        for index, child in enumerate(node.children):
-            last = index == len(node.children) - 1
-            render(child, lead + below, g.last if last else g.tee, "   " if last else g.pipe)
-
-    render(root, "", "", "")
+        last_index = len(node.children) - 1
+        for index in range(last_index, -1, -1):  # pushed last first: popped in order
+            last = index == last_index
+            stack.append(
+                (
+                    node.children[index],
+                    depth + 1,
+                    lead + below,
+                    g.last if last else g.tee,
+                    "   " if last else g.pipe,
+                )
+            )
 
 
 @main.command(short_help="Counts by type, actor, outcome and day; file size.")
@@ -972,12 +996,10 @@ def stats(db_path: Path | None, as_json: bool, days: int) -> None:
       decision-trace stats
       decision-trace stats --days 30 --json
     """
-    with _open(db_path) as store, store.reader() as conn:
-        summary = q.summarize(conn, days=_limit(days))
-        path = store.path
-    size = path.stat().st_size
-    wal = Path(f"{path}-wal")
-    wal_size = wal.stat().st_size if wal.exists() else 0
+    with _open(db_path) as ledger:
+        summary = ledger.summary(days=_limit(days))
+        path = ledger.location
+        size, wal_size = ledger.size_bytes()
     if as_json:
         _print_json(
             {
@@ -1068,9 +1090,12 @@ _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 def _csv_cell(value: Any) -> Any:
     """``value``, with a ``'`` in front when it is text a spreadsheet would run as a
     formula: the ledger holds text written by customers and agents, and an export is
-    typically opened in one."""
-    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
-        return "'" + value
+    typically opened in one. A lone surrogate (JSON values keep them; UTF-8 cannot hold
+    them) becomes U+FFFD, as in the plain text fields, instead of failing the export."""
+    if isinstance(value, str):
+        value = clean_text(value)
+        if value.startswith(_FORMULA_STARTS):
+            return "'" + value
     return value
 
 
@@ -1113,14 +1138,59 @@ def _csv_fields(event: TraceEvent) -> list[Any]:
     ]
 
 
+_COMPANIONS = ("", "-wal", "-shm", "-journal")
+"""The ledger file and the files SQLite keeps beside it."""
+
+
+def _check_not_ledger(target: Path, ledger: Path) -> None:
+    """Refuse an output path that is the ledger or one of its companion files: the same
+    file (device and inode: through symbolic and hard links too), or the same name once
+    symbolic links are resolved (a companion that does not exist yet)."""
+
+    def resolve(path: Path) -> Path:
+        try:
+            return path.resolve()
+        except (OSError, RuntimeError):  # a symbolic link loop
+            return path.absolute()
+
+    resolved = resolve(target)
+    # SQLite names the companions after the path as given or after the file it points to.
+    bases = {resolve(ledger.parent) / ledger.name, resolve(ledger)}
+    try:
+        target_stat: os.stat_result | None = target.stat()
+    except OSError:
+        target_stat = None
+    for suffix in _COMPANIONS:
+        companion = Path(f"{ledger}{suffix}")
+        same = False
+        for candidate in {Path(f"{base}{suffix}") for base in bases}:
+            if resolved == candidate:
+                same = True
+            elif target_stat is not None:
+                try:
+                    found = candidate.stat()
+                except OSError:
+                    continue
+                same = (found.st_dev, found.st_ino) == (target_stat.st_dev, target_stat.st_ino)
+            if same:
+                break
+        if same:
+            what = "the ledger itself" if not suffix else f"the ledger's {suffix[1:]} file"
+            raise _UsageFail(
+                f"--output {target} is {what} ({companion}): exporting there would "
+                "destroy the ledger; choose another file"
+            )
+
+
 @contextmanager
-def _output(path: str) -> Iterator[IO[str]]:
+def _output(path: str, ledger: Path) -> Iterator[IO[str]]:
     """stdout for ``-``; otherwise a private (0600) temporary file beside ``path`` that
-    replaces it only when the export completes."""
+    replaces it only when the export completes. Never the ledger or its companions."""
     if path == "-":
         yield sys.stdout
         return
     target = Path(path).expanduser()
+    _check_not_ledger(target, ledger)
     if target.is_dir():
         raise _Fail(f"{target} is a directory")
     if not target.parent.is_dir():
@@ -1187,8 +1257,11 @@ def export(
     to_file = output != "-"
     show_progress = _is_tty(sys.stderr) and (to_file or not _is_tty(sys.stdout))
     written = 0
-    with _open(db_path) as store, store.reader() as conn, _output(output) as stream:
-        total = q.count_events(conn, filters) if show_progress else 0
+    with (
+        _open(db_path) as ledger,
+        _output(output, Path(ledger.location)) as stream,
+    ):
+        total = ledger.count(filters) if show_progress else 0
         progress = (
             click.progressbar(
                 length=total, label="Exporting", file=sys.stderr, update_min_steps=200
@@ -1200,7 +1273,7 @@ def export(
             writer = csv.writer(stream)
             writer.writerow(_CSV_COLUMNS)
         with progress as bar:
-            for event in q.iter_events(conn, filters):
+            for event in ledger.iter_events(filters):
                 if fmt == "csv":
                     writer.writerow(_csv_row(event))
                 else:
@@ -1249,20 +1322,20 @@ def prune(
     now = datetime.now(timezone.utc)
     if older_than > now:
         raise click.UsageError(f"--older-than is in the future ({_when(older_than)})")
-    with _open(db_path) as store:
-        report = store.prune(ns_from_datetime(older_than, "older_than"), dry_run=dry_run)
+    with _open(db_path, write=True) as ledger:
+        report = ledger.prune(ns_from_datetime(older_than, "older_than"), dry_run=dry_run)
         problems: list[str] | None = None
         checkpointed: bool | None = None
         if not dry_run:
             if vacuum:
                 try:
-                    checkpointed = compact(store)
+                    checkpointed = ledger.compact()
                 except DecisionTraceError as exc:
                     raise _Fail(
                         f"deleted {_count(report.events, 'event')}, but the vacuum failed "
                         f"(run prune --vacuum again later): {_one_line(str(exc))}"
                     ) from exc
-            problems = check_integrity(store)
+            problems = ledger.check()
     if problems:
         raise _Fail("integrity check failed after pruning: " + "; ".join(problems[:5]))
     if as_json:

@@ -7,33 +7,36 @@ SQLite store, and, when configured, an OTLP exporter to a collector.
 
 from __future__ import annotations
 
-import atexit
+import dataclasses
 import logging
+import math
 import os
 import random
 import re
-import signal
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
 from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+from opentelemetry.sdk.trace import SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace import sampling as _sampling
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import Attributes
 
+from . import _lifecycle
 from . import attributes as keys
 from . import query as q
+from ._export import ExportProcessor, run_bounded
 from .builder import TraceBuilder
 from .errors import EventNotFoundError, InvalidInputError
 from .exporters import SQLiteSpanExporter
@@ -44,7 +47,7 @@ from .storage import EventFilters, Ledger, Order, open_ledger
 from .storage.sqlite import SQLiteLedger
 from .store import Durability, default_db_path
 
-__all__ = ["DecisionTraceClient"]
+__all__ = ["DEFAULT_SHUTDOWN_TIMEOUT_S", "SHUTDOWN_TIMEOUT_ENV", "DecisionTraceClient"]
 
 _logger = logging.getLogger(__name__)
 
@@ -54,9 +57,15 @@ DEFAULT_DURABILITY: Durability = "batch"
 """Why batch: ``record()`` then never waits for the disk (about 0.1 ms in the
 caller's thread; see benchmarks/RESULTS.md), so it can sit on a checkout path; the
 background writer commits within 0.2 s, every exit path (normal exit, ``sys.exit``, an
-uncaught exception, SIGTERM) flushes, and the queue applies back-pressure instead of
-dropping. Choose ``"sync"`` when an event must be on
-disk before ``record()`` returns, e.g. to survive ``kill -9``."""
+uncaught exception, SIGTERM, SIGHUP) flushes within the shutdown deadline, and the queue
+applies back-pressure instead of dropping. Choose ``"sync"`` when an event must be on
+disk before ``record()`` returns, e.g. to survive ``kill -9`` or ``os._exit()``."""
+
+DEFAULT_SHUTDOWN_TIMEOUT_S = 10.0
+"""How long ``close()``, the exit hook and the SIGTERM/SIGHUP hook may take per client."""
+
+SHUTDOWN_TIMEOUT_ENV = "DECISION_TRACE_SHUTDOWN_TIMEOUT"
+"""Seconds; the default of ``shutdown_timeout_s`` when the client is not given one."""
 
 _EVENT_ID = re.compile(r"^[0-9a-fA-F]{16}$")
 _RECENT_EVENTS = 10_000
@@ -176,45 +185,26 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reseed_ids)
 
 
-_live_clients: weakref.WeakSet[DecisionTraceClient] = weakref.WeakSet()
-_exit_hooks_lock = threading.Lock()
-_exit_hooks_installed = False
+def _millis_until(deadline: float) -> int:
+    return max(0, int((deadline - time.monotonic()) * 1000))
 
 
-def _close_all_clients() -> None:
-    for client in list(_live_clients):
-        client.close()
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    # Flush every client, then die of SIGTERM as the process would have without us.
-    _close_all_clients()
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _after_fork_in_child() -> None:
-    # A lock another thread held at fork() would stay held forever in the child.
-    for client in list(_live_clients):
-        client._recent_lock = threading.Lock()
-
-
-def _install_exit_hooks() -> None:
-    global _exit_hooks_installed
-    with _exit_hooks_lock:
-        if _exit_hooks_installed:
-            return
-        _exit_hooks_installed = True
-        atexit.register(_close_all_clients)
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=_after_fork_in_child)
-        # Only take over SIGTERM if nobody else handles it (never a host's own handler).
-        if threading.current_thread() is threading.main_thread():
-            try:
-                if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-                    signal.signal(signal.SIGTERM, _on_sigterm)
-            except (ValueError, OSError):
-                pass
+def _shutdown_timeout(value: float | None) -> float:
+    field = "shutdown_timeout_s"
+    if value is None:
+        raw = os.environ.get(SHUTDOWN_TIMEOUT_ENV, "").strip()
+        if not raw:
+            return DEFAULT_SHUTDOWN_TIMEOUT_S
+        field = SHUTDOWN_TIMEOUT_ENV
+        try:
+            value = float(raw)
+        except ValueError:
+            raise InvalidInputError(field, f"must be a number of seconds, got {raw!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInputError(field, f"must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise InvalidInputError(field, f"must be a finite number >= 0, got {value!r}")
+    return float(value)
 
 
 def _otlp_exporter(endpoint: str | None) -> SpanExporter | None:
@@ -288,6 +278,14 @@ class DecisionTraceClient:
         redact: Hash (keyed) or drop personal fields (e-mail by default) before they
             enter a span, so neither the ledger nor OTLP sees them; see
             :class:`~decision_trace.redaction.Redaction`.
+        shutdown_timeout_s: The deadline of ``close()`` and of the exit, SIGTERM and
+            SIGHUP hooks for this client, whatever a collector does: the ledger is written
+            first, exporters get what is left, and whatever is not delivered by then is
+            counted in ``stats()`` and logged. Default ``$DECISION_TRACE_SHUTDOWN_TIMEOUT``,
+            else 10 s.
+
+    A client is held (and flushed at exit) until ``close()``, even when the application
+    keeps no reference to it.
     """
 
     def __init__(
@@ -300,12 +298,18 @@ class DecisionTraceClient:
         exporters: Iterable[SpanExporter] = (),
         max_queue_size: int = 20_000,
         redact: Redaction | None = None,
+        shutdown_timeout_s: float | None = None,
     ) -> None:
         if durability not in ("sync", "batch"):
             raise InvalidInputError("durability", f"must be 'sync' or 'batch', got {durability!r}")
+        if service_name is not None and not isinstance(service_name, str):
+            raise InvalidInputError(
+                "service_name", f"must be a string, got {type(service_name).__name__}"
+            )
         if redact is not None and not isinstance(redact, Redaction):
             raise InvalidInputError("redact", f"must be a Redaction, got {type(redact).__name__}")
         self._redaction = redact
+        self.shutdown_timeout_s = _shutdown_timeout(shutdown_timeout_s)
         self.durability: Durability = durability
         path = db_path if db_path is not None else default_db_path()
         self._storage: Ledger = open_ledger(path, durability=durability)
@@ -315,11 +319,17 @@ class DecisionTraceClient:
         self._ledger = LedgerSpanProcessor(
             self._exporter, durability=durability, max_queue_size=max_queue_size
         )
-        resource_attrs = {keys.SERVICE_NAME: service_name} if service_name else {}
+        self._ledger.shutdown_timeout_s = self.shutdown_timeout_s
+        # service.name (service_name= or OTEL_SERVICE_NAME) is plain text like any other:
+        # a lone surrogate, which no row or OTLP request can hold, becomes U+FFFD.
+        resource = Resource.create({keys.SERVICE_NAME: service_name} if service_name else {})
+        name = resource.attributes.get(keys.SERVICE_NAME)
+        if isinstance(name, str) and name != keys.clean_text(name):
+            resource = resource.merge(Resource({keys.SERVICE_NAME: keys.clean_text(name)}))
         sampler = _LedgerSampler()
         self._provider = TracerProvider(
             sampler=sampler,
-            resource=Resource.create(resource_attrs),
+            resource=resource,
             span_limits=_NO_LIMITS,
             shutdown_on_exit=False,
             id_generator=_OsRandomIdGenerator(),
@@ -336,14 +346,17 @@ class DecisionTraceClient:
         otlp = None if sdk_disabled else _otlp_exporter(otlp_endpoint)
         if otlp is not None:
             extra.append(otlp)
-        for exporter in extra:
-            self._provider.add_span_processor(BatchSpanProcessor(exporter))
+        self._exports = [
+            ExportProcessor(exporter, shutdown_timeout_s=self.shutdown_timeout_s)
+            for exporter in extra
+        ]
+        for export in self._exports:
+            self._provider.add_span_processor(export)
         self._tracer = self._provider.get_tracer(INSTRUMENTATION_NAME)
         self._recent: OrderedDict[str, SpanContext] = OrderedDict()
         self._recent_lock = threading.Lock()
         self._closed = False
-        _live_clients.add(self)
-        _install_exit_hooks()
+        _lifecycle.register(self)
 
     @property
     def db_path(self) -> str:
@@ -531,28 +544,89 @@ class DecisionTraceClient:
         return self._storage.object_history(external_id, object_type, limit=limit)
 
     def stats(self) -> LedgerStats:
-        """Counters of recorded, written, failed and queued events in this process."""
-        return self._ledger.stats()
+        """Counters of recorded, written, failed and queued events in this process, and
+        per exporter (``exporters``) of spans exported, failed and dropped."""
+        ledger = self._ledger.stats()
+        return dataclasses.replace(
+            ledger, exporters=tuple(export.stats() for export in self._exports)
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def flush(self, timeout_s: float = 30.0) -> bool:
-        """Write everything recorded so far; False if it did not all reach the ledger
-        (timeout or failure) or another exporter did not flush in time."""
-        if self._closed:
-            return True
-        return bool(self._provider.force_flush(int(timeout_s * 1000)))
+    def _other_processors(self) -> list[SpanProcessor]:
+        """Span processors the application added to :attr:`tracer_provider`."""
+        multi = getattr(self._provider, "_active_span_processor", None)
+        ours: set[int] = {id(self._ledger), *(id(export) for export in self._exports)}
+        return [p for p in getattr(multi, "_span_processors", ()) if id(p) not in ours]
 
-    def close(self) -> None:
-        """Flush and release everything. Idempotent; also runs at interpreter exit."""
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Write everything recorded so far to the ledger, then deliver it to every
+        exporter, all within ``timeout_s``.
+
+        Returns:
+            True only if every event reached the ledger and every exporter (OTLP and
+            ``exporters=``) accepted every span; False on a timeout, a failed write, or a
+            span an exporter failed, refused or dropped since the previous flush (each
+            failure is reported once). ``stats()`` says which.
+        """
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        self._install_signal_hooks()
+        ok = self._ledger.force_flush(_millis_until(deadline))
+        for export in self._exports:
+            export.request_flush()
+        for export in self._exports:
+            ok = export.force_flush(_millis_until(deadline)) and ok
+        for processor in self._other_processors():
+            ok = bool(processor.force_flush(_millis_until(deadline))) and ok
+        return ok
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Flush and release everything, within ``timeout_s`` (default
+        ``shutdown_timeout_s``): the ledger first, then the exporters. What does not make
+        it in time is logged with its count and counted in ``stats()``. Idempotent; also
+        runs at interpreter exit, SIGTERM and SIGHUP."""
+        if self._closed:
+            return
+        self._install_signal_hooks()
+        timeout = self.shutdown_timeout_s if timeout_s is None else _shutdown_timeout(timeout_s)
+        deadline = time.monotonic() + timeout
+        try:
+            self._close_ledger(deadline)
+            self._close_exporters(deadline)
+        finally:
+            self._release(deadline)
+            _lifecycle.unregister(self)
+
+    def _install_signal_hooks(self) -> None:
+        _lifecycle.install_signal_hooks()
+
+    def _close_ledger(self, deadline: float) -> None:
+        self._ledger.close_within(deadline)
+
+    def _close_exporters(self, deadline: float) -> None:
+        for export in self._exports:
+            export.request_flush()
+        for export in self._exports:
+            export.close_within(deadline)
+        others = self._other_processors()
+        if others:
+            # The application's processors get what is left; a hung one is not waited for.
+            run_bounded(self._provider.shutdown, deadline - time.monotonic(), "provider shutdown")
+
+    def _release(self, deadline: float) -> None:
         if self._closed:
             return
         self._closed = True
-        try:
-            self._provider.shutdown()
-        finally:
+        if self._ledger.stats().queued:
+            # The writer is still in a write (holding the store): close once it is done,
+            # without waiting past the deadline.
+            run_bounded(self._storage.close, deadline - time.monotonic(), "store close")
+        else:
             self._storage.close()
-            _live_clients.discard(self)
+
+    def _after_fork_in_child(self) -> None:
+        # A lock another thread held at fork() would stay held forever in the child.
+        self._recent_lock = threading.Lock()
 
     def __enter__(self) -> DecisionTraceClient:
         return self
@@ -564,3 +638,6 @@ class DecisionTraceClient:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+_lifecycle.install_process_hooks()

@@ -422,6 +422,7 @@ class EcommerceClient(DecisionTraceClient):
         customer_id: str | None = None,
         order_total: Money | None = None,
         currency: str | None = None,
+        previous_status: str | None = None,
     ) -> TraceBuilder:
         """Money was paid back on an order. Event type ``order.refunded``.
 
@@ -431,6 +432,13 @@ class EcommerceClient(DecisionTraceClient):
         ``refund_amount``) and the customer when given. ``reason`` becomes the reasoning,
         so "why was order X refunded?" is
         ``client.query(event_types=["order.refunded"], object_ids=["X"])``.
+
+        With ``previous_status`` (the order's status before the refund, e.g. ``"paid"``)
+        the order's status is recorded as a change instead, like
+        :meth:`shipment_shipped` does: ``state_before={"status": previous_status}`` and
+        ``state_after={"status": "refunded"}`` (or ``"partially_refunded"``), and the
+        state keeps the other fields; ``decision-trace why order:X`` then prints
+        ``status: paid → refunded``.
 
         Raises:
             InvalidInputError: ``refund_amount`` exceeds ``order_total``.
@@ -442,20 +450,24 @@ class EcommerceClient(DecisionTraceClient):
         customer = _optional_text(customer_id, "customer_id")
         total = _optional_money(order_total, "order_total")
         _refund_within_total(refund, total, "refund_amount")
+        before = _optional_text(previous_status, "previous_status")
         code = self._currency_of(currency)
         status = "partially_refunded" if total is not None and refund < total else "refunded"
-        state = _drop_none(
-            {"status": status, "refund_amount": refund, "currency": code, "order_total": total}
+        amounts = _drop_none({"refund_amount": refund, "currency": code, "order_total": total})
+        builder = self._event(
+            EcommerceEventType.ORDER_REFUNDED,
+            f"Refund of {_price(refund, code)} for order {order_id}",
         )
-        builder = (
-            self._event(
-                EcommerceEventType.ORDER_REFUNDED,
-                f"Refund of {_price(refund, code)} for order {order_id}",
+        if before is None:
+            builder.affecting_order(order_id, {"status": status, **amounts})
+        else:
+            builder.affecting_order(
+                order_id,
+                amounts,
+                state_before={"status": before},
+                state_after={"status": status},
             )
-            .affecting_order(order_id, state)
-            .because(reason)
-            .with_tags("order", "refund")
-        )
+        builder.because(reason).with_tags("order", "refund")
         if payment is not None:
             builder.affecting_payment(
                 payment, {"status": "refunded", "refund_amount": refund, "currency": code}

@@ -9,14 +9,17 @@ what goes to collectors). A span that cannot be decoded is logged and counted in
   thread. A failed commit raises :class:`~decision_trace.errors.StoreError` to the caller.
 - ``durability="batch"``: ``on_end`` decodes the span into its row, appends that to a
   bounded in-memory queue and returns; a background thread commits up to
-  ``max_batch_size`` rows a transaction. When the queue is full, ``on_end`` waits for
-  room (back-pressure) instead of dropping. A batch that still cannot be written after
-  retries is counted in ``stats().failed``, logged, and makes ``force_flush()`` return
-  False.
+  ``max_batch_size`` rows a transaction. When the queue is full, or its oldest row has
+  waited longer than ``max_lag_s`` (:data:`MAX_LAG_S`), ``on_end`` waits for the writer
+  (back-pressure) instead of dropping or falling further behind. A batch that still
+  cannot be written after retries is counted in ``stats().failed``, logged, and makes
+  ``force_flush()`` return False; a span that cannot be stored on its own account is
+  counted alone and the rest of its batch is written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing.util
 import os
@@ -29,17 +32,25 @@ from dataclasses import dataclass
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
+from ._export import ExporterStats
 from .attributes import EventRecord
 from .errors import InvalidInputError
 from .exporters import SQLiteSpanExporter
 from .store import Durability, RejectedRecordsError
 
-__all__ = ["LedgerSpanProcessor", "LedgerStats"]
+__all__ = ["ExporterStats", "LedgerSpanProcessor", "LedgerStats"]
 
 _logger = logging.getLogger(__name__)
 
 RETRY_DELAYS_S = (0.05, 0.2, 0.5, 1.0, 2.0, 4.0)
 """Waits between attempts to write a batch before its spans are counted as failed."""
+
+MAX_LAG_S = 1.0
+"""Batch mode: once the oldest span not yet committed is older than this, or more spans
+are queued than the writer (at the pace it last wrote) commits in half of it, ``on_end``
+waits until the writer has caught up. It bounds what ``kill -9`` can take from an
+application busy enough to starve the writer thread of the GIL, or faster than its disk.
+Not applied while the writer waits to retry a failed write (the queue bound still is)."""
 
 
 @dataclass(frozen=True)
@@ -49,14 +60,19 @@ class LedgerStats:
     Attributes:
         recorded: Spans handed to the processor.
         written: Spans committed to the store (including ones already stored).
-        failed: Spans that could not be written after retries (lost to the ledger).
+        failed: Spans that could not be written after retries, or were still queued when
+            a shutdown deadline passed (lost to the ledger; each loss is logged).
         queued: Spans waiting for the background writer.
+        exporters: One :class:`ExporterStats` per exporter the client sends spans to
+            (OTLP, ``exporters=``): what it delivered, failed and dropped, so a collector
+            that missed events is visible while the ledger kept them.
     """
 
     recorded: int
     written: int
     failed: int
     queued: int
+    exporters: tuple[ExporterStats, ...] = ()
 
 
 class LedgerSpanProcessor(SpanProcessor):
@@ -68,6 +84,8 @@ class LedgerSpanProcessor(SpanProcessor):
         max_queue_size: Spans held in memory before ``on_end`` waits (batch only).
         max_batch_size: Spans committed per transaction (batch only).
         schedule_delay_s: How long the writer waits to fill a batch (batch only).
+        max_lag_s: How old the oldest uncommitted span may get before ``on_end`` waits
+            for the writer (batch only; see :data:`MAX_LAG_S`).
     """
 
     def __init__(
@@ -78,6 +96,7 @@ class LedgerSpanProcessor(SpanProcessor):
         max_queue_size: int = 20_000,
         max_batch_size: int = 512,
         schedule_delay_s: float = 0.2,
+        max_lag_s: float = MAX_LAG_S,
     ) -> None:
         if durability not in ("sync", "batch"):
             raise InvalidInputError("durability", f"must be 'sync' or 'batch', got {durability!r}")
@@ -88,6 +107,7 @@ class LedgerSpanProcessor(SpanProcessor):
         self._max_queue_size = max_queue_size
         self._max_batch_size = max_batch_size
         self._schedule_delay_s = schedule_delay_s
+        self._max_lag_s = max_lag_s
         self._init_state()
         if hasattr(os, "register_at_fork"):
             ref = weakref.WeakMethod(self._after_fork_in_child)
@@ -101,6 +121,13 @@ class LedgerSpanProcessor(SpanProcessor):
         # main thread while it is inside on_end() holding this lock.
         self._cond = threading.Condition(threading.RLock())
         self._queue: deque[EventRecord] = deque()
+        self._queued_at: deque[float] = deque()  # time.monotonic() of each queued row
+        self._in_flight_since = 0.0  # when the oldest row of the batch being written queued
+        self._retrying = False  # the writer is waiting to retry a failed write
+        # Spans the writer commits in max_lag_s / 2 at the pace of its last batch; until a
+        # batch has been timed, a few batches (a producer could otherwise queue thousands
+        # of events before the oldest is max_lag_s old, and they would all wait for it).
+        self._backlog_cap = min(self._max_queue_size, 4 * self._max_batch_size)
         self._recorded = 0
         self._written = 0
         self._failed = 0
@@ -138,7 +165,13 @@ class LedgerSpanProcessor(SpanProcessor):
         if self.durability == "sync":
             with self._sync_lock:
                 self._recorded += 1
-                self._exporter.write_records([record])
+                try:
+                    self._exporter.write_records([record])
+                except Exception:
+                    # Raised to the caller; counted, so stats() and flush() add up.
+                    with self._cond:
+                        self._failed += 1
+                    raise
                 self._written += 1
             return
         with self._cond:
@@ -150,6 +183,7 @@ class LedgerSpanProcessor(SpanProcessor):
                 return
             if self._thread is None:
                 self._ensure_writer()
+            now = time.monotonic()
             queued = len(self._queue)
             if queued >= self._max_batch_size:
                 # Checked only here (not on every call: is_alive() costs as much as the
@@ -159,20 +193,32 @@ class LedgerSpanProcessor(SpanProcessor):
                     self._cond.notify_all()
                     self._cond.wait(0.1)
                     self._ensure_writer()
+                if len(self._queue) >= self._backlog_cap and not self._retrying:
+                    self._catch_up()
+                now = time.monotonic()
+            if self._in_flight:
+                oldest = self._in_flight_since
+            else:
+                oldest = self._queued_at[0] if self._queued_at else now
+            if now - oldest > self._max_lag_s and not self._retrying:
+                self._catch_up()
+                now = time.monotonic()
             self._queue.append(record)
+            self._queued_at.append(now)
             self._recorded += 1
             if queued + 1 >= self._max_batch_size:
                 self._cond.notify_all()
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Wait until every span recorded so far is written; False on timeout, or if any
-        span failed since the previous flush reported (even before this call)."""
+        span failed since the previous flush reported (even before this call), or if the
+        ledger was deleted or replaced while open (see ``Store.check_file``)."""
         with self._cond:
             if self.durability == "batch" and not self.wait_until_written(timeout_millis):
                 return False
             ok = self._failed == self._failed_reported
             self._failed_reported = self._failed
-            return ok
+        return self._exporter.store.check_file() and ok
 
     def wait_until_written(self, timeout_millis: int = 30_000) -> bool:
         """Wait until every span recorded so far has been handled (written or counted as
@@ -200,18 +246,52 @@ class LedgerSpanProcessor(SpanProcessor):
                 self._cond.wait(remaining)
             return True
 
+    shutdown_timeout_s: float = 30.0
+    """What :meth:`shutdown` and a ``multiprocessing`` child's exit give the queue."""
+
     def shutdown(self) -> None:
-        """Write what is queued, stop the writer thread. Idempotent."""
+        """The SDK's shutdown: :meth:`close_within` ``shutdown_timeout_s`` from now."""
+        self.close_within(time.monotonic() + self.shutdown_timeout_s)
+
+    def close_within(self, deadline: float) -> int:
+        """Write what is queued until ``deadline`` (a ``time.monotonic()`` time), then stop
+        the writer. Events still queued then are dropped, counted in ``stats().failed``
+        (so the next ``force_flush()`` returns False) and logged with their number, as are
+        those in a write that had not finished. Returns that number. Idempotent; events
+        ending afterwards are written directly."""
         with self._cond:
-            if self._shutdown:
-                return
-        self.force_flush()
-        with self._cond:
+            first = not self._shutdown
+            # From now on on_end() writes directly, so a thread still recording cannot
+            # keep the queue growing behind the wait below.
             self._shutdown = True
+            if self._queue:
+                with contextlib.suppress(RuntimeError):  # no new thread at finalization:
+                    self._ensure_writer()  # then what is left is counted and logged below
+            self._cond.notify_all()
+            while self.durability == "batch" and self._written + self._failed < self._recorded:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            left = len(self._queue)
+            self._queue.clear()
+            self._failed += left
+            in_flight = self._in_flight
             self._cond.notify_all()
             thread = self._thread
+        if first and (left or in_flight):
+            _logger.error(
+                "decision-trace: %d event(s) were not written to %s before the shutdown "
+                "deadline: %d dropped from the queue (lost to the ledger, counted in "
+                "client.stats().failed) and %d in a write that had not finished",
+                left + in_flight,
+                self._exporter.store.path,
+                left,
+                in_flight,
+            )
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=30)
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return left + in_flight if first else 0
 
     def stats(self) -> LedgerStats:
         """Current counters; see :class:`LedgerStats`."""
@@ -224,6 +304,27 @@ class LedgerSpanProcessor(SpanProcessor):
             )
 
     # -- the writer thread --------------------------------------------------------------
+
+    def _catch_up(self) -> None:
+        """Wait (holding ``_cond``) until the oldest uncommitted span is younger than half
+        of ``max_lag_s`` and the queue is under the backlog the writer commits in that
+        time: a waiting application leaves the writer the GIL it needs."""
+        self._ensure_writer()
+        while not self._shutdown and not self._retrying:
+            if self._in_flight:
+                oldest = self._in_flight_since
+            elif self._queued_at:
+                oldest = self._queued_at[0]
+            else:
+                return
+            if (
+                time.monotonic() - oldest <= self._max_lag_s / 2
+                and len(self._queue) < self._backlog_cap
+            ):
+                return
+            self._cond.notify_all()
+            self._cond.wait(0.1)
+            self._ensure_writer()
 
     def _ensure_writer(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -246,10 +347,18 @@ class LedgerSpanProcessor(SpanProcessor):
                     continue
                 count = min(len(self._queue), self._max_batch_size)
                 batch = [self._queue.popleft() for _ in range(count)]
+                self._in_flight_since = self._queued_at[0]
+                for _ in range(count):
+                    self._queued_at.popleft()
                 self._in_flight = count
                 self._cond.notify_all()  # room in the queue for waiting producers
+            started = time.monotonic()
             failed = self._write_with_retries(batch)
+            elapsed = time.monotonic() - started
             with self._cond:
+                if not failed and elapsed > 0:
+                    pace = int(count / elapsed * self._max_lag_s / 2)
+                    self._backlog_cap = max(self._max_batch_size, pace)
                 self._in_flight = 0
                 self._written += count - failed
                 self._failed += failed
@@ -257,22 +366,28 @@ class LedgerSpanProcessor(SpanProcessor):
 
     def _write_with_retries(self, batch: list[EventRecord]) -> int:
         """Write ``batch``; return how many of its spans could not be written."""
-        for attempt, delay in enumerate((0.0, *RETRY_DELAYS_S)):
-            if delay:
-                time.sleep(delay)
-            try:
-                self._exporter.write_records(batch)
-            except RejectedRecordsError as exc:
-                # Their content, not the disk: the others are written, retrying cannot help.
-                self._log_failure(len(exc.rejected), exc)
-                return len(exc.rejected)
-            except Exception as exc:
-                if attempt == len(RETRY_DELAYS_S):
-                    self._log_failure(len(batch), exc)
-                    return len(batch)
-                continue
-            return 0
-        return len(batch)
+        try:
+            for attempt, delay in enumerate((0.0, *RETRY_DELAYS_S)):
+                if delay:
+                    self._retrying = True
+                    time.sleep(delay)
+                try:
+                    self._exporter.write_records(batch)
+                except RejectedRecordsError as exc:
+                    # Their content, not the disk: the store wrote every other record of the
+                    # batch (it isolates any record that fails on its own); retrying cannot
+                    # help them.
+                    self._log_failure(len(exc.rejected), exc)
+                    return len(exc.rejected)
+                except Exception as exc:
+                    if attempt == len(RETRY_DELAYS_S):
+                        self._log_failure(len(batch), exc)
+                        return len(batch)
+                    continue
+                return 0
+            return len(batch)
+        finally:
+            self._retrying = False
 
     def _log_failure(self, count: int, exc: Exception) -> None:
         if not self._failure_logged:
@@ -296,4 +411,4 @@ def _flush_at_multiprocessing_exit(processor: LedgerSpanProcessor) -> None:
 def _flush_at_exit(ref: weakref.ReferenceType[LedgerSpanProcessor]) -> None:
     processor = ref()
     if processor is not None and not processor._shutdown:
-        processor.force_flush()
+        processor.force_flush(int(processor.shutdown_timeout_s * 1000))

@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from .attributes import (
+    MAX_NS,
+    MIN_NS,
     clean_text,
     datetime_from_ns,
     events_from_rows,
 )
 from .errors import EventNotFoundError, InvalidInputError, StoreError
-from .models import ObjectType, TraceEvent
-from .storage.filters import EventFilters, Order, check_limit
+from .models import ChainNode, ObjectType, TraceEvent
+from .storage.filters import EventFilters, Order
 
 __all__ = ["ChainNode", "QueryFilters", "fts_query"]
 
@@ -31,32 +33,6 @@ _COLUMNS = (
     "e.service_name"
 )
 _SELECT = f"SELECT {_COLUMNS} FROM events AS e"
-
-
-@dataclass(frozen=True)
-class ChainNode:
-    """One event of a chain and the events recorded as its children (oldest first)."""
-
-    event: TraceEvent
-    children: tuple[ChainNode, ...] = ()
-
-    def walk(self, depth: int = 0) -> Iterator[tuple[int, TraceEvent]]:
-        """Yield ``(depth, event)`` for this node and its descendants, depth first."""
-        yield depth, self.event
-        for child in self.children:
-            yield from child.walk(depth + 1)
-
-    def find(self, event_id: str) -> ChainNode | None:
-        """The node of ``event_id`` within this tree, if present."""
-        for node in self._nodes():
-            if node.event.id == event_id:
-                return node
-        return None
-
-    def _nodes(self) -> Iterator[ChainNode]:
-        yield self
-        for child in self.children:
-            yield from child._nodes()
 
 
 def _placeholders(values: Sequence[Any]) -> str:
@@ -78,15 +54,25 @@ class QueryFilters:
 
     @classmethod
     def of(cls, filters: EventFilters) -> QueryFilters:
-        """The SQL of already validated ``filters``."""
+        """The SQL of already validated ``filters``.
+
+        A time bound before or after every time a ledger can hold (1677-09-21 to
+        2262-04-11 UTC) is clamped to that range, so it selects all events or none.
+        """
         clauses: list[str] = []
         params: list[Any] = []
         if filters.start_ns is not None:
-            clauses.append("e.start_ns >= ?")
-            params.append(filters.start_ns)
+            if filters.start_ns > MAX_NS:
+                clauses.append("0")  # after every storable time: nothing matches
+            elif filters.start_ns > MIN_NS:  # (at or before the first: no bound at all)
+                clauses.append("e.start_ns >= ?")
+                params.append(filters.start_ns)
         if filters.end_ns is not None:
-            clauses.append("e.start_ns < ?")
-            params.append(filters.end_ns)
+            if filters.end_ns <= MIN_NS:
+                clauses.append("0")  # nothing starts before the first storable time
+            elif filters.end_ns <= MAX_NS:  # (past the last: no bound at all)
+                clauses.append("e.start_ns < ?")
+                params.append(filters.end_ns)
         for column, values in (
             ("e.event_type", filters.event_types),
             ("e.actor_type", filters.actor_types),
@@ -95,15 +81,28 @@ class QueryFilters:
             if values is not None:
                 clauses.append(f"{column} IN ({_placeholders(values)})")
                 params.extend(values)
-        if filters.object_types is not None or filters.object_ids is not None:
-            sub = ["o.event_rowid = e.rowid"]
-            if filters.object_types is not None:
-                sub.append(f"o.object_type IN ({_placeholders(filters.object_types)})")
-                params.extend(filters.object_types)
-            if filters.object_ids is not None:
-                sub.append(f"o.external_id IN ({_placeholders(filters.object_ids)})")
-                params.extend(filters.object_ids)
-            clauses.append(f"EXISTS (SELECT 1 FROM event_objects AS o WHERE {' AND '.join(sub)})")
+        object_types, object_ids = filters.object_types, filters.object_ids
+        if object_types is not None or object_ids is not None:
+            # With ids: the (few) events linked to them, found by the object index. Types
+            # alone: each candidate event's own links, by primary key (the '+' keeps
+            # SQLite from scanning every link of the type once per event instead).
+            sub = [] if object_ids is not None else ["o.event_rowid = e.rowid"]
+            if object_types is not None:
+                sub.append(f"+o.object_type IN ({_placeholders(object_types)})")
+                params.extend(object_types)
+            if object_ids is not None:
+                if object_types is not None:
+                    sub[-1] = sub[-1][1:]  # both columns lead the object index: use it
+                sub.append(f"o.external_id IN ({_placeholders(object_ids)})")
+                params.extend(object_ids)
+                clauses.append(
+                    "e.rowid IN (SELECT o.event_rowid FROM event_objects AS o "
+                    f"WHERE {' AND '.join(sub)})"
+                )
+            else:
+                clauses.append(
+                    f"EXISTS (SELECT 1 FROM event_objects AS o WHERE {' AND '.join(sub)})"
+                )
         if filters.tags is not None:
             clauses.append(
                 "EXISTS (SELECT 1 FROM event_tags AS t WHERE t.event_rowid = e.rowid "
@@ -120,7 +119,17 @@ class QueryFilters:
         return cls(where=where, params=tuple(params))
 
 
-_check_limit = check_limit
+def _check_limit(limit: int | None, offset: int) -> tuple[int, int]:
+    """``(limit, offset)`` as SQL binds them: -1 for no limit; counts beyond a 64-bit
+    integer (more rows than a ledger can hold) are clamped to the largest one."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise InvalidInputError("limit", f"must be a non-negative integer or None, got {limit!r}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise InvalidInputError("offset", f"must be a non-negative integer, got {offset!r}")
+    return (-1 if limit is None else min(int(limit), _MAX_INT64)), min(int(offset), _MAX_INT64)
+
+
+_MAX_INT64 = 2**63 - 1
 
 
 def _run(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
@@ -161,7 +170,7 @@ def query_events(
     order: Order = "desc",
 ) -> list[TraceEvent]:
     """Events matching ``filters``, newest first (``order="desc"``) or oldest first."""
-    _check_limit(limit, offset)
+    sql_limit, sql_offset = _check_limit(limit, offset)
     if order not in ("desc", "asc"):
         raise InvalidInputError("order", f"must be 'desc' or 'asc', got {order!r}")
     direction = "DESC" if order == "desc" else "ASC"
@@ -169,7 +178,7 @@ def query_events(
     params = list(filters.params)
     if limit is not None or offset:
         sql += " LIMIT ? OFFSET ?"
-        params += [-1 if limit is None else limit, offset]
+        params += [sql_limit, sql_offset]
     return _events(conn, _run(conn, sql, params))
 
 
@@ -197,35 +206,44 @@ def fts_query(text: str) -> str | None:
 def search_events(conn: sqlite3.Connection, text: str, *, limit: int | None) -> list[TraceEvent]:
     """Events whose description, reasoning or context contain every word of ``text``,
     most recently stored first."""
-    _check_limit(limit, 0)
+    sql_limit = _check_limit(limit, 0)[0]
     match = fts_query(text)
     if match is None:
         return []
-    return _events(conn, _run(conn, _SEARCH_SQL, [match, -1 if limit is None else limit]))
+    return _events(conn, _run(conn, _SEARCH_SQL, [match, sql_limit]))
 
 
 _SEARCH_SQL = (
     f"{_SELECT} WHERE e.rowid IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ? "
     "ORDER BY rowid DESC LIMIT ?) ORDER BY e.rowid DESC"
 )
+_SEARCH_PAGE_SQL = (
+    f"{_SELECT} WHERE e.rowid IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ? "
+    "AND rowid < ? ORDER BY rowid DESC LIMIT ?) ORDER BY e.rowid DESC"
+)
 
 
 def iter_search(
     conn: sqlite3.Connection, text: str, *, batch_size: int = 500
 ) -> Generator[TraceEvent, None, None]:
-    """:func:`search_events` without a limit, read ``batch_size`` rows at a time (see
-    :func:`iter_events`): memory stays bounded however many events match."""
+    """:func:`search_events` without a limit, read ``batch_size`` rows at a time, each
+    batch in its own short read transaction (see :func:`iter_events`)."""
     match = fts_query(text)
     if match is None:
         return
-    yield from _stream(conn, _SEARCH_SQL, [match, -1], batch_size)
+
+    def page(after: tuple[int, int] | None, size: int) -> tuple[str, list[Any]]:
+        return _SEARCH_PAGE_SQL, [match, _MAX_ROWID if after is None else after[1], size]
+
+    yield from _paged(conn, page, batch_size)
 
 
 def get_event(conn: sqlite3.Connection, event_id: str) -> TraceEvent | None:
     """The event with this id, or None."""
     if not isinstance(event_id, str):
         raise InvalidInputError("event_id", f"must be a string, got {type(event_id).__name__}")
-    events = _events(conn, _run(conn, f"{_SELECT} WHERE e.id = ?", [event_id.lower()]))
+    wanted = clean_text(event_id.lower())
+    events = _events(conn, _run(conn, f"{_SELECT} WHERE e.id = ?", [wanted]))
     return events[0] if events else None
 
 
@@ -243,7 +261,7 @@ def get_chain(conn: sqlite3.Connection, event_id: str) -> ChainNode:
     """
     if not isinstance(event_id, str):
         raise InvalidInputError("event_id", f"must be a string, got {type(event_id).__name__}")
-    wanted = event_id.lower()
+    wanted = clean_text(event_id.lower())
     # One statement: the event is among its trace's events, so its trace id is all that
     # is needed, and no rows at all means no such event.
     events = _events(
@@ -303,13 +321,13 @@ def object_history(
     limit: int | None = None,
 ) -> list[TraceEvent]:
     """Every event that touched the object, oldest first."""
-    _check_limit(limit, 0)
+    sql_limit = _check_limit(limit, 0)[0]
     linked, params = _object_links(external_id, object_type)
     sql = (
         f"{_SELECT} JOIN ({linked}) AS h ON h.event_rowid = e.rowid "
         "ORDER BY h.start_ns, e.rowid LIMIT ?"
     )
-    return _events(conn, _run(conn, sql, [*params, -1 if limit is None else limit]))
+    return _events(conn, _run(conn, sql, [*params, sql_limit]))
 
 
 def _object_links(external_id: str, object_type: ObjectType | str | None) -> tuple[str, list[Any]]:
@@ -331,11 +349,22 @@ def iter_object_history(
     *,
     batch_size: int = 500,
 ) -> Generator[TraceEvent, None, None]:
-    """:func:`object_history` without a limit, read ``batch_size`` rows at a time (see
-    :func:`iter_events`)."""
+    """:func:`object_history` without a limit, read ``batch_size`` rows at a time, each
+    batch in its own short read transaction (see :func:`iter_events`)."""
     linked, params = _object_links(external_id, object_type)
-    sql = f"{_SELECT} JOIN ({linked}) AS h ON h.event_rowid = e.rowid ORDER BY h.start_ns, e.rowid"
-    yield from _stream(conn, sql, params, batch_size)
+
+    def page(after: tuple[int, int] | None, size: int) -> tuple[str, list[Any]]:
+        sub, args = linked, list(params)
+        if after is not None:
+            sub += " AND start_ns >= ? AND (start_ns > ? OR event_rowid > ?)"
+            args += [after[0], after[0], after[1]]
+        sql = (
+            f"{_SELECT} JOIN ({sub} ORDER BY start_ns, event_rowid LIMIT ?) AS h "
+            "ON h.event_rowid = e.rowid ORDER BY h.start_ns, e.rowid"
+        )
+        return sql, [*args, size]
+
+    yield from _paged(conn, page, batch_size)
 
 
 def count_object_history(
@@ -356,40 +385,69 @@ def iter_events(
     """Every event matching ``filters``, oldest first by default, read ``batch_size`` rows
     at a time so that memory stays bounded however many events match.
 
-    The whole iteration reads one snapshot of the file (a read transaction that ends when
-    the iterator is exhausted or closed), so concurrent writes or prunes never make it
-    skip or repeat an event.
+    Each batch is read in its own short read transaction, and none is open while the
+    caller holds the iterator between batches: a consumer that stalls (a pager left
+    open) never keeps the write-ahead log from being checkpointed. Each batch resumes
+    strictly after the ``(start time, rowid)`` of the last event returned, so no event
+    is returned twice and every event stored before the iteration began (and still
+    stored when its batch is read) is returned once, whatever is written meanwhile.
+    Events recorded during the iteration are returned when they sort after that point.
     """
     if order not in ("desc", "asc"):
         raise InvalidInputError("order", f"must be 'desc' or 'asc', got {order!r}")
     direction = "DESC" if order == "desc" else "ASC"
-    sql = f"{_SELECT}{filters.where} ORDER BY e.start_ns {direction}, e.rowid {direction}"
-    yield from _stream(conn, sql, filters.params, batch_size)
+    after_op = "<" if order == "desc" else ">"
+    base = f"{_SELECT}{filters.where}"
+    joiner = " AND " if filters.where else " WHERE "
+    order_by = f" ORDER BY e.start_ns {direction}, e.rowid {direction} LIMIT ?"
+
+    def page(after: tuple[int, int] | None, size: int) -> tuple[str, list[Any]]:
+        if after is None:
+            return base + order_by, [*filters.params, size]
+        keyset = f"e.start_ns {after_op}= ? AND (e.start_ns {after_op} ? OR e.rowid {after_op} ?)"
+        return (
+            base + joiner + keyset + order_by,
+            [*filters.params, after[0], after[0], after[1], size],
+        )
+
+    yield from _paged(conn, page, batch_size)
 
 
-def _stream(
-    conn: sqlite3.Connection, sql: str, params: Sequence[Any], batch_size: int
+_MAX_ROWID = 2**63 - 1
+
+_Page = Callable[[tuple[int, int] | None, int], tuple[str, list[Any]]]
+"""``page(after, size)``: the SQL and parameters of the next ``size`` rows (``_COLUMNS``
+first) after the ``(start_ns, rowid)`` of the last row returned (None: from the start)."""
+
+
+def _paged(
+    conn: sqlite3.Connection, page: _Page, batch_size: int
 ) -> Generator[TraceEvent, None, None]:
-    """The events ``sql`` selects (``_COLUMNS`` first), ``batch_size`` rows at a time,
-    all read from one snapshot: a read transaction that ends with the iteration (or
-    with a transaction the caller already has open)."""
+    """The events ``page`` selects, ``batch_size`` rows at a time, each batch (its rows
+    and their objects) read in one short read transaction that ends before any event
+    is yielded. Inside a transaction the caller already has open, every batch reads
+    that transaction's snapshot instead."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidInputError("batch_size", f"must be a positive integer, got {batch_size!r}")
-    own_transaction = not conn.in_transaction
-    try:
-        if own_transaction:
-            conn.execute("BEGIN")
-        cursor = conn.execute(sql, params)
-        while True:
-            rows = cursor.fetchmany(batch_size)
-            if not rows:
-                break
-            yield from _events(conn, rows)
-    except sqlite3.Error as exc:
-        raise StoreError(f"query failed: {exc}") from exc
-    finally:
-        if own_transaction and conn.in_transaction:
-            conn.execute("COMMIT")
+    after: tuple[int, int] | None = None
+    while True:
+        sql, params = page(after, batch_size)
+        own_transaction = not conn.in_transaction
+        try:
+            if own_transaction:
+                conn.execute("BEGIN")
+            rows = conn.execute(sql, params).fetchall()
+            events = _events(conn, rows)
+        except sqlite3.Error as exc:
+            raise StoreError(f"query failed: {exc}") from exc
+        finally:
+            if own_transaction and conn.in_transaction:
+                conn.execute("COMMIT")
+        if not rows:
+            return
+        last = rows[-1]
+        after = (int(last[4]), int(last[0]))  # (start_ns, rowid): see _COLUMNS
+        yield from events
 
 
 @dataclass(frozen=True)
@@ -428,7 +486,7 @@ def summarize(conn: sqlite3.Connection, *, days: int | None = None) -> LedgerSum
         days: Keep only the newest ``days`` days that have events in ``by_day``
             (None for every day).
     """
-    _check_limit(days, 0)
+    sql_days = _check_limit(days, 0)[0]
 
     def grouped(column: str) -> list[Any]:
         return _run(
@@ -455,7 +513,7 @@ def summarize(conn: sqlite3.Connection, *, days: int | None = None) -> LedgerSum
             conn,
             "SELECT date(start_ns / 1000000000, 'unixepoch') AS day, count(*) FROM events "
             "GROUP BY day ORDER BY day DESC LIMIT ?",
-            [-1 if days is None else days],
+            [sql_days],
         )
         summary = LedgerSummary(
             events=int(total),

@@ -3,7 +3,7 @@
 All SQL that writes lives here; the SQL that reads lives in ``query.py``. The store knows
 nothing of OpenTelemetry: it writes :class:`~decision_trace.attributes.EventRecord` rows.
 
-Layout (schema version 1)::
+Layout (schema version 2; version 2 only adds the ``application_id``)::
 
     events         one row per event (span); indexed by time, type, actor, trace, parent
     event_objects  one row per object an event touched; indexed by (type, id, time)
@@ -15,11 +15,21 @@ Connections: one writer connection per process (the exporter's), and a reader
 connection per thread. WAL mode lets readers run while the writer commits; a busy
 timeout makes concurrent writers from several processes wait instead of failing.
 The database file and its ``-wal``/``-shm`` companions are created with mode 0600.
+
+Files: a file is identified read-only (``mode=ro``) before anything is written to it:
+``PRAGMA application_id`` marks our ledgers (a version-1 ledger of an earlier release,
+which has none, is accepted only when its tables and columns are exactly ours, and is
+stamped by migration 2). SQLite never creates the file (connections open it with
+``mode=rw`` or ``mode=ro``); only :func:`_create_private_file` does, 0600. The writer
+checks that the file at the path is still the one it opened before and after every
+commit (see :meth:`Store._follow_path`).
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import logging
 import os
 import sqlite3
 import threading
@@ -30,6 +40,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote
 
 from .attributes import EventRecord, dumps
 from .errors import SchemaVersionError, StoreError
@@ -41,6 +52,15 @@ DB_ENV_VAR = "DECISION_TRACE_DB"
 
 BUSY_TIMEOUT_MS = 60_000
 """How long a connection waits for another process's write lock before failing."""
+
+APPLICATION_ID = 0x44635472  # b"DcTr"
+"""``PRAGMA application_id`` of a decision-trace ledger (set by migration 2)."""
+
+JOURNAL_SIZE_LIMIT = 8 * 1024 * 1024
+"""Bytes the write-ahead log is truncated to once a checkpoint has emptied it: a reader
+that held a snapshot for long lets the log grow, and this gives the space back."""
+
+_logger = logging.getLogger(__name__)
 
 Durability = Literal["sync", "batch"]
 
@@ -150,7 +170,13 @@ def _migration_1(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migration_1,)
+def _migration_2(conn: sqlite3.Connection) -> None:
+    # Marks the file as ours, so that another application's database is never taken for
+    # a ledger (nor a ledger for another application's database).
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migration_1, _migration_2)
 """Schema migrations in order; migration ``n`` brings ``user_version`` from n-1 to n."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -161,12 +187,52 @@ _EVENT_COLUMNS = (
     "actor_type, actor_id, actor_name, actor_json, reasoning, decision_json, objects_json, "
     "tags_json, outcome, error, metadata_json, service_name"
 )
+_OBJECT_COLUMNS = "event_rowid, position, object_type, external_id, start_ns"
 _INSERT_EVENT = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES ({', '.join('?' * 20)})"
-_INSERT_OBJECT = (
-    "INSERT INTO event_objects (event_rowid, position, object_type, external_id, start_ns) "
-    "VALUES (?, ?, ?, ?, ?)"
-)
+_INSERT_OBJECT = f"INSERT INTO event_objects ({_OBJECT_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
 _INSERT_TAG = "INSERT OR IGNORE INTO event_tags (tag, event_rowid) VALUES (?, ?)"
+
+
+def _from_json_rows(columns: int) -> str:
+    return (
+        "SELECT "
+        + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(columns))
+        + " FROM json_each(?)"
+    )
+
+
+# A whole batch as one statement a table: its rows go in as one JSON array of arrays.
+# executemany() steps SQLite once a row and releases the GIL around each step, so in a
+# busy application the writer waited for the GIL (up to the 5 ms switch interval) once a
+# row; one statement needs it back once a batch. See _insert_rows for exactness.
+_INSERT_EVENTS_JSON = f"INSERT INTO events ({_EVENT_COLUMNS}) {_from_json_rows(20)}"
+_INSERT_OBJECTS_JSON = f"INSERT INTO event_objects ({_OBJECT_COLUMNS}) {_from_json_rows(5)}"
+_INSERT_TAGS_JSON = f"INSERT OR IGNORE INTO event_tags (tag, event_rowid) {_from_json_rows(2)}"
+
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+
+_encode_rows = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, check_circular=False, separators=(",", ":")
+).encode
+"""Rows to JSON: strings stay UTF-8 (SQLite hands them back byte for byte; a lone
+surrogate makes binding the batch fail, as it would the row), NaN is refused."""
+
+
+def _insert_rows(
+    conn: sqlite3.Connection, json_sql: str, plain_sql: str, rows: list[tuple[object, ...]]
+) -> None:
+    """Insert ``rows`` with one statement (``json_sql``), or with ``executemany`` of
+    ``plain_sql`` when JSON cannot carry them exactly.
+
+    SQLite 3.40's JSON functions cut a string at an escaped NUL, so rows with a NUL in
+    any text go through executemany (the JSON encoder escapes NUL as \\u0000 and nothing else
+    contains that text, except a string with a literal backslash-u0000: harmless).
+    """
+    text = _encode_rows(rows)
+    if "\\u0000" in text:
+        conn.executemany(plain_sql, rows)
+    else:
+        conn.execute(json_sql, (text,))
 
 
 _SQLITE_BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (primary result codes)
@@ -207,6 +273,113 @@ def _tags_json(tags: Sequence[str]) -> str | None:
     return dumps(list(tags), "tags")  # one reused encoder: json.dumps builds one a call
 
 
+FileId = tuple[int, int]
+"""A file's ``(st_dev, st_ino)``: which file a path names, whatever its name."""
+
+_COMPANIONS = ("-wal", "-shm")
+
+
+def _file_id(path: str | os.PathLike[str]) -> FileId | None:
+    """The identity of the file at ``path`` (following links), or None if there is none."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise StoreError(f"cannot examine {os.fspath(path)}: {exc}") from exc
+    return (st.st_dev, st.st_ino)
+
+
+def _on_read_only_fs(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return False
+
+
+def _uri(path: Path, **params: str) -> str:
+    query = "&".join(f"{key}={value}" for key, value in params.items())
+    return f"file:{quote(os.fspath(path), safe='/')}?{query}"
+
+
+_SCHEMA_SQL = """
+    SELECT m.type, m.name, m.tbl_name, p.name, p.type, p."notnull", p.pk
+    FROM sqlite_master AS m LEFT JOIN pragma_table_info(m.name) AS p ON m.type = 'table'
+    WHERE m.name NOT LIKE 'sqlite^_%' ESCAPE '^'
+"""
+
+Schema = frozenset[tuple[object, ...]]
+
+
+@dataclass(frozen=True)
+class _Found:
+    """What a file holds, as far as telling whose it is goes."""
+
+    version: int
+    application_id: int
+    schema: Schema
+
+
+def _inspect(conn: sqlite3.Connection) -> _Found:
+    """Read ``conn``'s version, application id and schema (no writes)."""
+    own = not conn.in_transaction
+    if own:
+        conn.execute("BEGIN")  # one snapshot: another process may be migrating
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        application_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
+        schema = frozenset(tuple(row) for row in conn.execute(_SCHEMA_SQL))
+    finally:
+        if own and conn.in_transaction:
+            conn.execute("COMMIT")
+    return _Found(version, application_id, schema)
+
+
+@functools.cache
+def _schema_of_version(version: int) -> Schema:
+    """The schema our migrations make up to ``version`` (built in memory)."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        for migration in MIGRATIONS[:version]:
+            migration(conn)
+        return _inspect(conn).schema
+    finally:
+        conn.close()
+
+
+def _accepted_version(path: Path, found: _Found) -> int:
+    """The schema version of ``found`` if it is a decision-trace ledger (0: an empty file
+    that can become one); raise otherwise. Only reads ``found``."""
+    if found.application_id == APPLICATION_ID:
+        if found.version > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"{path} has schema version {found.version}, newer than the "
+                f"{SCHEMA_VERSION} this decision-trace understands; upgrade decision-trace "
+                "to read it"
+            )
+        return found.version
+    untouched = "; it was left untouched"
+    if found.application_id != 0:
+        raise StoreError(
+            f"{path} is an SQLite database of another application (application id "
+            f"{found.application_id:#x}), not a decision-trace database{untouched}"
+        )
+    if found.version == 0:
+        if found.schema:
+            raise StoreError(
+                f"{path} is an SQLite database of another application (it has tables but "
+                f"no decision-trace schema version){untouched}"
+            )
+        return 0
+    if found.version == 1 and found.schema == _schema_of_version(1):
+        return 1  # a ledger of a release before application ids: migration 2 stamps it
+    raise StoreError(
+        f"{path} is an SQLite database of another application (user_version "
+        f"{found.version} without decision-trace's application id and tables), not a "
+        f"decision-trace database{untouched}"
+    )
+
+
 class RejectedRecordsError(StoreError):
     """Some records of a batch cannot be stored because of their content (the others
     were written): retrying them cannot help."""
@@ -225,11 +398,46 @@ class RejectedRecordsError(StoreError):
 _CONTENT_ERROR_CODES = frozenset({1, 18, 19, 20, 25})
 
 
-def _about_content(exc: sqlite3.Error) -> bool:
+def _about_row(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` is about the row being written, not about the database."""
     code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
     if code is not None:
         return (int(code) & 0xFF) in _CONTENT_ERROR_CODES
-    return isinstance(exc, (sqlite3.IntegrityError, sqlite3.DataError)) or "malformed" in str(exc)
+    # Refused by the sqlite3 module while binding (a type it cannot bind), or by SQLite.
+    return isinstance(
+        exc,
+        (
+            sqlite3.IntegrityError,
+            sqlite3.DataError,
+            sqlite3.InterfaceError,
+            sqlite3.ProgrammingError,
+        ),
+    ) or "malformed" in str(exc)
+
+
+def _event_row(rowid: int, r: EventRecord) -> tuple[object, ...]:
+    return (
+        rowid,
+        r.id,
+        r.trace_id,
+        r.parent_id,
+        r.start_ns,
+        r.duration_ns,
+        r.event_type,
+        r.description,
+        r.actor_type,
+        r.actor_id,
+        r.actor_name,
+        r.actor_json,
+        r.reasoning,
+        r.decision_json,
+        r.objects_json,
+        _tags_json(r.tags),
+        r.outcome,
+        r.error,
+        r.metadata_json,
+        r.service_name,
+    )
 
 
 @dataclass(frozen=True)
@@ -250,16 +458,27 @@ class Store:
             survives power loss); ``"batch"`` uses ``synchronous=NORMAL`` (a committed
             event survives a crash of the process).
         create: If false, a missing file is an error instead of being created.
+        read_only: Only read: the file is opened with ``mode=ro`` (with ``immutable=1``
+            on a read-only mount), never created, migrated or written, and no
+            ``-wal``/``-shm`` is made in a folder that cannot be written. For reading an
+            evidence copy, and for the command line's read-only commands.
 
     Raises:
-        StoreError: the file cannot be opened or is not a decision-trace database.
+        StoreError: the file cannot be opened or is not a decision-trace database (the
+            message says which, and why); such a file is left untouched.
         SchemaVersionError: the file was written by a newer decision-trace.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, durability: Durability = "batch", create: bool = True
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durability: Durability = "batch",
+        create: bool = True,
+        read_only: bool = False,
     ) -> None:
         self.path = Path(path).expanduser()
+        self.read_only = read_only
         self._synchronous = "FULL" if durability == "sync" else "NORMAL"
         # Re-entrant: the SIGTERM hook may close the store from a signal handler that
         # interrupted this process's own write.
@@ -270,6 +489,16 @@ class Store:
         self._closed = False
         self._readers_lock = threading.RLock()  # re-entrant: see _write_lock
         self._all_readers: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        # The file this store uses: the one at the path when it was opened or last
+        # followed (see _follow_path), its -wal/-shm as last seen while ours were open,
+        # and how many times the path turned out to name another file.
+        self._file: FileId | None = None
+        self._companions: dict[str, FileId] = {}
+        self._generation = 0
+        self._switches = 0
+        self._switches_reported = 0
+        self._refused: tuple[FileId, StoreError] | None = None
+        self._lost: FileId | None = None
         if hasattr(os, "register_at_fork"):
             ref = weakref.ref(self)
             os.register_at_fork(
@@ -277,15 +506,11 @@ class Store:
                 after_in_parent=functools.partial(_store_after_fork_in_parent, ref),
                 after_in_child=functools.partial(_store_after_fork, ref),
             )
-        if not self.path.exists():
-            if not create:
+        if _file_id(self.path) is None:
+            if not create or read_only:
                 raise StoreError(f"no decision-trace database at {self.path}")
-            _create_private_file(self.path)
-        conn = self._connect()
-        try:
-            self._migrate(conn)
-        finally:
-            conn.close()
+            self._create_file()
+        self._open_file()
 
     def _after_fork_in_child(self) -> None:
         # fork() happened between two transactions (see _store_before_fork): a write
@@ -302,12 +527,168 @@ class Store:
         self._readers_lock = threading.RLock()  # re-entrant: see _write_lock
         self._all_readers = []
 
+    # -- the file ---------------------------------------------------------------------
+
+    def _create_file(self) -> None:
+        """Create a new, empty ledger file at the path (0600), refusing a dangling link."""
+        if os.path.islink(self.path):
+            raise StoreError(
+                f"{self.path} is a symbolic link to {os.readlink(self.path)}, which does not "
+                "exist; decision-trace does not create a ledger through a link: create the "
+                "ledger at the link's target, or remove the link"
+            )
+        folder = self.path.parent
+        if folder.is_dir() and (_on_read_only_fs(folder) or not os.access(folder, os.W_OK)):
+            raise StoreError(f"cannot create {self.path}: {folder} is a read-only folder")
+        _create_private_file(self.path)
+
+    def _identify(self) -> int:
+        """The schema version of the ledger at the path (0: an empty file); raise if the
+        file is anything else. Reads only: nothing is created or changed, not even a
+        ``-wal``/``-shm`` next to another application's database."""
+        path = self.path
+        if path.is_dir():
+            raise StoreError(f"{path} is a folder, not a decision-trace database")
+        try:
+            with open(path, "rb") as file:
+                header = file.read(100)
+        except OSError as exc:
+            raise StoreError(f"cannot read {path}: {exc}") from exc
+        wal = Path(f"{path}-wal")
+        if not header and (not wal.exists() or wal.stat().st_size == 0):
+            return 0  # empty: `touch`, or a new ledger that another process is creating
+        if header and (len(header) < 100 or not header.startswith(b"SQLite format 3\x00")):
+            raise StoreError(
+                f"{path} is not a decision-trace database (not an SQLite file); "
+                "it was left untouched"
+            )
+        # A WAL-mode file with no -wal/-shm (closed by everyone) is read as it is, so that
+        # opening another application's database to look at it creates nothing beside it.
+        bare = header[18:19] == b"\x02" and not wal.exists() and not Path(f"{path}-shm").exists()
+        conn = self._connect_read_only(immutable=bare)
+        try:
+            found = _inspect(conn)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"{path} is not a decision-trace database: {exc}; it was left untouched"
+            ) from exc
+        finally:
+            conn.close()
+        return _accepted_version(path, found)
+
+    def _open_file(self) -> None:
+        """Check the file at the path is a ledger (read-only), then, unless read-only,
+        bring it to this release's schema; remember which file it is."""
+        file = _file_id(self.path)
+        version = self._identify()
+        if self.read_only:
+            if version == 0:
+                raise StoreError(f"{self.path} is empty, not a decision-trace database")
+            self._file = file
+            return
+        folder = self.path.parent
+        if _on_read_only_fs(folder) or not os.access(folder, os.W_OK):
+            raise StoreError(
+                f"cannot write to {self.path}: {folder} is a read-only folder (to only read "
+                "the ledger, open it with read_only=True, as the command line does)"
+            )
+        if not os.access(self.path, os.W_OK):
+            raise StoreError(f"cannot write to {self.path}: it is a read-only file")
+        conn = self._connect()
+        try:
+            self._migrate(conn)
+            self._file = file
+            self._remember_companions()
+        finally:
+            conn.close()
+        if _file_id(self.path) != file:  # replaced while we looked: look again
+            self._follow_path()
+
+    def _remember_companions(self) -> None:
+        """Note which -wal/-shm files are ours (call while one of our connections is
+        open on the file at the path, so that they are)."""
+        for suffix in _COMPANIONS:
+            found = _file_id(f"{self.path}{suffix}")
+            if found is not None:
+                self._companions[suffix] = found
+
+    def _follow_path(self, *, create: bool = True) -> None:
+        """Make sure the file at the path is the one this store uses; if it is not (the
+        ledger was deleted, or another file was moved into its place, while open), switch
+        to it.
+
+        Our old -wal/-shm are removed from beside the path first (SQLite would otherwise
+        take the old ledger's log for the new file's, and copy it into that file). A
+        deleted ledger is recreated as a new, empty ledger (0600) when ``create`` (the
+        writer) and is an error otherwise (readers never create a file); another
+        ledger is used as it is; any other file is refused (StoreError) and left
+        untouched. Each switch is counted, so the next :meth:`check_file` reports it.
+        """
+        found = _file_id(self.path)
+        if found == self._file:
+            return
+        if found is not None and self._refused is not None and self._refused[0] == found:
+            raise type(self._refused[1])(str(self._refused[1]))  # refused already: no new log
+        if self._writer is not None and self._writer_pid == os.getpid():
+            with suppress(sqlite3.Error):
+                self._writer.close()
+        self._writer = None
+        self._generation += 1  # readers reopen at their next query
+        for suffix, ours in self._companions.items():
+            if _file_id(f"{self.path}{suffix}") == ours:
+                with suppress(FileNotFoundError):
+                    os.unlink(f"{self.path}{suffix}")
+        self._companions = {}
+        if self._file is not None and self._lost != self._file:
+            self._lost = self._file  # counted once, however many steps following it takes
+            self._switches += 1
+            what = "deleted" if found is None else "replaced by another file"
+            _logger.warning(
+                "decision-trace: the ledger %s was %s while open; the events written to it "
+                "are no longer at that path",
+                self.path,
+                what,
+            )
+        if found is None:
+            if not create or self.read_only:
+                raise StoreError(f"the decision-trace database {self.path} was deleted")
+            _logger.warning("decision-trace: creating a new ledger at %s", self.path)
+            self._create_file()
+        self._file = None  # until the file at the path has been identified
+        try:
+            self._open_file()
+        except StoreError as exc:
+            if found is not None:
+                self._refused = (found, exc)
+            raise
+
+    def check_file(self) -> bool:
+        """Follow the path (see :meth:`_follow_path`) and say whether it named the same
+        file since the previous call: False when the ledger was deleted or replaced
+        while open (events written before that are not in the file at the path), or
+        when the file now at the path cannot be used."""
+        with self._write_lock:
+            if self._closed or self.read_only:
+                return True
+            refused = self._refused
+            try:
+                self._follow_path(create=False)  # a deleted ledger is made again by a write
+            except StoreError as exc:
+                if self._refused is not refused:  # a new refusal: the repeats are not logged
+                    _logger.error("decision-trace: %s", exc)
+                self._switches_reported = self._switches
+                return False
+            seen, self._switches_reported = self._switches_reported, self._switches
+            return seen == self._switches
+
     # -- connections ------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
+        """A read-write connection to the (existing) file at the path, in WAL mode."""
         try:
             conn = sqlite3.connect(
-                self.path,
+                _uri(self.path, mode="rw"),
+                uri=True,
                 timeout=BUSY_TIMEOUT_MS / 1000,
                 isolation_level=None,
                 check_same_thread=False,
@@ -318,24 +699,44 @@ class Store:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             _use_wal(conn)
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise StoreError(f"{self.path} is not a decision-trace database: {exc}") from exc
         return conn
 
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        version = self._user_version(conn)
-        if version > SCHEMA_VERSION:
-            raise SchemaVersionError(
-                f"{self.path} has schema version {version}, newer than the {SCHEMA_VERSION} "
-                "this decision-trace understands; upgrade decision-trace to read it"
+    def _connect_read_only(self, *, immutable: bool = False) -> sqlite3.Connection:
+        """A ``mode=ro`` connection; ``immutable=1`` (no locks, no -wal/-shm) when asked,
+        or when no -wal exists in a folder we cannot write (a read-only mount): SQLite
+        could not make the -wal/-shm it needs, and no writer has the file open. (With a
+        -wal there, say a copy of a ledger whose writer was killed, ``mode=ro`` reads it.)
+        """
+        if not immutable:
+            immutable = not os.access(self.path.parent, os.W_OK) and not (
+                Path(f"{self.path}-wal").exists()
             )
-        if version == SCHEMA_VERSION:
-            return
+        params = {"mode": "ro", "immutable": "1"} if immutable else {"mode": "ro"}
         try:
+            conn = sqlite3.connect(
+                _uri(self.path, **params),
+                uri=True,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {self.path} to read it: {exc}") from exc
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        try:
+            version = _accepted_version(self.path, _inspect(conn))
+            if version == SCHEMA_VERSION:
+                return
             conn.execute("BEGIN IMMEDIATE")
-            # Another process may have migrated while we waited for the lock.
-            version = self._user_version(conn)
+            # Look again under the lock: another process may have migrated meanwhile.
+            version = _accepted_version(self.path, _inspect(conn))
             for number in range(version + 1, SCHEMA_VERSION + 1):
                 MIGRATIONS[number - 1](conn)
                 conn.execute(f"PRAGMA user_version = {number}")
@@ -344,29 +745,18 @@ class Store:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise StoreError(f"cannot migrate {self.path}: {exc}") from exc
-
-    def _user_version(self, conn: sqlite3.Connection) -> int:
-        try:
-            # One statement, so one snapshot: read apart, another process's migration
-            # could commit in between, and its tables would look like a foreign schema.
-            version, tables = conn.execute(
-                "SELECT (SELECT user_version FROM pragma_user_version), "
-                "(SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%')"
-            ).fetchone()
-            version = int(version)
-            if version == 0 and tables:
-                raise StoreError(
-                    f"{self.path} is an SQLite database of another application "
-                    "(it has tables but no decision-trace schema version)"
-                )
-            return version
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path} is not a decision-trace database: {exc}") from exc
+        except StoreError:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     def _writer_connection(self) -> sqlite3.Connection:
+        if self.read_only:
+            raise StoreError(f"{self.path} was opened read-only")
         pid = os.getpid()
         if self._writer is None or self._writer_pid != pid:
             # Never reuse a connection across fork(): the child opens its own.
+            self._follow_path()
             self._writer = self._connect()
             self._writer_pid = pid
         return self._writer
@@ -378,19 +768,44 @@ class Store:
 
     def read_connection(self) -> sqlite3.Connection:
         """The calling thread's read connection (kept open and reused); what
-        :meth:`reader` yields, without the context manager (queries call this)."""
+        :meth:`reader` yields, without the context manager (queries call this).
+
+        Raises:
+            StoreError: the store is closed, or the ledger at the path was deleted or
+                replaced by a file that is not a ledger (never created here).
+        """
         if self._closed:
             raise StoreError("the store is closed")
+        if _file_id(self.path) != self._file:
+            with self._write_lock:
+                if self.read_only:
+                    self._generation += 1
+                    self._file = None
+                    if _file_id(self.path) is None:
+                        raise StoreError(f"the decision-trace database {self.path} was deleted")
+                    self._open_file()
+                else:
+                    self._follow_path(create=False)
         pid = os.getpid()
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None or getattr(self._local, "pid", 0) != pid:
-            conn = self._connect()
-            conn.execute("PRAGMA query_only = 1")
+        if (
+            conn is None
+            or getattr(self._local, "pid", 0) != pid
+            or getattr(self._local, "generation", -1) != self._generation
+        ):
+            if self.read_only:
+                conn = self._connect_read_only()
+            else:
+                conn = self._connect()
+                conn.execute("PRAGMA query_only = 1")
             self._local.conn = conn
             self._local.pid = pid
+            self._local.generation = self._generation
             with self._readers_lock:
                 # Close the connections of threads that have ended (a thread-per-request
-                # server would otherwise run out of file descriptors).
+                # server would otherwise run out of file descriptors). A connection to a
+                # file that left the path stays open until then: the thread may still be
+                # reading from it.
                 alive = []
                 for thread, old in self._all_readers:
                     if thread.is_alive():
@@ -405,15 +820,22 @@ class Store:
     def close(self) -> None:
         """Close every connection this store opened in this process. Idempotent."""
         self._closed = True
-        with self._write_lock:
-            if self._writer is not None and self._writer_pid == os.getpid():
-                self._writer.close()
-            self._writer = None
         with self._readers_lock:
             for _, conn in self._all_readers:
                 with suppress(sqlite3.Error):
                     conn.close()
             self._all_readers = []
+        with self._write_lock:
+            if self._writer is not None and self._writer_pid == os.getpid():
+                self._writer.close()
+            self._writer = None
+            if self._file is not None and _file_id(self.path) != self._file:
+                # The ledger left the path while open: SQLite leaves its -wal/-shm there,
+                # where they would be taken for the log of the file now at the path.
+                for suffix, ours in self._companions.items():
+                    if _file_id(f"{self.path}{suffix}") == ours:
+                        with suppress(FileNotFoundError):
+                            os.unlink(f"{self.path}{suffix}")
 
     # -- writes -----------------------------------------------------------------------
 
@@ -421,7 +843,10 @@ class Store:
         """Commit ``records`` in one transaction; return how many were new.
 
         A record whose id is already stored is skipped, so exporting the same span twice
-        never duplicates an event.
+        never duplicates an event. A record that cannot be stored on its own account
+        (whatever the error: a value SQLite refuses, or one Python cannot bind, such as
+        an integer beyond 64 bits or a lone surrogate) is left out and the others are
+        written.
 
         Raises:
             RejectedRecordsError: some records cannot be stored because of what they hold;
@@ -433,87 +858,138 @@ class Store:
         with self._write_lock:
             if self._closed:
                 raise StoreError("the store is closed")
+            # The file at the path must be the one written, before and after the commit:
+            # a batch committed to a ledger that was deleted or replaced meanwhile (so is
+            # not at the path) is written again to the file now there.
+            for _ in range(3):
+                self._follow_path()
+                try:
+                    written = self._write_records(records)
+                except RejectedRecordsError:
+                    if _file_id(self.path) == self._file:
+                        raise
+                    continue
+                if _file_id(self.path) == self._file:
+                    self._remember_companions()
+                    return written
+            raise StoreError(f"cannot write to {self.path}: it keeps being replaced")
+
+    def _write_records(self, records: Sequence[EventRecord]) -> int:
+        with self._write_lock:
             conn = self._writer_connection()
             try:
                 return self._write_batch(conn, records)
             except sqlite3.Error as exc:
-                if not isinstance(exc, sqlite3.IntegrityError) and not _about_content(exc):
+                if not isinstance(exc, sqlite3.IntegrityError) and not _about_row(exc):
                     raise StoreError(f"cannot write to {self.path}: {exc}") from exc
-            # An id is already stored, or one record is unstorable: write one at a time,
-            # skipping stored ids, so one bad record never costs the rest of the batch.
-            written = 0
-            rejected: list[tuple[str, str]] = []
-            for record in records:
-                try:
-                    written += self._write_batch(conn, [record], skip_existing=True)
-                except sqlite3.Error as exc:
-                    if not _about_content(exc):
-                        raise StoreError(f"cannot write to {self.path}: {exc}") from exc
-                    rejected.append((record.id, str(exc)))
+            except Exception:  # a value Python cannot bind: found row by row below
+                pass
+            # An id is already stored, or some record is unstorable: write them one at a
+            # time (one transaction still), so one bad record never costs the rest.
+            written, rejected = self._write_each(conn, records)
             if rejected:
                 raise RejectedRecordsError(self.path, written, rejected)
             return written
 
-    def _write_batch(
-        self, conn: sqlite3.Connection, records: Sequence[EventRecord], skip_existing: bool = False
-    ) -> int:
+    def _write_batch(self, conn: sqlite3.Connection, records: Sequence[EventRecord]) -> int:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if skip_existing:
-                ids = [r.id for r in records]
-                known = {
-                    row[0]
-                    for row in conn.execute(
-                        f"SELECT id FROM events WHERE id IN ({','.join('?' * len(ids))})", ids
-                    )
-                }
-                records = [r for r in records if r.id not in known]
             base = conn.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()[0]
-            event_rows = []
-            object_rows = []
-            tag_rows = []
+            event_rows: list[tuple[object, ...]] = []
+            object_rows: list[tuple[object, ...]] = []
+            tag_rows: list[tuple[object, ...]] = []
+            exact = True  # whether JSON carries every integer exactly (else executemany)
             for rowid, r in enumerate(records, base + 1):
-                event_rows.append(
-                    (
-                        rowid,
-                        r.id,
-                        r.trace_id,
-                        r.parent_id,
-                        r.start_ns,
-                        r.duration_ns,
-                        r.event_type,
-                        r.description,
-                        r.actor_type,
-                        r.actor_id,
-                        r.actor_name,
-                        r.actor_json,
-                        r.reasoning,
-                        r.decision_json,
-                        r.objects_json,
-                        _tags_json(r.tags),
-                        r.outcome,
-                        r.error,
-                        r.metadata_json,
-                        r.service_name,
-                    )
-                )
+                start, duration = r.start_ns, r.duration_ns
+                if not (
+                    type(start) is int
+                    and type(duration) is int
+                    and _I64_MIN <= start <= _I64_MAX
+                    and _I64_MIN <= duration <= _I64_MAX
+                ):
+                    exact = False
+                event_rows.append(_event_row(rowid, r))
                 for position, (object_type, external_id) in enumerate(
                     zip(r.object_types, r.object_ids, strict=False)
                 ):
-                    object_rows.append((rowid, position, object_type, external_id, r.start_ns))
+                    object_rows.append((rowid, position, object_type, external_id, start))
                 for tag in r.tags:
                     tag_rows.append((tag, rowid))
-            conn.executemany(_INSERT_EVENT, event_rows)
-            if object_rows:
-                conn.executemany(_INSERT_OBJECT, object_rows)
+            if exact:
+                _insert_rows(conn, _INSERT_EVENTS_JSON, _INSERT_EVENT, event_rows)
+                if object_rows:
+                    _insert_rows(conn, _INSERT_OBJECTS_JSON, _INSERT_OBJECT, object_rows)
+            else:
+                conn.executemany(_INSERT_EVENT, event_rows)
+                if object_rows:
+                    conn.executemany(_INSERT_OBJECT, object_rows)
             if tag_rows:
-                conn.executemany(_INSERT_TAG, tag_rows)
+                _insert_rows(conn, _INSERT_TAGS_JSON, _INSERT_TAG, tag_rows)
             conn.execute("COMMIT")
             return len(event_rows)
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    def _write_each(
+        self, conn: sqlite3.Connection, records: Sequence[EventRecord]
+    ) -> tuple[int, list[tuple[str, str]]]:
+        """Write ``records`` one statement set a record, each in its own savepoint of one
+        transaction: skip stored ids, leave out (and return) the records that fail on their
+        own. A database error (disk full, I/O) rolls everything back and raises."""
+        written = 0
+        rejected: list[tuple[str, str]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            ids = [r.id for r in records]
+            known: set[object] = set()
+            for i in range(0, len(ids), 500):  # under every SQLite's variable limit
+                part = ids[i : i + 500]
+                known.update(
+                    row[0]
+                    for row in conn.execute(
+                        f"SELECT id FROM events WHERE id IN ({','.join('?' * len(part))})", part
+                    )
+                )
+            rowid = conn.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()[0]
+            for r in records:
+                if r.id in known:
+                    continue
+                conn.execute("SAVEPOINT record")
+                try:
+                    conn.execute(_INSERT_EVENT, _event_row(rowid + 1, r))
+                    conn.executemany(
+                        _INSERT_OBJECT,
+                        [
+                            (rowid + 1, position, object_type, external_id, r.start_ns)
+                            for position, (object_type, external_id) in enumerate(
+                                zip(r.object_types, r.object_ids, strict=False)
+                            )
+                        ],
+                    )
+                    conn.executemany(_INSERT_TAG, [(tag, rowid + 1) for tag in r.tags])
+                except Exception as exc:
+                    if isinstance(exc, sqlite3.Error) and not _about_row(exc):
+                        raise
+                    conn.execute("ROLLBACK TO record")
+                    conn.execute("RELEASE record")
+                    rejected.append((str(r.id), f"{type(exc).__name__}: {exc}"))
+                    continue
+                conn.execute("RELEASE record")
+                rowid += 1
+                written += 1
+                known.add(r.id)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise StoreError(f"cannot write to {self.path}: {exc}") from exc
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return written, rejected
 
     def prune(self, older_than_ns: int, *, dry_run: bool = False) -> PruneReport:
         """Delete events that started before ``older_than_ns`` with their objects, tags

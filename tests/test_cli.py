@@ -494,7 +494,7 @@ def test_stats(ledger: Ledger) -> None:
     span = datetime.fromisoformat(stats["last"]) - datetime.fromisoformat(stats["first"])
     assert stats["span_seconds"] == span.total_seconds() >= 100 * 86400
     assert stats["size_bytes"] == ledger.db.stat().st_size > 0
-    assert stats["schema_version"] == 1
+    assert stats["schema_version"] == 2
     human = run_db(ledger, "stats").stdout
     assert "order.created" in human and "By actor type" in human and "Size" in human
     assert re.search(r"Covers +(99|100) days", human)

@@ -158,6 +158,41 @@ def test_full_refund_is_status_refunded(shop: EcommerceClient) -> None:
     event = stored(shop, shop.order_refunded("ord-1", 89.0, "Defect", order_total=89))
     assert obj(event, ObjectType.ORDER).state["status"] == "refunded"
     assert linked(event) == [("order", "ord-1")]
+    # Without previous_status there is no change to show: only the new status.
+    order = obj(event, ObjectType.ORDER)
+    assert order.state_before is None and order.state_after is None
+
+
+def test_order_refunded_with_previous_status_records_the_change(shop: EcommerceClient) -> None:
+    event = stored(
+        shop,
+        shop.order_refunded(
+            "ord-1003",
+            Decimal("30.00"),
+            "Lid arrived cracked",
+            payment_id="pay-55",
+            order_total=Decimal("89.00"),
+            previous_status="paid",
+        ),
+    )
+    order = obj(event, ObjectType.ORDER)
+    assert order.state_before == {"status": "paid"}
+    assert order.state_after == {"status": "partially_refunded"}
+    # As shipment_shipped: the status lives in before/after, the state keeps the rest.
+    assert order.state == {"refund_amount": 30.0, "currency": "USD", "order_total": 89.0}
+    assert obj(event, ObjectType.PAYMENT).state["status"] == "refunded"
+    assert linked(event) == [("order", "ord-1003"), ("payment", "pay-55")]
+    full = stored(shop, shop.order_refunded("ord-2", 10, "Defect", previous_status="shipped"))
+    full_order = obj(full, ObjectType.ORDER)
+    assert (full_order.state_before, full_order.state_after) == (
+        {"status": "shipped"},
+        {"status": "refunded"},
+    )
+    (history,) = shop.get_object_history(external_id="ord-2", object_type=ObjectType.ORDER)
+    assert history.id == full.id
+    assert field_of(lambda: shop.order_refunded("o", 1, "x", previous_status=" ")) == (
+        "previous_status"
+    )
 
 
 def test_payment_captured(shop: EcommerceClient) -> None:
@@ -903,6 +938,37 @@ def test_readme_ecommerce_example_runs(tmp_path: Path) -> None:
     result = run_python([str(script)], tmp_path, DECISION_TRACE_DB=str(tmp_path / "r.db"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "Lid arrived cracked"
+
+
+def _unstamped(text: str) -> str:
+    """``why`` output without what changes on every run: the time and the event id."""
+    text = re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", "<time>", text)
+    return re.sub(r"(?m)^(  event +)[0-9a-f]{16}$", r"\1<id>", text)
+
+
+def test_readme_why_output_is_what_the_cli_prints(tmp_path: Path) -> None:
+    """The README's refund example, then the `decision-trace why` it shows, for real."""
+    section = README.read_text().split("## Ecommerce events", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    (shown,) = re.findall(r"```text\n\$ decision-trace why (\S+)\n(.*?)```", section, flags=re.S)
+    target, expected = shown
+    db = tmp_path / "r.db"
+    script = tmp_path / "readme_ecommerce.py"
+    script.write_text(block)
+    recorded = run_python([str(script)], tmp_path, DECISION_TRACE_DB=str(db))
+    assert recorded.returncode == 0, recorded.stderr
+    result = run_python(
+        ["-m", "decision_trace", "--db", str(db), "why", target],
+        tmp_path,
+        PYTHONIOENCODING="utf-8",
+        NO_COLOR="1",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "changed    status: paid → partially_refunded" in result.stdout
+    assert _unstamped(result.stdout) == _unstamped(expected), (
+        "README's `decision-trace why` block differs from the real output; paste this:\n"
+        + result.stdout
+    )
 
 
 def test_ai_and_anomaly_link_ready_made_objects(shop: EcommerceClient) -> None:

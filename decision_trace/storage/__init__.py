@@ -26,6 +26,7 @@ from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ..errors import StoreError
+from ..store import default_db_path
 from .filters import EventFilters, Order
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from ..query import ChainNode, LedgerSummary
     from ..store import Durability, PruneReport
 
-__all__ = ["EventFilters", "Ledger", "Order", "open_ledger"]
+__all__ = ["EventFilters", "Ledger", "Order", "default_db_path", "open_ledger"]
 
 
 @runtime_checkable
@@ -139,6 +140,11 @@ class Ledger(Protocol):
         """Delete events that started before ``older_than_ns`` (or only count them)."""
         ...
 
+    def size_bytes(self) -> tuple[int, int]:
+        """``(data, log)``: bytes the ledger takes, and bytes of its write-ahead log not yet
+        folded into the data (0 where the backend has none to report)."""
+        ...
+
     def check(self) -> list[str]:
         """The storage's own integrity checks; an empty list means sound."""
         ...
@@ -161,15 +167,18 @@ def open_ledger(
     *,
     durability: Durability = "batch",
     create: bool = True,
+    read_only: bool = False,
 ) -> Ledger:
     """Open the ledger that ``target`` names.
 
     Args:
         target: A file path (SQLite). None means the default path
-            (:func:`~decision_trace.store.default_db_path`).
+            (:func:`default_db_path`).
         durability: For backends that write: ``"sync"`` or ``"batch"`` (see
             :class:`~decision_trace.store.Store`).
         create: If false, a missing ledger is an error instead of being created.
+        read_only: Only read: never create, migrate or write (an evidence copy, a
+            read-only mount); writing raises :class:`StoreError`.
 
     Raises:
         StoreError: the target cannot be opened, or names a kind of ledger this
@@ -179,9 +188,7 @@ def open_ledger(
     from .sqlite import SQLiteLedger
 
     if target is None:
-        from ..store import default_db_path
-
-        return SQLiteLedger(default_db_path(), durability=durability, create=create)
+        target = default_db_path()
     text = os.fspath(target)
     match = _URL.match(text)
     if match is not None:
@@ -189,4 +196,4 @@ def open_ledger(
             f"cannot open a {match.group(1)}:// ledger: this release stores ledgers in "
             "SQLite files only; give a file path"
         )
-    return SQLiteLedger(text, durability=durability, create=create)
+    return SQLiteLedger(text, durability=durability, create=create, read_only=read_only)

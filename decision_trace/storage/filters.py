@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from ..attributes import clean_text, ns_from_datetime
+from ..attributes import clean_text, epoch_ns
 from ..errors import InvalidInputError
 from ..models import ActorType, ObjectType, Outcome
 
-__all__ = ["EventFilters", "Order", "check_limit"]
+__all__ = ["EventFilters", "Order"]
 
 Order = Literal["desc", "asc"]
 """``"desc"``: newest first; ``"asc"``: oldest first."""
@@ -43,21 +43,6 @@ def _strings(value: Any, field: str) -> tuple[str, ...] | None:
     return tuple(clean_text(item) for item in items)
 
 
-def check_limit(limit: int | None, offset: int = 0) -> None:
-    """Raise :class:`InvalidInputError` unless ``limit`` is None or >= 0 and ``offset`` >= 0."""
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise InvalidInputError("limit", f"must be a non-negative integer or None, got {limit!r}")
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise InvalidInputError("offset", f"must be a non-negative integer, got {offset!r}")
-
-
-def check_order(order: Any) -> Order:
-    """``order`` if it is ``"desc"`` or ``"asc"``, else :class:`InvalidInputError`."""
-    if order not in ("desc", "asc"):
-        raise InvalidInputError("order", f"must be 'desc' or 'asc', got {order!r}")
-    return "desc" if order == "desc" else "asc"
-
-
 @dataclass(frozen=True)
 class EventFilters:
     """Validated filters of a query; every field None means "no filter on this".
@@ -66,8 +51,9 @@ class EventFilters:
     takes. A tuple field matches any of its values.
 
     Attributes:
-        start_ns: Events that started at or after this (nanoseconds since the epoch).
-        end_ns: Events that started before this.
+        start_ns: Events that started at or after this (nanoseconds since the epoch; it
+            may lie outside what a ledger can store: backends clamp it).
+        end_ns: Events that started before this (likewise).
         event_types: Event types.
         actor_types: Actor type values (``"ai_agent"``...).
         actor_ids: Actor ids.
@@ -121,8 +107,8 @@ class EventFilters:
         if correlation_id is not None and not isinstance(correlation_id, str):
             raise InvalidInputError("correlation_id", "must be a string")
         return cls(
-            start_ns=ns_from_datetime(start, "start") if start is not None else None,
-            end_ns=ns_from_datetime(end, "end") if end is not None else None,
+            start_ns=epoch_ns(start, "start") if start is not None else None,
+            end_ns=epoch_ns(end, "end") if end is not None else None,
             event_types=_strings(event_types, "event_types"),
             actor_types=None
             if actor_type_list is None
@@ -134,5 +120,5 @@ class EventFilters:
             object_ids=_strings(object_ids, "object_ids"),
             tags=_strings(tags, "tags"),
             outcome=None if outcome is None else Outcome.parse(outcome, "outcome").value,
-            correlation_id=None if correlation_id is None else correlation_id.lower(),
+            correlation_id=None if correlation_id is None else clean_text(correlation_id.lower()),
         )

@@ -15,7 +15,7 @@ from .. import query as q
 from ..attributes import EventRecord
 from ..models import ObjectType, TraceEvent
 from ..store import Durability, PruneReport, Store, check_integrity, compact
-from .filters import EventFilters, Order, check_order
+from .filters import EventFilters, Order
 
 __all__ = ["SQLiteLedger"]
 
@@ -27,6 +27,7 @@ class SQLiteLedger:
         path: The file; created (0600, folders 0700) unless ``create`` is false.
         durability: ``"sync"`` or ``"batch"``; see :class:`~decision_trace.store.Store`.
         create: If false, a missing file is a :class:`StoreError`.
+        read_only: Never create, migrate or write the file.
     """
 
     def __init__(
@@ -35,8 +36,9 @@ class SQLiteLedger:
         *,
         durability: Durability = "batch",
         create: bool = True,
+        read_only: bool = False,
     ) -> None:
-        self.store = Store(path, durability=durability, create=create)
+        self.store = Store(path, durability=durability, create=create, read_only=read_only)
 
     @property
     def path(self) -> Path:
@@ -63,15 +65,13 @@ class SQLiteLedger:
             q.QueryFilters.of(filters),
             limit=limit,
             offset=offset,
-            order=check_order(order),
+            order=order,
         )
 
     def iter_events(
         self, filters: EventFilters, *, order: Order = "asc"
     ) -> Generator[TraceEvent, None, None]:
-        return q.iter_events(
-            self.store.read_connection(), q.QueryFilters.of(filters), order=check_order(order)
-        )
+        return q.iter_events(self.store.read_connection(), q.QueryFilters.of(filters), order=order)
 
     def count(self, filters: EventFilters) -> int:
         return q.count_events(self.store.read_connection(), q.QueryFilters.of(filters))
@@ -115,6 +115,10 @@ class SQLiteLedger:
 
     def prune(self, older_than_ns: int, *, dry_run: bool = False) -> PruneReport:
         return self.store.prune(older_than_ns, dry_run=dry_run)
+
+    def size_bytes(self) -> tuple[int, int]:
+        wal = Path(f"{self.store.path}-wal")
+        return self.store.path.stat().st_size, wal.stat().st_size if wal.exists() else 0
 
     def check(self) -> list[str]:
         return check_integrity(self.store)

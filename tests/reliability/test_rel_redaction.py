@@ -214,3 +214,132 @@ def test_redaction_arguments_are_checked() -> None:
     with pytest.raises(InvalidInputError, match=r"redact\.hash_key"):
         Redaction().pseudonym(EMAIL)
     assert Redaction(hash_key=b"k").pseudonym("a") != Redaction(hash_key=b"j").pseudonym("a")
+
+
+# Every spelling of a key about e-mail the README promises to cover, each with its own
+# address so that a leak names the case that leaked.
+KEY_SPELLINGS = {
+    "customerEmail": "camel.case@example.net",
+    "email_address": "snake.suffix@example.net",
+    "EmailAddress": "pascal.case@example.net",
+    "billing.email": "dotted.key@example.net",
+    "CONTACT-EMAIL": "kebab.upper@example.net",
+    "HTTPEmail": "acronym.first@example.net",
+}
+LISTED = ["listed.first@example.net", "listed.second@example.net"]
+NESTED = "nested.inside@example.net"
+REJECTED = "rejection.reason@example.net"
+KEPT = {"emailed": "2024-01-02", "e_mail_count": 3, "gmail_hint": "visible-token"}
+
+
+def _record_key_spellings(client: DecisionTraceClient) -> str:
+    context: dict[str, object] = dict(KEY_SPELLINGS)
+    context.update(KEPT)
+    return (
+        client.trace("order.created", "Order placed")
+        .by_user("cust-9", customerEmail=KEY_SPELLINGS["customerEmail"])
+        .affecting_customer("cust-9", {"backupEmails": LISTED, "emailVerified": True})
+        .because(
+            "spellings",
+            context=context,
+            alternatives=[{"action": "notify", "contactEmails": {"work": NESTED, "n": [NESTED]}}],
+            rejection_reasons={"notify": "customer opted out", "customer_email": REJECTED},
+        )
+        .with_metadata(notify={"customer": {"emailAddress": NESTED}})
+        .record()
+    )
+
+
+def _plaintexts() -> list[bytes]:
+    return [v.encode() for v in [*KEY_SPELLINGS.values(), *LISTED, NESTED, REJECTED]]
+
+
+@pytest.mark.parametrize("durability", ["batch", "sync"])
+def test_camel_snake_dotted_keys_lists_and_rejection_reasons_are_hashed(
+    make_client: Callable[..., DecisionTraceClient],
+    db_path: Path,
+    receiver: Receiver,
+    durability: str,
+) -> None:
+    redact = Redaction(hash_key=KEY)
+    client = make_client(durability=durability, otlp_endpoint=receiver.endpoint, redact=redact)
+    event_id = _record_key_spellings(client)
+    assert client.flush()
+    for data in (_ledger_bytes(db_path), b"".join(receiver.bodies)):
+        assert [p for p in _plaintexts() if p in data] == []
+        assert b"visible-token" in data  # what is not matched is kept
+
+    event = client.get_event(event_id)
+    assert event is not None and event.actor is not None and event.decision is not None
+    h = redact.pseudonym
+    assert event.actor.metadata == {"customerEmail": h(KEY_SPELLINGS["customerEmail"])}
+    assert event.decision.context == {key: h(value) for key, value in KEY_SPELLINGS.items()} | KEPT
+    # Each item of a list, each value of a nested mapping: one person, one pseudonym.
+    assert event.objects[0].state == {"backupEmails": [h(v) for v in LISTED], "emailVerified": True}
+    assert event.decision.alternatives == (
+        {"action": "notify", "contactEmails": {"work": h(NESTED), "n": [h(NESTED)]}},
+    )
+    assert event.decision.rejection_reasons == {
+        "notify": "customer opted out",
+        "customer_email": h(REJECTED),
+    }
+    assert event.metadata == {"notify": {"customer": {"emailAddress": h(NESTED)}}}
+    assert h(NESTED).startswith("hmac-sha256:") and len(h(NESTED)) == 12 + 64
+
+    client.close()
+    assert [p for p in _plaintexts() if p in _ledger_bytes(db_path)] == []
+
+
+def test_without_a_key_every_spelling_is_dropped(
+    make_client: Callable[..., DecisionTraceClient], db_path: Path, receiver: Receiver
+) -> None:
+    client = make_client(otlp_endpoint=receiver.endpoint, redact=Redaction())
+    event_id = _record_key_spellings(client)
+    assert client.flush()
+    for data in (_ledger_bytes(db_path), b"".join(receiver.bodies)):
+        assert [p for p in _plaintexts() if p in data] == []
+    event = client.get_event(event_id)
+    assert event is not None and event.actor is not None and event.decision is not None
+    assert event.actor.metadata == {}
+    assert event.decision.context == KEPT
+    assert event.objects[0].state == {"emailVerified": True}
+    assert event.decision.alternatives == ({"action": "notify"},)
+    assert event.decision.rejection_reasons == {"notify": "customer opted out"}
+    assert event.metadata == {"notify": {"customer": {}}}
+
+
+@pytest.mark.parametrize(
+    ("field", "covered", "not_covered"),
+    [
+        (
+            "email",
+            [
+                "email",
+                "Email",
+                "customerEmail",
+                "email_address",
+                "EmailAddress",
+                "billing.email",
+                "contact-email",
+                "emails",
+                "backupEmails",
+                "HTTPEmail",
+                "email2",
+                "email_verified",
+                "customer email",
+            ],
+            ["emailed", "e_mail", "mail", "gmail", "emailaddr", "remail", "name"],
+        ),
+        (
+            "phoneNumber",
+            ["phone_number", "customerPhoneNumber", "phone-numbers", "PHONE_NUMBER"],
+            ["phone", "number", "phonenumber", "number_phone"],
+        ),
+        ("name", ["name", "firstName", "user_name", "names"], ["namespace", "renamed"]),
+    ],
+)
+def test_which_keys_a_field_covers(field: str, covered: list[str], not_covered: list[str]) -> None:
+    """The rules the README states, key by key."""
+    redaction = Redaction(fields=(field,))
+    assert [key for key in covered if not redaction.covers(key)] == []
+    assert [key for key in not_covered if redaction.covers(key)] == []
