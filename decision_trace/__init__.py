@@ -25,6 +25,7 @@ from .errors import (
 from .models import (
     Actor,
     ActorType,
+    ChainNode,
     DecisionTrace,
     ObjectType,
     Outcome,
@@ -33,7 +34,6 @@ from .models import (
     TrackedObject,
 )
 from .processor import LedgerStats
-from .query import ChainNode
 from .redaction import Redaction
 
 __version__ = "0.1.0"

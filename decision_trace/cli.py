@@ -5,7 +5,8 @@ the library's default ledger) and ``--json`` (one JSON object per line for lists
 goes to stdout, messages to stderr; a user's mistake is one ``Error:`` line on stderr and
 a non-zero exit, never a traceback. Read commands never create a database.
 
-This module formats and parses; the SQL it needs lives in ``query.py`` and ``store.py``.
+This module formats and parses; it reads and prunes through a
+:class:`~decision_trace.storage.Ledger` and knows no SQL.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import sqlite3
 import sys
 import tempfile
 import textwrap
@@ -29,11 +29,19 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from . import query as q
 from .attributes import clean_text, ns_from_datetime
 from .errors import DecisionTraceError, InvalidInputError
-from .models import Actor, ActorType, ObjectType, Outcome, TraceEvent, TrackedObject
-from .store import Store, check_integrity, compact, default_db_path
+from .models import (
+    Actor,
+    ActorType,
+    ChainNode,
+    ObjectType,
+    Outcome,
+    TraceEvent,
+    TrackedObject,
+)
+from .serialize import event_to_json
+from .storage import EventFilters, Ledger, default_db_path, open_ledger
 
 __all__ = ["event_to_json", "main"]
 
@@ -76,8 +84,6 @@ def _usage_failure(exc: click.UsageError) -> _UsageFail:
 def _failure(exc: BaseException) -> _Fail:
     if isinstance(exc, DecisionTraceError):
         return _Fail(_one_line(str(exc)))
-    if isinstance(exc, sqlite3.Error):
-        return _Fail(f"database error: {_one_line(str(exc))}")
     if isinstance(exc, OSError):
         where = f" ({exc.filename})" if exc.filename else ""
         return _Fail(f"{_one_line(exc.strerror or str(exc))}{where}")
@@ -331,10 +337,10 @@ def _filters(
     outcome: Outcome | None,
     since: datetime | None,
     until: datetime | None,
-) -> q.QueryFilters:
+) -> EventFilters:
     if since is not None and until is not None and since >= until:
         raise click.UsageError(f"--since ({_when(since)}) must be before --until ({_when(until)})")
-    return q.QueryFilters.build(
+    return EventFilters.build(
         start=since,
         end=until,
         event_types=list(event_types) or None,
@@ -348,7 +354,7 @@ def _filters(
 
 
 @contextmanager
-def _open(db_path: Path | None, *, write: bool = False) -> Iterator[Store]:
+def _open(db_path: Path | None, *, write: bool = False) -> Iterator[Ledger]:
     """The existing ledger (never created here; opened read-only unless ``write``),
     closed afterwards."""
     if db_path is None:
@@ -362,11 +368,11 @@ def _open(db_path: Path | None, *, write: bool = False) -> Iterator[Store]:
         )
     if path.is_file() and path.stat().st_size == 0:
         raise _Fail(f"{path} is empty, not a decision-trace database")
-    store = Store(path, create=False, read_only=not write)
+    ledger = open_ledger(path, create=False, read_only=not write)
     try:
-        yield store
+        yield ledger
     finally:
-        store.close()
+        ledger.close()
 
 
 # --- output helpers ---------------------------------------------------------------------
@@ -593,59 +599,6 @@ def _print_json(value: Any) -> None:
     click.echo(json.dumps(value, ensure_ascii=True, separators=(",", ":")))
 
 
-def event_to_json(event: TraceEvent) -> dict[str, Any]:
-    """One event as a JSON-ready dict (the shape of ``--json`` and ``export``)."""
-    actor = event.actor
-    decision = event.decision
-    return {
-        "id": event.id,
-        "timestamp": event.timestamp.isoformat(),
-        "duration_ms": (event.duration // timedelta(microseconds=1)) / 1000,
-        "event_type": event.event_type,
-        "description": event.description,
-        "actor": None
-        if actor is None
-        else {
-            "type": actor.type.value,
-            "id": actor.id,
-            "name": actor.name,
-            "email": actor.email,
-            "role": actor.role,
-            "model": actor.model,
-            "version": actor.version,
-            "service_name": actor.service_name,
-            "metadata": dict(actor.metadata),
-        },
-        "decision": None
-        if decision is None
-        else {
-            "reasoning": decision.reasoning,
-            "context": dict(decision.context),
-            "alternatives": [dict(a) for a in decision.alternatives],
-            "rejection_reasons": dict(decision.rejection_reasons),
-            "confidence": decision.confidence,
-            "risk_level": decision.risk_level.value if decision.risk_level else None,
-        },
-        "objects": [
-            {
-                "object_type": o.object_type.value,
-                "external_id": o.external_id,
-                "state": dict(o.state),
-                "state_before": dict(o.state_before) if o.state_before is not None else None,
-                "state_after": dict(o.state_after) if o.state_after is not None else None,
-            }
-            for o in event.objects
-        ],
-        "outcome": event.outcome.value,
-        "error": event.error,
-        "tags": list(event.tags),
-        "metadata": dict(event.metadata),
-        "correlation_id": event.correlation_id,
-        "parent_event_id": event.parent_event_id,
-        "service_name": event.service_name,
-    }
-
-
 def _print_event_brief(event: TraceEvent) -> None:
     """The block ``events`` and ``search`` print per event (3 lines or so)."""
     width = _width()
@@ -748,15 +701,15 @@ def events(
       decision-trace events --type order.refunded --since 2024-01-01 --until 7d
     """
     filters = _filters(event_types, actor_types, actor_ids, object_ref, tags, outcome, since, until)
-    with _open(db_path) as store, store.reader() as conn:
+    with _open(db_path) as ledger:
         # Streamed: printing starts at once and memory stays bounded with --limit 0.
-        with closing(q.iter_events(conn, filters, order="desc", batch_size=200)) as stream:
+        with closing(ledger.iter_events(filters, order="desc")) as stream:
             shown = _print_list(islice(stream, _limit(limit)), as_json)
         if as_json:
             return
         if not shown:
             _err("No events match.")
-        elif shown == limit and (total := q.count_events(conn, filters)) > shown:
+        elif shown == limit and (total := ledger.count(filters)) > shown:
             _err(f"Showing the newest {shown:,} of {total:,} events (--limit 0 shows all).")
 
 
@@ -771,9 +724,9 @@ def show(db_path: Path | None, as_json: bool, event_id: str) -> None:
       decision-trace show 3f2a9c0d1e2b4a5f
       decision-trace show 3f2a9c0d1e2b4a5f --json
     """
-    with _open(db_path) as store, store.reader() as conn:
-        event = q.get_event(conn, event_id)
-        path = store.path
+    with _open(db_path) as ledger:
+        event = ledger.get_event(event_id)
+        path = ledger.location
     if event is None:
         raise _Fail(f"no event with id {event_id!r} in {path}")
     if as_json:
@@ -863,21 +816,20 @@ def why(
     """
     object_type, external_id = object_ref
     with (
-        _open(db_path) as store,
-        store.reader() as conn,
-        closing(q.iter_object_history(conn, external_id, object_type, batch_size=200)) as stream,
+        _open(db_path) as ledger,
+        closing(ledger.iter_object_history(external_id, object_type)) as stream,
     ):
         # Streamed: an object with a long history is printed as it is read.
         history = islice(stream, _limit(limit))
         first = next(history, None)
         if first is None:
-            raise _Fail(f"no events about {object_type.value} {external_id!r} in {store.path}")
+            raise _Fail(f"no events about {object_type.value} {external_id!r} in {ledger.location}")
         if as_json:
             for event in itertools.chain([first], history):
                 _print_json(event_to_json(event))
             return
         # Counted inside the stream's read transaction: the same snapshot it reads.
-        total = q.count_object_history(conn, external_id, object_type)
+        total = ledger.count_object_history(external_id, object_type)
         _print_story(
             itertools.chain([first], history),
             object_type,
@@ -952,15 +904,14 @@ def search(db_path: Path | None, as_json: bool, text: tuple[str, ...], limit: in
     """
     words = " ".join(text)
     with (
-        _open(db_path) as store,
-        store.reader() as conn,
-        closing(q.iter_search(conn, words, batch_size=200)) as stream,
+        _open(db_path) as ledger,
+        closing(ledger.iter_search(words)) as stream,
     ):
         # Streamed, as for events: --limit 0 on a common word keeps memory bounded.
         found = _print_list(islice(stream, _limit(limit)), as_json)
     if found or as_json:
         return
-    if q.fts_query(words) is None:
+    if not clean_text(words.replace("\x00", " ")).split():
         _err("No events match: the text has no words to search for.")
     else:
         _err(f"No events match {_safe(words)!r}.")
@@ -980,8 +931,8 @@ def chain(db_path: Path | None, as_json: bool, event_id: str) -> None:
       decision-trace chain 3f2a9c0d1e2b4a5f
       decision-trace chain 3f2a9c0d1e2b4a5f --json
     """
-    with _open(db_path) as store, store.reader() as conn:
-        root = q.get_chain(conn, event_id)
+    with _open(db_path) as ledger:
+        root = ledger.get_chain(event_id)
     if as_json:
         for depth, event in root.walk():
             _print_json({"depth": depth, **event_to_json(event)})
@@ -993,7 +944,7 @@ def chain(db_path: Path | None, as_json: bool, event_id: str) -> None:
     # half the width, the indentation is cut to its nearest levels after a depth marker,
     # so that every line still fits the width however deep the chain.
     max_lead = max(20, width // 2)
-    stack: list[tuple[q.ChainNode, int, str, str, str]] = [(root, 0, "", "", "")]
+    stack: list[tuple[ChainNode, int, str, str, str]] = [(root, 0, "", "", "")]
     while stack:
         node, depth, lead, branch, below = stack.pop()
         shown = lead
@@ -1045,12 +996,10 @@ def stats(db_path: Path | None, as_json: bool, days: int) -> None:
       decision-trace stats
       decision-trace stats --days 30 --json
     """
-    with _open(db_path) as store, store.reader() as conn:
-        summary = q.summarize(conn, days=_limit(days))
-        path = store.path
-    size = path.stat().st_size
-    wal = Path(f"{path}-wal")
-    wal_size = wal.stat().st_size if wal.exists() else 0
+    with _open(db_path) as ledger:
+        summary = ledger.summary(days=_limit(days))
+        path = ledger.location
+        size, wal_size = ledger.size_bytes()
     if as_json:
         _print_json(
             {
@@ -1309,11 +1258,10 @@ def export(
     show_progress = _is_tty(sys.stderr) and (to_file or not _is_tty(sys.stdout))
     written = 0
     with (
-        _open(db_path) as store,
-        store.reader() as conn,
-        _output(output, store.path) as stream,
+        _open(db_path) as ledger,
+        _output(output, Path(ledger.location)) as stream,
     ):
-        total = q.count_events(conn, filters) if show_progress else 0
+        total = ledger.count(filters) if show_progress else 0
         progress = (
             click.progressbar(
                 length=total, label="Exporting", file=sys.stderr, update_min_steps=200
@@ -1325,7 +1273,7 @@ def export(
             writer = csv.writer(stream)
             writer.writerow(_CSV_COLUMNS)
         with progress as bar:
-            for event in q.iter_events(conn, filters):
+            for event in ledger.iter_events(filters):
                 if fmt == "csv":
                     writer.writerow(_csv_row(event))
                 else:
@@ -1374,20 +1322,20 @@ def prune(
     now = datetime.now(timezone.utc)
     if older_than > now:
         raise click.UsageError(f"--older-than is in the future ({_when(older_than)})")
-    with _open(db_path, write=True) as store:
-        report = store.prune(ns_from_datetime(older_than, "older_than"), dry_run=dry_run)
+    with _open(db_path, write=True) as ledger:
+        report = ledger.prune(ns_from_datetime(older_than, "older_than"), dry_run=dry_run)
         problems: list[str] | None = None
         checkpointed: bool | None = None
         if not dry_run:
             if vacuum:
                 try:
-                    checkpointed = compact(store)
+                    checkpointed = ledger.compact()
                 except DecisionTraceError as exc:
                     raise _Fail(
                         f"deleted {_count(report.events, 'event')}, but the vacuum failed "
                         f"(run prune --vacuum again later): {_one_line(str(exc))}"
                     ) from exc
-            problems = check_integrity(store)
+            problems = ledger.check()
     if problems:
         raise _Fail("integrity check failed after pruning: " + "; ".join(problems[:5]))
     if as_json:

@@ -43,7 +43,9 @@ from .exporters import SQLiteSpanExporter
 from .models import ActorType, ObjectType, Outcome, TraceEvent
 from .processor import LedgerSpanProcessor, LedgerStats
 from .redaction import Redaction
-from .store import Durability, Store, default_db_path
+from .storage import EventFilters, Ledger, Order, open_ledger
+from .storage.sqlite import SQLiteLedger
+from .store import Durability, default_db_path
 
 __all__ = ["DEFAULT_SHUTDOWN_TIMEOUT_S", "SHUTDOWN_TIMEOUT_ENV", "DecisionTraceClient"]
 
@@ -310,8 +312,10 @@ class DecisionTraceClient:
         self.shutdown_timeout_s = _shutdown_timeout(shutdown_timeout_s)
         self.durability: Durability = durability
         path = db_path if db_path is not None else default_db_path()
-        self._store = Store(path, durability=durability)
-        self._exporter = SQLiteSpanExporter(store=self._store)
+        self._storage: Ledger = open_ledger(path, durability=durability)
+        if not isinstance(self._storage, SQLiteLedger):  # pragma: no cover - one backend today
+            raise InvalidInputError("db_path", f"cannot record into {self._storage.location}")
+        self._exporter = SQLiteSpanExporter(store=self._storage.store)
         self._ledger = LedgerSpanProcessor(
             self._exporter, durability=durability, max_queue_size=max_queue_size
         )
@@ -357,7 +361,7 @@ class DecisionTraceClient:
     @property
     def db_path(self) -> str:
         """The path of the SQLite ledger."""
-        return str(self._store.path)
+        return self._storage.location
 
     @property
     def tracer_provider(self) -> TracerProvider:
@@ -412,12 +416,10 @@ class DecisionTraceClient:
                     trace_flags=known.trace_flags,
                     trace_state=known.trace_state,
                 )
-            with self._store.reader() as conn:
-                trace_id = q.trace_id_of(conn, event_id)
+            trace_id = self._storage.trace_id_of(event_id)
             if trace_id is None:
                 self._read_your_writes()
-                with self._store.reader() as conn:
-                    trace_id = q.trace_id_of(conn, event_id)
+                trace_id = self._storage.trace_id_of(event_id)
             if trace_id is None:
                 raise EventNotFoundError(parent)
             return SpanContext(
@@ -468,7 +470,7 @@ class DecisionTraceClient:
         correlation_id: str | None = None,
         limit: int | None = 100,
         offset: int = 0,
-        order: q.Order = "desc",
+        order: Order = "desc",
     ) -> list[TraceEvent]:
         """Events matching every filter given, newest first by default.
 
@@ -491,7 +493,7 @@ class DecisionTraceClient:
             offset: Skip this many first.
             order: ``"desc"`` (newest first) or ``"asc"``.
         """
-        filters = q.QueryFilters.build(
+        filters = EventFilters.build(
             start=start,
             end=end,
             event_types=event_types,
@@ -504,8 +506,7 @@ class DecisionTraceClient:
             correlation_id=correlation_id,
         )
         self._read_your_writes()
-        conn = self._store.read_connection()
-        return q.query_events(conn, filters, limit=limit, offset=offset, order=order)
+        return self._storage.query(filters, limit=limit, offset=offset, order=order)
 
     def search(self, text: str, limit: int | None = 50) -> list[TraceEvent]:
         """Full-text search over descriptions, reasoning and context, newest first.
@@ -514,14 +515,12 @@ class DecisionTraceClient:
         ``*`` or ``-`` are searched for as words, never parsed as syntax.
         """
         self._read_your_writes()
-        conn = self._store.read_connection()
-        return q.search_events(conn, text, limit=limit)
+        return self._storage.search(text, limit=limit)
 
     def get_event(self, event_id: str) -> TraceEvent | None:
         """The event with this id, or None."""
         self._read_your_writes()
-        conn = self._store.read_connection()
-        return q.get_event(conn, event_id)
+        return self._storage.get_event(event_id)
 
     def get_chain(self, event_id: str) -> q.ChainNode:
         """The chain an event belongs to: its topmost stored ancestor and every
@@ -531,8 +530,7 @@ class DecisionTraceClient:
             EventNotFoundError: the event is not in the store.
         """
         self._read_your_writes()
-        conn = self._store.read_connection()
-        return q.get_chain(conn, event_id)
+        return self._storage.get_chain(event_id)
 
     def get_object_history(
         self,
@@ -543,8 +541,7 @@ class DecisionTraceClient:
     ) -> list[TraceEvent]:
         """Every event that touched an object, oldest first."""
         self._read_your_writes()
-        conn = self._store.read_connection()
-        return q.object_history(conn, external_id, object_type, limit=limit)
+        return self._storage.object_history(external_id, object_type, limit=limit)
 
     def stats(self) -> LedgerStats:
         """Counters of recorded, written, failed and queued events in this process, and
@@ -623,9 +620,9 @@ class DecisionTraceClient:
         if self._ledger.stats().queued:
             # The writer is still in a write (holding the store): close once it is done,
             # without waiting past the deadline.
-            run_bounded(self._store.close, deadline - time.monotonic(), "store close")
+            run_bounded(self._storage.close, deadline - time.monotonic(), "store close")
         else:
-            self._store.close()
+            self._storage.close()
 
     def _after_fork_in_child(self) -> None:
         # A lock another thread held at fork() would stay held forever in the child.

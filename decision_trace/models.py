@@ -8,7 +8,7 @@ stored rows back into the same types.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
@@ -19,6 +19,7 @@ from .errors import InvalidInputError
 __all__ = [
     "Actor",
     "ActorType",
+    "ChainNode",
     "DecisionTrace",
     "ObjectType",
     "Outcome",
@@ -514,3 +515,61 @@ def _fill(state: dict[str, Any], fill: Callable[[], Mapping[str, Any]]) -> None:
         raise ValueError(f"event {state.get('id')!r}: stored fields cannot be decoded") from exc
     state.update(values)
     state.pop(DEFERRED_KEY, None)
+
+
+@dataclass(frozen=True, eq=False)
+class ChainNode:
+    """One event of a chain and the events recorded as its children (oldest first).
+
+    Every method works without recursion, so a chain thousands of events deep can be
+    walked, searched, compared and printed.
+    """
+
+    event: TraceEvent
+    children: tuple[ChainNode, ...] = ()
+
+    def walk(self, depth: int = 0) -> Iterator[tuple[int, TraceEvent]]:
+        """Yield ``(depth, event)`` for this node and its descendants, depth first."""
+        for node_depth, node in self._nodes(depth):
+            yield node_depth, node.event
+
+    def find(self, event_id: str) -> ChainNode | None:
+        """The node of ``event_id`` within this tree, if present."""
+        for _, node in self._nodes(0):
+            if node.event.id == event_id:
+                return node
+        return None
+
+    def _nodes(self, depth: int) -> Iterator[tuple[int, ChainNode]]:
+        """``(depth, node)`` for this node and its descendants, depth first (pre-order),
+        with an explicit stack instead of recursion."""
+        stack: list[tuple[int, ChainNode]] = [(depth, self)]
+        while stack:
+            node_depth, node = stack.pop()
+            yield node_depth, node
+            children = node.children
+            if children:
+                stack.extend((node_depth + 1, child) for child in reversed(children))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ChainNode):
+            return NotImplemented
+        pairs: list[tuple[ChainNode, ChainNode]] = [(self, other)]
+        while pairs:
+            mine, theirs = pairs.pop()
+            if mine is theirs:
+                continue
+            if mine.event != theirs.event or len(mine.children) != len(theirs.children):
+                return False
+            pairs.extend(zip(mine.children, theirs.children, strict=True))
+        return True
+
+    def __hash__(self) -> int:
+        return hash(self.event.id)
+
+    def __repr__(self) -> str:
+        count = len(self.children)
+        return (
+            f"ChainNode(event={self.event.event_type!r} {self.event.id}, "
+            f"children={count} node{'' if count == 1 else 's'})"
+        )

@@ -8,25 +8,23 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from .attributes import (
     MAX_NS,
     MIN_NS,
     clean_text,
     datetime_from_ns,
-    epoch_ns,
     events_from_rows,
 )
 from .errors import EventNotFoundError, InvalidInputError, StoreError
-from .models import ActorType, ObjectType, Outcome, TraceEvent
+from .models import ChainNode, ObjectType, TraceEvent
+from .storage.filters import EventFilters, Order
 
 __all__ = ["ChainNode", "QueryFilters", "fts_query"]
-
-Order = Literal["desc", "asc"]
 
 _COLUMNS = (
     "e.rowid, e.id, e.trace_id, e.parent_id, e.start_ns, e.duration_ns, e.event_type, "
@@ -37,167 +35,66 @@ _COLUMNS = (
 _SELECT = f"SELECT {_COLUMNS} FROM events AS e"
 
 
-@dataclass(frozen=True, eq=False)
-class ChainNode:
-    """One event of a chain and the events recorded as its children (oldest first).
-
-    Every method works without recursion, so a chain thousands of events deep can be
-    walked, searched, compared and printed.
-    """
-
-    event: TraceEvent
-    children: tuple[ChainNode, ...] = ()
-
-    def walk(self, depth: int = 0) -> Iterator[tuple[int, TraceEvent]]:
-        """Yield ``(depth, event)`` for this node and its descendants, depth first."""
-        for node_depth, node in self._nodes(depth):
-            yield node_depth, node.event
-
-    def find(self, event_id: str) -> ChainNode | None:
-        """The node of ``event_id`` within this tree, if present."""
-        for _, node in self._nodes(0):
-            if node.event.id == event_id:
-                return node
-        return None
-
-    def _nodes(self, depth: int) -> Iterator[tuple[int, ChainNode]]:
-        """``(depth, node)`` for this node and its descendants, depth first (pre-order),
-        with an explicit stack instead of recursion."""
-        stack: list[tuple[int, ChainNode]] = [(depth, self)]
-        while stack:
-            node_depth, node = stack.pop()
-            yield node_depth, node
-            children = node.children
-            if children:
-                stack.extend((node_depth + 1, child) for child in reversed(children))
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ChainNode):
-            return NotImplemented
-        pairs: list[tuple[ChainNode, ChainNode]] = [(self, other)]
-        while pairs:
-            mine, theirs = pairs.pop()
-            if mine is theirs:
-                continue
-            if mine.event != theirs.event or len(mine.children) != len(theirs.children):
-                return False
-            pairs.extend(zip(mine.children, theirs.children, strict=True))
-        return True
-
-    def __hash__(self) -> int:
-        return hash(self.event.id)
-
-    def __repr__(self) -> str:
-        count = len(self.children)
-        return (
-            f"ChainNode(event={self.event.event_type!r} {self.event.id}, "
-            f"children={count} node{'' if count == 1 else 's'})"
-        )
-
-
-def _as_list(value: Any, field: str) -> list[Any] | None:
-    """None means no filter; a single string is a one-element list."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return [value]
-    if not isinstance(value, Iterable):
-        raise InvalidInputError(field, f"must be a list, got {type(value).__name__}")
-    return list(value)
-
-
-def _strings(value: Any, field: str) -> list[str] | None:
-    items = _as_list(value, field)
-    if items is None:
-        return None
-    for item in items:
-        if not isinstance(item, str):
-            raise InvalidInputError(field, f"must hold strings, got {item!r}")
-    return [clean_text(item) for item in items]
-
-
 def _placeholders(values: Sequence[Any]) -> str:
     return ",".join("?" * len(values))
 
 
 @dataclass(frozen=True)
 class QueryFilters:
-    """Validated ``query()`` arguments; see :meth:`DecisionTraceClient.query`."""
+    """:class:`~decision_trace.storage.filters.EventFilters` as an SQLite ``WHERE`` clause
+    over ``events AS e``, with its parameters."""
 
     where: str
     params: tuple[Any, ...]
 
     @classmethod
-    def build(
-        cls,
-        *,
-        start: datetime | None = None,
-        end: datetime | None = None,
-        event_types: Iterable[str] | str | None = None,
-        actor_types: Iterable[ActorType | str] | ActorType | str | None = None,
-        actor_ids: Iterable[str] | str | None = None,
-        object_types: Iterable[ObjectType | str] | ObjectType | str | None = None,
-        object_ids: Iterable[str] | str | None = None,
-        tags: Iterable[str] | str | None = None,
-        outcome: Outcome | str | None = None,
-        correlation_id: str | None = None,
-    ) -> QueryFilters:
-        """Validate the filters and turn them into SQL.
+    def build(cls, **filters: Any) -> QueryFilters:
+        """Validate ``query()``'s arguments (see :meth:`EventFilters.build`) into SQL."""
+        return cls.of(EventFilters.build(**filters))
 
-        ``start`` and ``end`` may be any datetime: a bound before or after every time a
-        ledger can hold (1677-09-21 to 2262-04-11 UTC) is clamped to that range, so it
-        selects all events or none, as it would if such times could be stored.
+    @classmethod
+    def of(cls, filters: EventFilters) -> QueryFilters:
+        """The SQL of already validated ``filters``.
+
+        A time bound before or after every time a ledger can hold (1677-09-21 to
+        2262-04-11 UTC) is clamped to that range, so it selects all events or none.
         """
         clauses: list[str] = []
         params: list[Any] = []
-        if start is not None:
-            start_ns = epoch_ns(start, "start")
-            if start_ns > MAX_NS:
+        if filters.start_ns is not None:
+            if filters.start_ns > MAX_NS:
                 clauses.append("0")  # after every storable time: nothing matches
-            elif start_ns > MIN_NS:  # (at or before the first: no bound at all)
+            elif filters.start_ns > MIN_NS:  # (at or before the first: no bound at all)
                 clauses.append("e.start_ns >= ?")
-                params.append(start_ns)
-        if end is not None:
-            end_ns = epoch_ns(end, "end")
-            if end_ns <= MIN_NS:
+                params.append(filters.start_ns)
+        if filters.end_ns is not None:
+            if filters.end_ns <= MIN_NS:
                 clauses.append("0")  # nothing starts before the first storable time
-            elif end_ns <= MAX_NS:  # (past the last: no bound at all)
+            elif filters.end_ns <= MAX_NS:  # (past the last: no bound at all)
                 clauses.append("e.start_ns < ?")
-                params.append(end_ns)
-        types = _strings(event_types, "event_types")
-        if types is not None:
-            clauses.append(f"e.event_type IN ({_placeholders(types)})")
-            params.extend(types)
-        actor_type_list = _as_list(
-            [actor_types] if isinstance(actor_types, ActorType) else actor_types, "actor_types"
-        )
-        if actor_type_list is not None:
-            values = [ActorType.parse(a, "actor_types").value for a in actor_type_list]
-            clauses.append(f"e.actor_type IN ({_placeholders(values)})")
-            params.extend(values)
-        ids = _strings(actor_ids, "actor_ids")
-        if ids is not None:
-            clauses.append(f"e.actor_id IN ({_placeholders(ids)})")
-            params.extend(ids)
-        object_type_list = _as_list(
-            [object_types] if isinstance(object_types, ObjectType) else object_types,
-            "object_types",
-        )
-        object_id_list = _strings(object_ids, "object_ids")
-        if object_type_list is not None or object_id_list is not None:
+                params.append(filters.end_ns)
+        for column, values in (
+            ("e.event_type", filters.event_types),
+            ("e.actor_type", filters.actor_types),
+            ("e.actor_id", filters.actor_ids),
+        ):
+            if values is not None:
+                clauses.append(f"{column} IN ({_placeholders(values)})")
+                params.extend(values)
+        object_types, object_ids = filters.object_types, filters.object_ids
+        if object_types is not None or object_ids is not None:
             # With ids: the (few) events linked to them, found by the object index. Types
             # alone: each candidate event's own links, by primary key (the '+' keeps
             # SQLite from scanning every link of the type once per event instead).
-            sub = [] if object_id_list is not None else ["o.event_rowid = e.rowid"]
-            if object_type_list is not None:
-                values = [ObjectType.parse(o, "object_types").value for o in object_type_list]
-                sub.append(f"+o.object_type IN ({_placeholders(values)})")
-                params.extend(values)
-            if object_id_list is not None:
-                if object_type_list is not None:
+            sub = [] if object_ids is not None else ["o.event_rowid = e.rowid"]
+            if object_types is not None:
+                sub.append(f"+o.object_type IN ({_placeholders(object_types)})")
+                params.extend(object_types)
+            if object_ids is not None:
+                if object_types is not None:
                     sub[-1] = sub[-1][1:]  # both columns lead the object index: use it
-                sub.append(f"o.external_id IN ({_placeholders(object_id_list)})")
-                params.extend(object_id_list)
+                sub.append(f"o.external_id IN ({_placeholders(object_ids)})")
+                params.extend(object_ids)
                 clauses.append(
                     "e.rowid IN (SELECT o.event_rowid FROM event_objects AS o "
                     f"WHERE {' AND '.join(sub)})"
@@ -206,21 +103,18 @@ class QueryFilters:
                 clauses.append(
                     f"EXISTS (SELECT 1 FROM event_objects AS o WHERE {' AND '.join(sub)})"
                 )
-        tag_list = _strings(tags, "tags")
-        if tag_list is not None:
+        if filters.tags is not None:
             clauses.append(
                 "EXISTS (SELECT 1 FROM event_tags AS t WHERE t.event_rowid = e.rowid "
-                f"AND t.tag IN ({_placeholders(tag_list)}))"
+                f"AND t.tag IN ({_placeholders(filters.tags)}))"
             )
-            params.extend(tag_list)
-        if outcome is not None:
+            params.extend(filters.tags)
+        if filters.outcome is not None:
             clauses.append("e.outcome = ?")
-            params.append(Outcome.parse(outcome, "outcome").value)
-        if correlation_id is not None:
-            if not isinstance(correlation_id, str):
-                raise InvalidInputError("correlation_id", "must be a string")
+            params.append(filters.outcome)
+        if filters.correlation_id is not None:
             clauses.append("e.trace_id = ?")
-            params.append(clean_text(correlation_id.lower()))
+            params.append(filters.correlation_id)
         where = " WHERE " + " AND ".join(clauses) if clauses else ""
         return cls(where=where, params=tuple(params))
 

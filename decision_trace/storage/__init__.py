@@ -1,0 +1,199 @@
+"""The storage seam: the :class:`Ledger` protocol and :func:`open_ledger`.
+
+Everything that reads or writes events (the client, the span processor, the exporter,
+the CLI) talks to a :class:`Ledger`, never to a database connection. A backend is a
+class that satisfies the protocol and passes the contract suite in ``tests/storage/``.
+
+Backends today: SQLite (:class:`~decision_trace.storage.sqlite.SQLiteLedger`), chosen by
+a file path. ``open_ledger`` picks the backend from the one string a user gives
+(``--db``, ``DECISION_TRACE_DB``, ``DecisionTraceClient(db_path=...)``)::
+
+    from decision_trace.storage import EventFilters, open_ledger
+
+    ledger = open_ledger("traces.db")
+    try:
+        for event in ledger.query(EventFilters.build(event_types="order.refunded"), limit=5):
+            print(event.id, event.decision.reasoning)
+    finally:
+        ledger.close()
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Generator, Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from ..errors import StoreError
+from ..store import default_db_path
+from .filters import EventFilters, Order
+
+if TYPE_CHECKING:
+    from ..attributes import EventRecord
+    from ..models import ObjectType, TraceEvent
+    from ..query import ChainNode, LedgerSummary
+    from ..store import Durability, PruneReport
+
+__all__ = ["EventFilters", "Ledger", "Order", "default_db_path", "open_ledger"]
+
+
+@runtime_checkable
+class Ledger(Protocol):
+    """One audit ledger, whatever stores it.
+
+    Writes are idempotent on the event id: writing a record whose id is stored already
+    stores nothing and is not an error. Reads return the models the write side takes.
+    Iterators (``iter_*``) read in bounded batches; close them (``contextlib.closing``)
+    when you stop early.
+    """
+
+    @property
+    def location(self) -> str:
+        """Where the ledger is (a path or a URL without credentials), for messages."""
+        ...
+
+    def write(self, records: Sequence[EventRecord]) -> int:
+        """Store ``records`` in one transaction; return how many were new.
+
+        Raises:
+            RejectedRecordsError: some records cannot be stored because of what they
+                hold; all the others were written.
+            StoreError: nothing was written.
+        """
+        ...
+
+    def query(
+        self,
+        filters: EventFilters,
+        *,
+        limit: int | None = 100,
+        offset: int = 0,
+        order: Order = "desc",
+    ) -> list[TraceEvent]:
+        """Events matching ``filters``, newest first by default."""
+        ...
+
+    def iter_events(
+        self, filters: EventFilters, *, order: Order = "asc"
+    ) -> Generator[TraceEvent, None, None]:
+        """Every event matching ``filters``, streamed."""
+        ...
+
+    def count(self, filters: EventFilters) -> int:
+        """How many events match ``filters``."""
+        ...
+
+    def search(self, text: str, *, limit: int | None = 50) -> list[TraceEvent]:
+        """Events whose description, reasoning or context contain every word of ``text``,
+        most recently stored first. Any text is safe."""
+        ...
+
+    def iter_search(self, text: str) -> Generator[TraceEvent, None, None]:
+        """:meth:`search` without a limit, streamed."""
+        ...
+
+    def get_event(self, event_id: str) -> TraceEvent | None:
+        """The event with this id, or None."""
+        ...
+
+    def trace_id_of(self, event_id: str) -> str | None:
+        """The trace id of a stored event, or None."""
+        ...
+
+    def get_chain(self, event_id: str) -> ChainNode:
+        """The tree containing ``event_id``: its topmost stored ancestor and all
+        descendants.
+
+        Raises:
+            EventNotFoundError: no stored event has that id.
+        """
+        ...
+
+    def object_history(
+        self,
+        external_id: str,
+        object_type: ObjectType | str | None = None,
+        *,
+        limit: int | None = None,
+    ) -> list[TraceEvent]:
+        """Every event that touched the object, oldest first."""
+        ...
+
+    def iter_object_history(
+        self, external_id: str, object_type: ObjectType | str | None = None
+    ) -> Generator[TraceEvent, None, None]:
+        """:meth:`object_history` without a limit, streamed."""
+        ...
+
+    def count_object_history(
+        self, external_id: str, object_type: ObjectType | str | None = None
+    ) -> int:
+        """How many events touched the object."""
+        ...
+
+    def summary(self, *, days: int | None = None) -> LedgerSummary:
+        """Counts by type, actor type, outcome and day (``decision-trace stats``)."""
+        ...
+
+    def prune(self, older_than_ns: int, *, dry_run: bool = False) -> PruneReport:
+        """Delete events that started before ``older_than_ns`` (or only count them)."""
+        ...
+
+    def size_bytes(self) -> tuple[int, int]:
+        """``(data, log)``: bytes the ledger takes, and bytes of its write-ahead log not yet
+        folded into the data (0 where the backend has none to report)."""
+        ...
+
+    def check(self) -> list[str]:
+        """The storage's own integrity checks; an empty list means sound."""
+        ...
+
+    def compact(self) -> bool:
+        """Give back the space (and the bytes) of deleted events; False if it could not
+        finish now (it is then finished later)."""
+        ...
+
+    def close(self) -> None:
+        """Release every connection. Idempotent."""
+        ...
+
+
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def open_ledger(
+    target: str | os.PathLike[str] | None = None,
+    *,
+    durability: Durability = "batch",
+    create: bool = True,
+    read_only: bool = False,
+) -> Ledger:
+    """Open the ledger that ``target`` names.
+
+    Args:
+        target: A file path (SQLite). None means the default path
+            (:func:`default_db_path`).
+        durability: For backends that write: ``"sync"`` or ``"batch"`` (see
+            :class:`~decision_trace.store.Store`).
+        create: If false, a missing ledger is an error instead of being created.
+        read_only: Only read: never create, migrate or write (an evidence copy, a
+            read-only mount); writing raises :class:`StoreError`.
+
+    Raises:
+        StoreError: the target cannot be opened, or names a kind of ledger this
+            release does not have.
+        SchemaVersionError: the ledger was written by a newer decision-trace.
+    """
+    from .sqlite import SQLiteLedger
+
+    if target is None:
+        target = default_db_path()
+    text = os.fspath(target)
+    match = _URL.match(text)
+    if match is not None:
+        raise StoreError(
+            f"cannot open a {match.group(1)}:// ledger: this release stores ledgers in "
+            "SQLite files only; give a file path"
+        )
+    return SQLiteLedger(text, durability=durability, create=create, read_only=read_only)

@@ -1,0 +1,130 @@
+"""``SQLiteLedger``: the embedded, zero-setup backend (one SQLite file).
+
+The schema, migrations and writes are in :mod:`decision_trace.store`, the read SQL in
+:mod:`decision_trace.query`; this class is the :class:`~decision_trace.storage.Ledger`
+face of the two.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator, Sequence
+from pathlib import Path
+
+from .. import query as q
+from ..attributes import EventRecord
+from ..models import ObjectType, TraceEvent
+from ..store import Durability, PruneReport, Store, check_integrity, compact
+from .filters import EventFilters, Order
+
+__all__ = ["SQLiteLedger"]
+
+
+class SQLiteLedger:
+    """A :class:`~decision_trace.storage.Ledger` in one SQLite file.
+
+    Args:
+        path: The file; created (0600, folders 0700) unless ``create`` is false.
+        durability: ``"sync"`` or ``"batch"``; see :class:`~decision_trace.store.Store`.
+        create: If false, a missing file is a :class:`StoreError`.
+        read_only: Never create, migrate or write the file.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durability: Durability = "batch",
+        create: bool = True,
+        read_only: bool = False,
+    ) -> None:
+        self.store = Store(path, durability=durability, create=create, read_only=read_only)
+
+    @property
+    def path(self) -> Path:
+        """The SQLite file."""
+        return self.store.path
+
+    @property
+    def location(self) -> str:
+        return str(self.store.path)
+
+    def write(self, records: Sequence[EventRecord]) -> int:
+        return self.store.write(records)
+
+    def query(
+        self,
+        filters: EventFilters,
+        *,
+        limit: int | None = 100,
+        offset: int = 0,
+        order: Order = "desc",
+    ) -> list[TraceEvent]:
+        return q.query_events(
+            self.store.read_connection(),
+            q.QueryFilters.of(filters),
+            limit=limit,
+            offset=offset,
+            order=order,
+        )
+
+    def iter_events(
+        self, filters: EventFilters, *, order: Order = "asc"
+    ) -> Generator[TraceEvent, None, None]:
+        return q.iter_events(self.store.read_connection(), q.QueryFilters.of(filters), order=order)
+
+    def count(self, filters: EventFilters) -> int:
+        return q.count_events(self.store.read_connection(), q.QueryFilters.of(filters))
+
+    def search(self, text: str, *, limit: int | None = 50) -> list[TraceEvent]:
+        return q.search_events(self.store.read_connection(), text, limit=limit)
+
+    def iter_search(self, text: str) -> Generator[TraceEvent, None, None]:
+        return q.iter_search(self.store.read_connection(), text)
+
+    def get_event(self, event_id: str) -> TraceEvent | None:
+        return q.get_event(self.store.read_connection(), event_id)
+
+    def trace_id_of(self, event_id: str) -> str | None:
+        return q.trace_id_of(self.store.read_connection(), event_id)
+
+    def get_chain(self, event_id: str) -> q.ChainNode:
+        return q.get_chain(self.store.read_connection(), event_id)
+
+    def object_history(
+        self,
+        external_id: str,
+        object_type: ObjectType | str | None = None,
+        *,
+        limit: int | None = None,
+    ) -> list[TraceEvent]:
+        return q.object_history(self.store.read_connection(), external_id, object_type, limit=limit)
+
+    def iter_object_history(
+        self, external_id: str, object_type: ObjectType | str | None = None
+    ) -> Generator[TraceEvent, None, None]:
+        return q.iter_object_history(self.store.read_connection(), external_id, object_type)
+
+    def count_object_history(
+        self, external_id: str, object_type: ObjectType | str | None = None
+    ) -> int:
+        return q.count_object_history(self.store.read_connection(), external_id, object_type)
+
+    def summary(self, *, days: int | None = None) -> q.LedgerSummary:
+        return q.summarize(self.store.read_connection(), days=days)
+
+    def prune(self, older_than_ns: int, *, dry_run: bool = False) -> PruneReport:
+        return self.store.prune(older_than_ns, dry_run=dry_run)
+
+    def size_bytes(self) -> tuple[int, int]:
+        wal = Path(f"{self.store.path}-wal")
+        return self.store.path.stat().st_size, wal.stat().st_size if wal.exists() else 0
+
+    def check(self) -> list[str]:
+        return check_integrity(self.store)
+
+    def compact(self) -> bool:
+        return compact(self.store)
+
+    def close(self) -> None:
+        self.store.close()

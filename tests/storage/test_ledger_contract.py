@@ -1,0 +1,191 @@
+"""The contract every ledger backend keeps; each test runs once per backend."""
+
+from __future__ import annotations
+
+from contextlib import closing
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from contract_support import BASE, Recorded
+
+from decision_trace.attributes import ns_from_datetime
+from decision_trace.errors import EventNotFoundError, InvalidInputError, StoreError
+from decision_trace.storage import EventFilters, Ledger, open_ledger
+
+
+def ids_of(events: list) -> list[str]:  # type: ignore[type-arg]
+    return [event.id for event in events]
+
+
+def test_backend_satisfies_the_protocol(ledger: Ledger) -> None:
+    assert isinstance(ledger, Ledger)
+    assert ledger.location
+
+
+def test_writing_the_same_records_twice_stores_them_once(
+    ledger: Ledger, recorded: Recorded
+) -> None:
+    assert ledger.write(recorded.records) == 5
+    assert ledger.write(recorded.records) == 0
+    assert ledger.write(recorded.records[:2]) == 0
+    assert ledger.count(EventFilters()) == 5
+
+
+def test_an_empty_write_stores_nothing(ledger: Ledger) -> None:
+    assert ledger.write([]) == 0
+    assert ledger.query(EventFilters()) == []
+
+
+def test_events_read_back_as_recorded(filled: Ledger, recorded: Recorded) -> None:
+    event = filled.get_event(recorded.ids["fraud"])
+    assert event is not None
+    assert event.event_type == "fraud.checked"
+    assert event.actor is not None and event.actor.id == "fraud-bot"
+    assert event.decision is not None
+    assert event.decision.reasoning == "Velocity and address checks are clean"
+    assert event.decision.context == {"score": 0.02}
+    assert event.decision.rejection_reasons == {"hold for review": "score far below threshold"}
+    assert event.parent_event_id == recorded.ids["created"]
+    assert event.timestamp == BASE + timedelta(minutes=1)
+    assert filled.get_event(recorded.ids["fraud"].upper()) == event
+    assert filled.get_event("0" * 16) is None
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        (EventFilters.build(event_types="order.refunded"), ["refund"]),
+        (EventFilters.build(actor_types=["ai_agent", "compute"]), ["restock", "fraud"]),
+        (EventFilters.build(actor_ids="agent-7"), ["refund"]),
+        (EventFilters.build(object_types="product"), ["other_trace", "restock"]),
+        (
+            EventFilters.build(object_types="order", object_ids="ord-1"),
+            ["refund", "fraud", "created"],
+        ),
+        (EventFilters.build(object_ids="cust-1"), ["created"]),
+        (EventFilters.build(tags="eu"), ["other_trace", "created"]),
+        (EventFilters.build(outcome="failure"), ["restock"]),
+        (
+            EventFilters.build(start=BASE + timedelta(minutes=1), end=BASE + timedelta(days=3)),
+            ["refund", "fraud"],
+        ),
+        (EventFilters.build(event_types="no.such.type"), []),
+    ],
+)
+def test_each_filter_selects_the_same_events(
+    filled: Ledger, recorded: Recorded, filters: EventFilters, expected: list[str]
+) -> None:
+    assert ids_of(filled.query(filters)) == [recorded.ids[name] for name in expected]
+    assert filled.count(filters) == len(expected)
+
+
+def test_correlation_id_selects_one_trace(filled: Ledger, recorded: Recorded) -> None:
+    created = filled.get_event(recorded.ids["created"])
+    assert created is not None
+    same_trace = filled.query(EventFilters.build(correlation_id=created.correlation_id.upper()))
+    assert ids_of(same_trace) == [recorded.ids[n] for n in ("refund", "fraud", "created")]
+
+
+def test_limit_offset_and_order(filled: Ledger, recorded: Recorded) -> None:
+    newest_first = [recorded.ids[n] for n in ("other_trace", "restock", "refund", "fraud")]
+    assert ids_of(filled.query(EventFilters(), limit=4)) == newest_first
+    assert ids_of(filled.query(EventFilters(), limit=2, offset=1)) == newest_first[1:3]
+    oldest = filled.query(EventFilters(), limit=None, order="asc")
+    assert ids_of(oldest)[0] == recorded.ids["created"]
+    with pytest.raises(InvalidInputError, match="order"):
+        filled.query(EventFilters(), order="sideways")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="limit"):
+        filled.query(EventFilters(), limit=-1)
+
+
+def test_streams_match_the_lists(filled: Ledger) -> None:
+    with closing(filled.iter_events(EventFilters())) as stream:
+        streamed = list(stream)
+    assert streamed == filled.query(EventFilters(), limit=None, order="asc")
+    with closing(filled.iter_events(EventFilters(), order="desc")) as stream:
+        assert list(stream) == filled.query(EventFilters(), limit=None)
+
+
+def test_search_matches_every_word_and_takes_any_text(filled: Ledger, recorded: Recorded) -> None:
+    assert ids_of(filled.search("parcel crushed")) == [recorded.ids["refund"]]
+    assert ids_of(filled.search("screening")) == [recorded.ids["fraud"]]
+    assert filled.search("parcel screening") == []
+    for hostile in ('"unbalanced', "AND OR NOT", "*", "-", "(", "\x00", "\ud800", ""):
+        assert isinstance(filled.search(hostile), list)
+    with closing(filled.iter_search("parcel")) as stream:
+        assert ids_of(list(stream)) == [recorded.ids["refund"]]
+
+
+def test_chain_is_the_whole_tree(filled: Ledger, recorded: Recorded) -> None:
+    root = filled.get_chain(recorded.ids["refund"])
+    assert root.event.id == recorded.ids["created"]
+    assert [child.event.id for child in root.children] == [
+        recorded.ids["fraud"],
+        recorded.ids["refund"],
+    ]
+    with pytest.raises(EventNotFoundError):
+        filled.get_chain("f" * 16)
+    assert filled.trace_id_of(recorded.ids["fraud"]) == root.event.correlation_id
+    assert filled.trace_id_of("f" * 16) is None
+
+
+def test_object_history_oldest_first(filled: Ledger, recorded: Recorded) -> None:
+    history = filled.object_history("ord-1", "order")
+    assert ids_of(history) == [recorded.ids[n] for n in ("created", "fraud", "refund")]
+    assert ids_of(filled.object_history("ord-1", limit=1)) == [recorded.ids["created"]]
+    assert filled.count_object_history("sku-9") == 2
+    with closing(filled.iter_object_history("sku-9", "product")) as stream:
+        assert ids_of(list(stream)) == [recorded.ids["restock"], recorded.ids["other_trace"]]
+    refund = history[-1]
+    (order,) = refund.objects
+    assert order.state_before == {"status": "paid"}
+    assert order.state_after == {"status": "refunded"}
+
+
+def test_summary_counts(filled: Ledger) -> None:
+    summary = filled.summary()
+    assert summary.events == 5
+    assert summary.objects == 6
+    assert summary.distinct_objects == 3
+    assert summary.first == BASE
+    assert summary.last == BASE + timedelta(days=40)
+    assert dict(summary.by_outcome) == {"success": 4, "failure": 1}
+    assert sum(n for _, n in summary.by_day) == 5
+    assert len(filled.summary(days=1).by_day) == 1
+
+
+def test_prune_dry_run_counts_what_the_real_run_deletes(filled: Ledger, recorded: Recorded) -> None:
+    cutoff = ns_from_datetime(BASE + timedelta(days=2, hours=1), "cutoff")
+    dry = filled.prune(cutoff, dry_run=True)
+    assert filled.count(EventFilters()) == 5
+    real = filled.prune(cutoff)
+    assert real == dry
+    assert real.events == 3
+    assert ids_of(filled.query(EventFilters())) == [
+        recorded.ids["other_trace"],
+        recorded.ids["restock"],
+    ]
+    assert filled.search("parcel") == []
+    assert filled.object_history("ord-1") == []
+
+
+def test_check_and_compact(filled: Ledger) -> None:
+    assert filled.check() == []
+    filled.prune(ns_from_datetime(BASE + timedelta(days=1), "cutoff"))
+    assert filled.compact() is True
+    assert filled.check() == []
+
+
+def test_close_is_idempotent_and_ends_use(filled: Ledger) -> None:
+    filled.close()
+    filled.close()
+    with pytest.raises(StoreError):
+        filled.query(EventFilters())
+
+
+def test_open_ledger_refuses_what_it_cannot_open(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no decision-trace database"):
+        open_ledger(tmp_path / "missing.db", create=False)
+    with pytest.raises(StoreError, match="ftp://"):
+        open_ledger("ftp://example.com/ledger")
