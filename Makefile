@@ -4,14 +4,22 @@ PYTHON ?= python3
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: test lint typecheck pytest demo bench clean
+.PHONY: test quick lint typecheck pytest pytest-quick demo bench clean
 
+# The distribution was called decision-trace before; a venv holding both would list our
+# console script and OTel entry point twice, so the old name is removed first.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip uninstall --quiet --yes decision-trace 2>/dev/null || true
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
+# Everything: lint, types, and every test including the slow ones.
 test: lint typecheck pytest
+
+# The inner loop: lint, types, and the tests not marked slow (tests/conftest.py marks
+# tests/reliability/ and the benchmark smoke tests; the wheel build test marks itself).
+quick: lint typecheck pytest-quick
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -27,6 +35,9 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(VENV)/bin/pytest
 
+pytest-quick: $(STAMP)
+	$(VENV)/bin/pytest -m "not slow"
+
 demo: $(STAMP)
 	$(PY) examples/ecommerce_demo.py
 
@@ -34,4 +45,4 @@ bench: $(STAMP)
 	for script in benchmarks/bench_*.py; do $(PY) $$script || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .pytest_cache .ruff_cache
