@@ -32,11 +32,15 @@ typecheck: $(STAMP)
 	ln -s ../../../exporters build/mypy/decision_trace/exporters
 	MYPYPATH=build/mypy $(VENV)/bin/mypy -p decision_trace -p decision_trace.exporters
 
+# pytest-xdist workers: 2 cut the suite's wall time by a third on a loaded 2-core machine
+# (see the commit that set it); PYTEST_WORKERS=0 runs everything in one process.
+PYTEST_WORKERS ?= 2
+
 pytest: $(STAMP)
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS)
 
 pytest-quick: $(STAMP)
-	$(VENV)/bin/pytest -m "not slow"
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) -m "not slow"
 
 demo: $(STAMP)
 	$(PY) examples/ecommerce_demo.py

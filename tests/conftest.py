@@ -16,6 +16,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SLOW_DIRECTORIES = (REPO_ROOT / "tests" / "reliability",)
 """Every test under these folders is marked slow (new files there are covered too)."""
 SLOW_FILES = (REPO_ROOT / "tests" / "test_benchmarks_smoke.py",)
+SLOW_TESTS = ("tests/test_cli.py::test_export_streams_in_bounded_memory",)
+"""Single slow tests in otherwise quick files (up to a minute each on a loaded machine)."""
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -24,7 +26,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ``@pytest.mark.slow`` themselves."""
     for item in items:
         path = item.path.resolve()
-        if path in SLOW_FILES or any(path.is_relative_to(d) for d in SLOW_DIRECTORIES):
+        slow_test = item.nodeid.split("[")[0] in SLOW_TESTS
+        if slow_test or path in SLOW_FILES or any(path.is_relative_to(d) for d in SLOW_DIRECTORIES):
             item.add_marker(pytest.mark.slow)
 
 
