@@ -647,7 +647,7 @@ _LIMIT_HELP = "Show at most this many (0 for all)."
 
 
 @click.group("decision-trace", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="decision-trace", prog_name="decision-trace")
+@click.version_option(package_name="decision-trace-otel", prog_name="decision-trace")
 @_db_option
 @click.pass_context
 def main(ctx: click.Context, db_path: Path | None) -> None:

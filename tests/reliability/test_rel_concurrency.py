@@ -14,11 +14,18 @@ from reliability_support import CHILD_TIMEOUT_S, started_python, write_script
 
 from decision_trace import DecisionTraceClient
 
+# A writer's flush() waits for its whole backlog. With 8 writer processes on a loaded 2-core
+# machine the default 30 s was not enough (3,700 of 5,000 written when it gave up), so the
+# writers get a deadline sized for that machine, and the parent waits a little longer.
+WRITER_FLUSH_TIMEOUT_S = 300.0
+WRITERS_DEADLINE_S = WRITER_FLUSH_TIMEOUT_S + 120.0
+"""Writers start, record, flush and exit within this (else the test fails, it never hangs)."""
+
 WRITER = """
     import json, os, sys, time
     from decision_trace import DecisionTraceClient
 
-    db, durability, worker, count, go = sys.argv[1:6]
+    db, durability, worker, count, go, flush_timeout = sys.argv[1:7]
     count = int(count)
     client = DecisionTraceClient(db_path=db, durability=durability)
     while not os.path.exists(go):  # start with every other writer, at the same moment
@@ -30,10 +37,13 @@ WRITER = """
             .because("nightly recount", context={"worker": worker, "i": i}) \\
             .with_tags(f"w{worker}") \\
             .record()
-    flushed = client.flush()
+    started = time.monotonic()
+    flushed = client.flush(timeout_s=float(flush_timeout))
+    flush_s = round(time.monotonic() - started, 1)
     stats = client.stats()
     client.close()
     print(json.dumps({"flushed": flushed, "failed": stats.failed, "written": stats.written}))
+    print(json.dumps({"flush_s": flush_s}), file=sys.stderr)
 """
 
 
@@ -66,13 +76,14 @@ def _run_writers(
     procs = []
     try:
         for worker in range(workers):
-            ctx = started_python(script, str(db), durability, str(worker), str(count), str(go))
+            args = (str(db), durability, str(worker), str(count), str(go))
+            ctx = started_python(script, *args, str(WRITER_FLUSH_TIMEOUT_S))
             procs.append((ctx, ctx.__enter__()))
         go.touch()
         # Read while they write: every snapshot is a consistent, growing prefix.
         last = (0, 0, 0)
         reads = 0
-        deadline = time.monotonic() + CHILD_TIMEOUT_S
+        deadline = time.monotonic() + WRITERS_DEADLINE_S
         while any(p.poll() is None for _, p in procs) and time.monotonic() < deadline:
             events, objects, tags = _snapshot(db)
             assert events == objects == tags, "a reader saw half an event"
@@ -84,13 +95,16 @@ def _run_writers(
                 assert event.tags == (f"w{event.decision.context['worker']}",)  # type: ignore[union-attr]
             assert isinstance(reader.search("nightly recount"), list)
             reads += 1
+            # Leave the CPU to the writers between reads (on 2 cores a reader that never
+            # pauses slows them enough to matter); still dozens of reads per second.
+            time.sleep(0.02)
         assert reads > 0
         for _, proc in procs:
-            out, err = proc.communicate(timeout=CHILD_TIMEOUT_S)
+            out, err = proc.communicate(timeout=max(deadline - time.monotonic(), 10.0))
             assert proc.returncode == 0, err
             assert "locked" not in err.lower(), err
             report = json.loads(out.strip().splitlines()[-1])
-            assert report == {"flushed": True, "failed": 0, "written": count}
+            assert report == {"flushed": True, "failed": 0, "written": count}, err
     finally:
         for ctx, _ in procs:
             ctx.__exit__(None, None, None)

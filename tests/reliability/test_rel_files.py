@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import sqlite3
 import stat
 import time
@@ -203,11 +204,17 @@ def test_concurrent_opener_while_a_writer_holds_the_lock(tmp_path: Path) -> None
         """
         import sys
         from decision_trace import DecisionTraceClient
+        print("opening")
         with DecisionTraceClient(db_path=sys.argv[1], durability="sync") as c:
             print(c.trace("a.b", "waited").by_system("s").record())
         """,
     )
     with started_python(script, str(db)) as proc:
+        assert proc.stdout is not None
+        # Wait (with a deadline) until the child is at the open, so that the second below is
+        # spent opening, not starting an interpreter on a loaded machine.
+        ready, _, _ = select.select([proc.stdout], [], [], CHILD_TIMEOUT_S)
+        assert ready and proc.stdout.readline().strip() == "opening", proc.communicate()[1]
         time.sleep(1.0)
         assert proc.poll() is None, proc.communicate()[1]  # it waits for the lock...
         holder.execute("COMMIT")
