@@ -24,6 +24,7 @@ quick: lint typecheck pytest-quick
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 # mypy cannot follow pyproject's package-dir mapping (exporters/ -> decision_trace.exporters),
 # so give it the same mapping through a symlink tree under build/.

@@ -159,9 +159,6 @@ OUTCOME = "decision_trace.outcome"
 ERROR = "decision_trace.error"
 """The error message of a failed event."""
 
-PERSONAL_DATA_KEYS = (USER_EMAIL, USER_NAME)
-"""Keys that carry personal data about a human actor (redaction covers these)."""
-
 # --- JSON coercion ------------------------------------------------------------------
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -1058,34 +1055,6 @@ def _check_model_fields() -> None:
 
 
 _check_model_fields()
-
-
-def event_from_record(record: EventRecord) -> TraceEvent:
-    """Turn a stored record back into the :class:`TraceEvent` model."""
-    row = (
-        0,
-        record.id,
-        record.trace_id,
-        record.parent_id,
-        record.start_ns,
-        record.duration_ns,
-        record.event_type,
-        record.description,
-        record.actor_type,
-        record.actor_id,
-        record.actor_name,
-        record.actor_json,
-        record.reasoning,
-        record.decision_json,
-        record.objects_json,
-        _canonical(list(record.tags)) if record.tags else None,
-        record.outcome,
-        record.error,
-        record.metadata_json,
-        record.service_name,
-    )
-    linked = list(zip(record.object_types, record.object_ids, strict=False))
-    return events_from_rows([row], {0: linked})[0]
 
 
 def _plain_attributes(span: ReadableSpan) -> Mapping[str, Any]:

@@ -11,32 +11,33 @@ import dataclasses
 import logging
 import math
 import os
-import random
 import re
 import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import datetime
 from types import TracebackType
-from typing import Any
 
 from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanLimits, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace import sampling as _sampling
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
-from opentelemetry.trace import Link, Span, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace import Span, SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from opentelemetry.util.types import Attributes
 
 from . import _lifecycle
 from . import attributes as keys
 from . import query as q
 from ._export import ExportProcessor, run_bounded
+from ._otel import (
+    NO_LIMITS,
+    LedgerSampler,
+    OsRandomIdGenerator,
+    enable_provider,
+    otlp_exporter,
+)
 from .builder import TraceBuilder
 from .errors import EventNotFoundError, InvalidInputError
 from .exporters import SQLiteSpanExporter
@@ -71,120 +72,6 @@ _EVENT_ID = re.compile(r"^[0-9a-fA-F]{16}$")
 _RECENT_EVENTS = 10_000
 
 
-class _LedgerSampler(Sampler):
-    """Record every decision; mark it sampled only when the application would.
-
-    Under a parent span the decision takes the parent's sampled flag. A root decision
-    asks the application's sampler: the global SDK provider's, else the one
-    ``OTEL_TRACES_SAMPLER`` names, else it is sampled. Where that sampler says DROP the
-    span is still recorded (RECORD_ONLY). The ledger keeps RECORD_ONLY spans too, so no
-    decision is lost to the application's sampling, while OTLP export (which skips
-    unsampled spans) follows it, and the sampled flag passed on to children is never
-    changed.
-    """
-
-    def __init__(self) -> None:
-        self._own_provider: weakref.ref[TracerProvider] | None = None
-        self._app_provider: TracerProvider | None = None
-        self._env_sampler: Sampler | None = (
-            _sampling._get_from_env_or_default() if os.environ.get("OTEL_TRACES_SAMPLER") else None
-        )
-
-    def _app_sampler(self) -> Sampler | None:
-        app_provider = self._app_provider
-        if app_provider is None:
-            provider = otel_trace.get_tracer_provider()
-            own = self._own_provider() if self._own_provider is not None else None
-            if not isinstance(provider, TracerProvider) or provider is own:
-                return self._env_sampler
-            # The global provider can be set only once, so it is looked up only until then.
-            self._app_provider = app_provider = provider
-        return app_provider.sampler
-
-    def should_sample(
-        self,
-        parent_context: Any,
-        trace_id: int,
-        name: str,
-        kind: SpanKind | None = None,
-        attributes: Attributes = None,
-        links: Sequence[Link] | None = None,
-        trace_state: Any = None,
-    ) -> SamplingResult:
-        parent = otel_trace.get_current_span(parent_context).get_span_context()
-        if parent.is_valid:
-            decision = (
-                Decision.RECORD_AND_SAMPLE if parent.trace_flags.sampled else Decision.RECORD_ONLY
-            )
-            return SamplingResult(decision, attributes, parent.trace_state)
-        app_sampler = self._app_sampler()
-        if app_sampler is not None:
-            try:
-                app = app_sampler.should_sample(
-                    parent_context, trace_id, name, kind, attributes, links, trace_state
-                )
-            except Exception:  # a broken sampler must not cost a decision
-                _logger.exception("decision-trace: the application's sampler failed")
-            else:
-                if app.decision is not Decision.RECORD_AND_SAMPLE:
-                    return SamplingResult(Decision.RECORD_ONLY, attributes, app.trace_state)
-                return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, app.trace_state)
-        return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
-
-    def get_description(self) -> str:
-        return "DecisionTraceLedgerSampler"
-
-
-# Decision spans must never be truncated or lose attributes to the application's
-# OTEL_SPAN_* limits: UNSET means "no limit" and ignores the environment.
-_NO_LIMITS = SpanLimits(
-    max_attributes=SpanLimits.UNSET,
-    max_events=SpanLimits.UNSET,
-    max_links=SpanLimits.UNSET,
-    max_span_attributes=SpanLimits.UNSET,
-    max_event_attributes=SpanLimits.UNSET,
-    max_link_attributes=SpanLimits.UNSET,
-    max_attribute_length=SpanLimits.UNSET,
-    max_span_attribute_length=SpanLimits.UNSET,
-)
-
-
-class _OsRandomIdGenerator(RandomIdGenerator):
-    """Span and trace ids seeded from the OS's random source, not the global ``random``.
-
-    The SDK's default draws from Python's global ``random``: an application that seeds
-    it (a simulation, a reproducible job) would then reuse event ids, and the ledger would
-    take new events for duplicates of stored ones.
-
-    Two ``os.urandom`` calls per event cost a tenth of ``record()``, so the ids come from a
-    private generator seeded with 256 bits from ``os.urandom`` (never the global
-    ``random``), reseeded in every forked child so parent and child never share ids.
-    """
-
-    def generate_span_id(self) -> int:
-        span_id = 0
-        while span_id == 0:
-            span_id = _ID_RANDOM.getrandbits(64)
-        return span_id
-
-    def generate_trace_id(self) -> int:
-        trace_id = 0
-        while trace_id == 0:
-            trace_id = _ID_RANDOM.getrandbits(128)
-        return trace_id
-
-
-_ID_RANDOM = random.Random(os.urandom(32))
-
-
-def _reseed_ids() -> None:
-    _ID_RANDOM.seed(os.urandom(32))
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reseed_ids)
-
-
 def _millis_until(deadline: float) -> int:
     return max(0, int((deadline - time.monotonic()) * 1000))
 
@@ -205,46 +92,6 @@ def _shutdown_timeout(value: float | None) -> float:
     if not math.isfinite(value) or value < 0:
         raise InvalidInputError(field, f"must be a finite number >= 0, got {value!r}")
     return float(value)
-
-
-def _otlp_exporter(endpoint: str | None) -> SpanExporter | None:
-    """The OTLP exporter the environment (or ``endpoint``) asks for, or None."""
-    env = os.environ
-    configured = (
-        endpoint
-        or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-    )
-    if not configured:
-        return None
-    protocol = (
-        env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or "http/protobuf"
-    ).strip()
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-            OTLPSpanExporter as GrpcExporter,
-        )
-
-        return GrpcExporter(endpoint=endpoint) if endpoint else GrpcExporter()
-    if protocol != "http/protobuf":
-        raise InvalidInputError(
-            "OTEL_EXPORTER_OTLP_PROTOCOL", f"must be 'http/protobuf' or 'grpc', got {protocol!r}"
-        )
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-        OTLPSpanExporter as HttpExporter,
-    )
-
-    if endpoint:
-        # An explicit base endpoint gets the standard signal path, as the env var does.
-        url = (
-            endpoint
-            if endpoint.rstrip("/").endswith("/v1/traces")
-            else (endpoint.rstrip("/") + "/v1/traces")
-        )
-        return HttpExporter(endpoint=url)
-    return HttpExporter()
 
 
 class DecisionTraceClient:
@@ -271,7 +118,7 @@ class DecisionTraceClient:
             export is on only when ``OTEL_EXPORTER_OTLP_ENDPOINT`` or
             ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is set. Protocol, headers, TLS and
             timeout come from the standard ``OTEL_EXPORTER_OTLP_*`` variables. Only
-            sampled decisions are exported (see :class:`_LedgerSampler`); with
+            sampled decisions are exported (see :class:`~decision_trace._otel.LedgerSampler`); with
             ``OTEL_SDK_DISABLED=true`` OTLP export is off, the ledger is not.
         exporters: More span exporters to send decision spans to (batched).
         max_queue_size: Batch mode: events held in memory before ``record()`` waits.
@@ -326,24 +173,23 @@ class DecisionTraceClient:
         name = resource.attributes.get(keys.SERVICE_NAME)
         if isinstance(name, str) and name != keys.clean_text(name):
             resource = resource.merge(Resource({keys.SERVICE_NAME: keys.clean_text(name)}))
-        sampler = _LedgerSampler()
+        sampler = LedgerSampler()
         self._provider = TracerProvider(
             sampler=sampler,
             resource=resource,
-            span_limits=_NO_LIMITS,
+            span_limits=NO_LIMITS,
             shutdown_on_exit=False,
-            id_generator=_OsRandomIdGenerator(),
+            id_generator=OsRandomIdGenerator(),
         )
         sampler._own_provider = weakref.ref(self._provider)
         # OTEL_SDK_DISABLED=true turns telemetry off, not the audit trail: the SDK would
         # hand out a no-op tracer and silently lose every decision, so our provider stays
         # on for the ledger, and only OTLP export is switched off.
         sdk_disabled = os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
-        if getattr(self._provider, "_disabled", False):
-            self._provider._disabled = False
+        enable_provider(self._provider)
         self._provider.add_span_processor(self._ledger)
         extra = list(exporters)
-        otlp = None if sdk_disabled else _otlp_exporter(otlp_endpoint)
+        otlp = None if sdk_disabled else otlp_exporter(otlp_endpoint)
         if otlp is not None:
             extra.append(otlp)
         self._exports = [

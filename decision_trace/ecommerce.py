@@ -18,7 +18,7 @@ actor, the reasoning, tags or a parent::
 
 Vocabulary: event types are ``noun.verb_past`` strings, listed in
 :class:`EcommerceEventType`. The objects each method links are in its docstring and in
-the README's "Ecommerce events" table.
+the table in docs/ecommerce.md.
 
 Money: amounts (``total``, ``amount``, ``refund_amount``, prices, ``cost``) may be
 ``Decimal``, ``float`` or ``int``; a float is taken at its shortest decimal form

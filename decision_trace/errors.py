@@ -6,7 +6,8 @@ Every error derives from one base class, so ``except DecisionTraceError`` catche
     ├── InvalidInputError      bad input at the call that made it (also a ValueError)
     ├── EventNotFoundError     an event id that the store does not hold (also a KeyError)
     └── StoreError             the store cannot be opened, read or written
-        └── SchemaVersionError the file was written by a newer decision-trace
+        ├── SchemaVersionError the file was written by a newer decision-trace
+        └── RejectedRecordsError  some records of a write cannot be stored (the rest were)
 
 The export thread never raises into the application: failures there are logged and
 counted (see ``DecisionTraceClient.stats``), and ``flush()`` reports them.
@@ -14,10 +15,14 @@ counted (see ``DecisionTraceClient.stats``), and ``flush()`` reports them.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+
 __all__ = [
     "DecisionTraceError",
     "EventNotFoundError",
     "InvalidInputError",
+    "RejectedRecordsError",
     "SchemaVersionError",
     "StoreError",
 ]
@@ -56,3 +61,23 @@ class StoreError(DecisionTraceError):
 
 class SchemaVersionError(StoreError):
     """Raised when the database was written by a newer version of decision-trace."""
+
+
+class RejectedRecordsError(StoreError):
+    """Raised by a ledger's ``write`` when some records of the batch cannot be stored
+    because of what they hold (the others were written): retrying them cannot help.
+
+    Attributes:
+        written: How many records of the batch were written.
+        rejected: The ids of the records that were not.
+    """
+
+    def __init__(
+        self, location: str | os.PathLike[str], written: int, rejected: Sequence[tuple[str, str]]
+    ) -> None:
+        self.written = written
+        self.rejected = tuple(event_id for event_id, _ in rejected)
+        super().__init__(
+            f"cannot store {len(rejected)} event(s) in {os.fspath(location)} (first: "
+            f"{rejected[0][0]}: {rejected[0][1]}); {written} other(s) written"
+        )

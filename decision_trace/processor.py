@@ -34,9 +34,9 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from ._export import ExporterStats
 from .attributes import EventRecord
-from .errors import InvalidInputError
+from .errors import InvalidInputError, RejectedRecordsError
 from .exporters import SQLiteSpanExporter
-from .store import Durability, RejectedRecordsError
+from .store import Durability
 
 __all__ = ["ExporterStats", "LedgerSpanProcessor", "LedgerStats"]
 

@@ -43,7 +43,7 @@ from typing import Literal
 from urllib.parse import quote
 
 from .attributes import EventRecord, dumps
-from .errors import SchemaVersionError, StoreError
+from .errors import RejectedRecordsError, SchemaVersionError, StoreError
 
 __all__ = ["SCHEMA_VERSION", "Store", "default_db_path"]
 
@@ -378,19 +378,6 @@ def _accepted_version(path: Path, found: _Found) -> int:
         f"{found.version} without decision-trace's application id and tables), not a "
         f"decision-trace database{untouched}"
     )
-
-
-class RejectedRecordsError(StoreError):
-    """Some records of a batch cannot be stored because of their content (the others
-    were written): retrying them cannot help."""
-
-    def __init__(self, path: Path, written: int, rejected: Sequence[tuple[str, str]]) -> None:
-        self.written = written
-        self.rejected = tuple(event_id for event_id, _ in rejected)
-        super().__init__(
-            f"cannot store {len(rejected)} event(s) in {path} (first: {rejected[0][0]}: "
-            f"{rejected[0][1]}); {written} other(s) written"
-        )
 
 
 # SQLite result codes that mean "this record", not "this database": SQLITE_ERROR (such

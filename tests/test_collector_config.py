@@ -21,9 +21,9 @@ from decision_trace.models import DecisionTrace
 CONFIG = Path(__file__).resolve().parent.parent / "collector-config" / "config.yaml"
 SALT = "${env:DT_PII_SALT}"
 
-# Attributes about a human actor. PERSONAL_DATA_KEYS is the library's own list; the
+# Attributes about a human actor: the semconv e-mail, name and id; the
 # user's id and the decision_trace.actor.* copies of id and name identify the person too.
-PERSONAL_KEYS = {*keys.PERSONAL_DATA_KEYS, keys.USER_ID}
+PERSONAL_KEYS = {keys.USER_EMAIL, keys.USER_NAME, keys.USER_ID}
 USER_ACTOR_KEYS = {keys.ACTOR_ID, keys.ACTOR_NAME}
 USER_ACTOR_DROPPED = {keys.ACTOR_METADATA}
 

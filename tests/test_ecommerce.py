@@ -36,7 +36,7 @@ from decision_trace.ecommerce import (
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SPEC = REPO_ROOT / "docs" / "spec.md"
 DEMO = REPO_ROOT / "examples" / "ecommerce_demo.py"
-README = REPO_ROOT / "README.md"
+ECOMMERCE_DOC = REPO_ROOT / "docs" / "ecommerce.md"
 
 
 @pytest.fixture
@@ -922,7 +922,7 @@ def test_demo_runs_twice_on_the_default_ledger(tmp_path: Path) -> None:
 
 
 def test_readme_table_lists_every_method_and_event_type() -> None:
-    text = README.read_text()
+    text = ECOMMERCE_DOC.read_text()
     section = text.split("## Ecommerce events", 1)[1].split("\n## ", 1)[0]
     rows = re.findall(r"^\| `(\w+)\(\)` \| `([a-z_.]+)` \|", section, flags=re.M)
     assert {method: event_type for method, event_type in rows} == {
@@ -931,7 +931,7 @@ def test_readme_table_lists_every_method_and_event_type() -> None:
 
 
 def test_readme_ecommerce_example_runs(tmp_path: Path) -> None:
-    section = README.read_text().split("## Ecommerce events", 1)[1].split("\n## ", 1)[0]
+    section = ECOMMERCE_DOC.read_text().split("## Ecommerce events", 1)[1].split("\n## ", 1)[0]
     (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     script = tmp_path / "readme_ecommerce.py"
     script.write_text(block)
@@ -947,8 +947,8 @@ def _unstamped(text: str) -> str:
 
 
 def test_readme_why_output_is_what_the_cli_prints(tmp_path: Path) -> None:
-    """The README's refund example, then the `decision-trace why` it shows, for real."""
-    section = README.read_text().split("## Ecommerce events", 1)[1].split("\n## ", 1)[0]
+    """The refund example of docs/ecommerce.md, then the `decision-trace why` it shows."""
+    section = ECOMMERCE_DOC.read_text().split("## Ecommerce events", 1)[1].split("\n## ", 1)[0]
     (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     (shown,) = re.findall(r"```text\n\$ decision-trace why (\S+)\n(.*?)```", section, flags=re.S)
     target, expected = shown
@@ -966,8 +966,8 @@ def test_readme_why_output_is_what_the_cli_prints(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "changed    status: paid → partially_refunded" in result.stdout
     assert _unstamped(result.stdout) == _unstamped(expected), (
-        "README's `decision-trace why` block differs from the real output; paste this:\n"
-        + result.stdout
+        "docs/ecommerce.md: the `decision-trace why` block differs from the real output; "
+        "paste this:\n" + result.stdout
     )
 
 

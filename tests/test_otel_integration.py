@@ -440,22 +440,20 @@ def test_no_deprecated_key_is_defined() -> None:
     assert not _key_constants() & DEPRECATED_KEYS
 
 
-def _readme_otel_section() -> str:
-    text = (REPO_ROOT / "README.md").read_text()
-    start = text.index("## OpenTelemetry integration")
-    end = text.index("\n## ", start + 1)
-    return text[start:end]
+def _otel_doc_section() -> str:
+    text = (REPO_ROOT / "docs" / "opentelemetry.md").read_text()
+    return text.split("## OpenTelemetry integration", 1)[1].split("\n## ", 1)[0]
 
 
 def test_readme_attribute_table_lists_every_key_we_emit() -> None:
-    section = _readme_otel_section()
+    section = _otel_doc_section()
     table = section[section.index("### Attributes") :]
     listed = set(re.findall(r"^\| `([a-z_.]+)` \|", table, flags=re.MULTILINE))
     assert listed == _key_constants()
 
 
 def test_readme_otel_section_names_the_env_vars_and_entry_point() -> None:
-    section = _readme_otel_section()
+    section = _otel_doc_section()
     for name in (
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -470,3 +468,21 @@ def test_readme_otel_section_names_the_env_vars_and_entry_point() -> None:
         "current_traceparent()",
     ):
         assert name in section
+
+
+def test_a_renamed_sdk_internal_degrades_to_one_warning(
+    make_client: Callable[..., DecisionTraceClient],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """decision_trace._otel guards every SDK-private access: without the one that reads
+    OTEL_TRACES_SAMPLER, a client still records every decision and says what it lost."""
+    from opentelemetry.sdk.trace import sampling
+
+    monkeypatch.delattr(sampling, "_get_from_env_or_default")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    client = make_client(durability="sync")
+    event_id = client.trace("job.ran").by_system("cron").record()
+    assert client.get_event(event_id) is not None
+    warnings = [r for r in caplog.records if "_get_from_env_or_default" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"

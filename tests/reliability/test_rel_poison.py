@@ -1,5 +1,5 @@
 """One event the store cannot take costs only itself: every other event of its batch is
-written, whatever the error (README, "Guarantees")."""
+written, whatever the error (docs/guarantees.md)."""
 
 from __future__ import annotations
 

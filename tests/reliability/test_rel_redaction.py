@@ -216,7 +216,7 @@ def test_redaction_arguments_are_checked() -> None:
     assert Redaction(hash_key=b"k").pseudonym("a") != Redaction(hash_key=b"j").pseudonym("a")
 
 
-# Every spelling of a key about e-mail the README promises to cover, each with its own
+# Every spelling of a key about e-mail docs/guarantees.md promises to cover, each with its own
 # address so that a leak names the case that leaked.
 KEY_SPELLINGS = {
     "customerEmail": "camel.case@example.net",
@@ -339,7 +339,7 @@ def test_without_a_key_every_spelling_is_dropped(
     ],
 )
 def test_which_keys_a_field_covers(field: str, covered: list[str], not_covered: list[str]) -> None:
-    """The rules the README states, key by key."""
+    """The rules docs/guarantees.md states, key by key."""
     redaction = Redaction(fields=(field,))
     assert [key for key in covered if not redaction.covers(key)] == []
     assert [key for key in not_covered if redaction.covers(key)] == []

@@ -44,7 +44,7 @@ class Point:
 
 
 def documented(value: Any) -> Any:
-    """What the README / attributes.py docstring says ``value`` is stored as."""
+    """What docs/recording.md and the attributes.py docstring say ``value`` is stored as."""
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, enum.Enum):

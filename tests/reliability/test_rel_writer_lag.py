@@ -1,5 +1,5 @@
 """Batch mode under a busy application: the writer keeps up, and kill -9 takes at most
-the events of about the last second (README, "Guarantees")."""
+the events of about the last second (docs/guarantees.md)."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ BUSY_RECORDER = f"""
 """
 
 WINDOW_BOUND_S = 3 * MAX_LAG_S
-"""What the test allows: the README states ~1 s (MAX_LAG_S); three times that, because
+"""What the test allows: docs/guarantees.md states ~1 s (MAX_LAG_S); three times that, because
 on a loaded 2-core machine the operating system can stop the whole child for a while
 right before the kill, which stretches the wall-clock age of its last events."""
 

@@ -1,5 +1,5 @@
-"""The README's Guarantees section names only tests that exist, and every reliability
-test module is named there."""
+"""The Guarantees section of docs/guarantees.md names only tests that exist, and every
+reliability test module is named there."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-README = HERE.parent.parent / "README.md"
+README = HERE.parent.parent / "docs" / "guarantees.md"
 
 
 def _section() -> str:
@@ -29,7 +29,7 @@ def test_every_guarantee_names_an_existing_test() -> None:
     named = re.findall(r"`(test_rel_\w+\.py)::(test_\w+)`", _section())
     assert len(named) >= 30
     for module, test in named:
-        assert test in _tests_in(HERE / module), f"{module}::{test} named in README"
+        assert test in _tests_in(HERE / module), f"{module}::{test} named in docs/guarantees.md"
 
 
 def test_every_reliability_module_backs_a_guarantee() -> None:
