@@ -20,11 +20,11 @@ import traceback as _traceback
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
-from opentelemetry.trace import Span, SpanContext, Status, StatusCode
+from opentelemetry.trace import Span, SpanContext, Status, StatusCode, Tracer
 
 from . import attributes as keys
 from .attributes import (
@@ -52,11 +52,43 @@ from .models import (
 )
 
 if TYPE_CHECKING:
-    from .client import DecisionTraceClient
+    from .redaction import Redaction
 
 __all__ = ["TraceBuilder"]
 
 _logger = logging.getLogger(__name__)
+
+
+class Recorder(Protocol):
+    """What a :class:`TraceBuilder` needs of whatever records its events.
+
+    :class:`~decision_trace.client.DecisionTraceClient` gives its builders one; a test can
+    give a builder a small fake over any ``TracerProvider``.
+    """
+
+    @property
+    def tracer(self) -> Tracer:
+        """Starts each event's span."""
+        ...
+
+    @property
+    def redaction(self) -> Redaction | None:
+        """What to redact from values before they enter the span, or None."""
+        ...
+
+    def remember(self, span: Span) -> str:
+        """Note a just-started event's span (so ``child_of`` finds it before it is
+        stored) and return the event id."""
+        ...
+
+    def parent_context(self, parent: str) -> SpanContext:
+        """The span context of an event id or W3C ``traceparent`` given to ``child_of``.
+
+        Raises:
+            InvalidInputError: ``parent`` is neither.
+            EventNotFoundError: no such event.
+        """
+        ...
 
 
 class TraceBuilder:
@@ -71,7 +103,6 @@ class TraceBuilder:
         "_actor_keys",
         "_as_span",
         "_attrs",
-        "_client",
         "_error",
         "_event_type",
         "_metadata",
@@ -81,6 +112,7 @@ class TraceBuilder:
         "_outcome",
         "_parent",
         "_recorded_id",
+        "_recorder",
         "_span",
         "_start_ns",
         "_tags",
@@ -89,7 +121,7 @@ class TraceBuilder:
 
     def __init__(
         self,
-        client: DecisionTraceClient,
+        recorder: Recorder,
         event_type: str,
         description: str = "",
         *,
@@ -100,7 +132,7 @@ class TraceBuilder:
             raise InvalidInputError(
                 "description", f"must be a string, got {type(description).__name__}"
             )
-        self._client = client
+        self._recorder = recorder
         self._event_type = clean_text(event_type)
         self._attrs: dict[str, AttributeValue] = {
             keys.EVENT_TYPE: self._event_type,
@@ -127,8 +159,8 @@ class TraceBuilder:
         """Set who performed the action (replaces any actor set before)."""
         if not isinstance(actor, Actor):
             raise InvalidInputError("actor", f"must be an Actor, got {type(actor).__name__}")
-        if self._client._redaction is not None:
-            actor = self._client._redaction.actor(actor)
+        if self._recorder.redaction is not None:
+            actor = self._recorder.redaction.actor(actor)
         self._set_actor(keys.actor_attributes(actor))
         return self
 
@@ -152,7 +184,7 @@ class TraceBuilder:
     ) -> TraceBuilder:
         # The same checks and attributes as by(Actor(...)), without building the Actor
         # (record() is on the caller's hot path); redaction works on the model.
-        if self._client._redaction is not None:
+        if self._recorder.redaction is not None:
             actor = Actor(
                 actor_type, actor_id, name, email, role, model, version, service_name, metadata
             )
@@ -261,8 +293,8 @@ class TraceBuilder:
         alternatives = alternatives if alternatives is not None else ()
         rejection_reasons = rejection_reasons if rejection_reasons is not None else {}
         risk = RiskLevel.parse(risk_level, "risk_level") if risk_level else None
-        if self._client._redaction is not None:
-            decision = self._client._redaction.decision(
+        if self._recorder.redaction is not None:
+            decision = self._recorder.redaction.decision(
                 DecisionTrace(
                     reasoning=reasoning,
                     context=context,
@@ -319,7 +351,7 @@ class TraceBuilder:
             state_before: Fields before the change.
             state_after: The same fields after the change.
         """
-        redaction = self._client._redaction
+        redaction = self._recorder.redaction
         if redaction is None:
             # TrackedObject's checks, without building it (the hot path).
             kind = check_object_fields(object_type, external_id, state, state_before, state_after)
@@ -517,8 +549,8 @@ class TraceBuilder:
             if not isinstance(metadata, Mapping):
                 raise InvalidInputError("metadata", "must be a mapping")
             values = {**metadata, **values}
-        if self._client._redaction is not None:
-            values = self._client._redaction.metadata(values)
+        if self._recorder.redaction is not None:
+            values = self._recorder.redaction.metadata(values)
         dumps(values, "metadata")  # validate now, at the call that gave the values
         self._metadata.update(values)
         return self
@@ -580,7 +612,7 @@ class TraceBuilder:
         """
         if self._span is not None:
             raise DecisionTraceError("child_of() must be called before the span starts")
-        self._parent = self._client._parent_context(parent)
+        self._parent = self._recorder.parent_context(parent)
         return self
 
     # -- recording ---------------------------------------------------------------------
@@ -626,13 +658,13 @@ class TraceBuilder:
                 "build a new one with client.trace()"
             )
         attrs = self._final_attributes()
-        span = self._client._tracer.start_span(
+        span = self._recorder.tracer.start_span(
             self._event_type,
             context=self._parent_otel_context(),
             attributes=attrs,
             start_time=self._start_ns,
         )
-        self._recorded_id = self._client._remember(span)
+        self._recorded_id = self._recorder.remember(span)
         if self._outcome is Outcome.FAILURE:
             span.set_status(Status(StatusCode.ERROR, self._error))
         span.end(end_time=self._start_ns)
@@ -650,10 +682,10 @@ class TraceBuilder:
             raise DecisionTraceError("use client.span(...) for a with-block, not client.trace()")
         if self._span is not None:
             raise DecisionTraceError("this span() builder was already entered")
-        self._span = self._client._tracer.start_span(
+        self._span = self._recorder.tracer.start_span(
             self._event_type, context=self._parent_otel_context()
         )
-        self._recorded_id = self._client._remember(self._span)
+        self._recorded_id = self._recorder.remember(self._span)
         self._token = otel_context.attach(otel_trace.set_span_in_context(self._span))
         return self
 

@@ -16,7 +16,8 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 
@@ -24,12 +25,11 @@ from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
-from opentelemetry.trace import Span, SpanContext, TraceFlags
+from opentelemetry.trace import Span, SpanContext, TraceFlags, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from . import _lifecycle
 from . import attributes as keys
-from . import query as q
 from ._export import ExportProcessor, run_bounded
 from ._otel import (
     NO_LIMITS,
@@ -41,12 +41,11 @@ from ._otel import (
 from .builder import TraceBuilder
 from .errors import EventNotFoundError, InvalidInputError
 from .exporters import SQLiteSpanExporter
-from .models import ActorType, ObjectType, Outcome, TraceEvent
+from .models import ActorType, ChainNode, ObjectType, Outcome, TraceEvent
 from .processor import LedgerSpanProcessor, LedgerStats
 from .redaction import Redaction
-from .storage import EventFilters, Ledger, Order, open_ledger
+from .storage import Durability, EventFilters, Ledger, Order, default_db_path, open_ledger
 from .storage.sqlite import SQLiteLedger
-from .store import Durability, default_db_path
 
 __all__ = ["DEFAULT_SHUTDOWN_TIMEOUT_S", "SHUTDOWN_TIMEOUT_ENV", "DecisionTraceClient"]
 
@@ -92,6 +91,16 @@ def _shutdown_timeout(value: float | None) -> float:
     if not math.isfinite(value) or value < 0:
         raise InvalidInputError(field, f"must be a finite number >= 0, got {value!r}")
     return float(value)
+
+
+@dataclass(frozen=True)
+class _ClientRecorder:
+    """The :class:`~decision_trace.builder.Recorder` a client gives its builders."""
+
+    tracer: Tracer
+    redaction: Redaction | None
+    remember: Callable[[Span], str]
+    parent_context: Callable[[str], SpanContext]
 
 
 class DecisionTraceClient:
@@ -199,6 +208,9 @@ class DecisionTraceClient:
         for export in self._exports:
             self._provider.add_span_processor(export)
         self._tracer = self._provider.get_tracer(INSTRUMENTATION_NAME)
+        self._recorder = _ClientRecorder(
+            self._tracer, self._redaction, self._remember, self._parent_context
+        )
         self._recent: OrderedDict[str, SpanContext] = OrderedDict()
         self._recent_lock = threading.Lock()
         self._closed = False
@@ -223,7 +235,7 @@ class DecisionTraceClient:
             event_type: What happened, ``noun.verb`` style (``"order.cancelled"``).
             description: A sentence for humans.
         """
-        return TraceBuilder(self, event_type, description)
+        return TraceBuilder(self._recorder, event_type, description)
 
     def span(self, event_type: str, description: str = "") -> TraceBuilder:
         """A context manager recording an event that lasts as long as the block.
@@ -234,7 +246,7 @@ class DecisionTraceClient:
             with client.span("report.generation", "Monthly report") as trace:
                 trace.by_compute("report-service", "Report Generator")
         """
-        return TraceBuilder(self, event_type, description, as_span=True)
+        return TraceBuilder(self._recorder, event_type, description, as_span=True)
 
     def _remember(self, span: Span) -> str:
         context = span.get_span_context()
@@ -368,9 +380,9 @@ class DecisionTraceClient:
         self._read_your_writes()
         return self._storage.get_event(event_id)
 
-    def get_chain(self, event_id: str) -> q.ChainNode:
+    def get_chain(self, event_id: str) -> ChainNode:
         """The chain an event belongs to: its topmost stored ancestor and every
-        descendant, as a tree of :class:`~decision_trace.query.ChainNode`.
+        descendant, as a tree of :class:`~decision_trace.models.ChainNode`.
 
         Raises:
             EventNotFoundError: the event is not in the store.

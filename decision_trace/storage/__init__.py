@@ -26,16 +26,16 @@ from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ..errors import StoreError
-from ..store import default_db_path
+from ..store import Durability, default_db_path
 from .filters import EventFilters, Order
 
 if TYPE_CHECKING:
     from ..attributes import EventRecord
     from ..models import ObjectType, TraceEvent
     from ..query import ChainNode, LedgerSummary
-    from ..store import Durability, PruneReport
+    from ..store import PruneReport
 
-__all__ = ["EventFilters", "Ledger", "Order", "default_db_path", "open_ledger"]
+__all__ = ["Durability", "EventFilters", "Ledger", "Order", "default_db_path", "open_ledger"]
 
 
 @runtime_checkable
