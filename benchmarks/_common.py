@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from decision_trace import DecisionTraceClient  # noqa: E402
-from decision_trace.attributes import EventRecord  # noqa: E402
+from decision_trace.record import EventRecord  # noqa: E402
 
 QUICK = "--quick" in sys.argv[1:] or os.environ.get("DECISION_TRACE_BENCH_QUICK") == "1"
 

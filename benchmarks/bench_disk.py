@@ -34,7 +34,7 @@ from _common import (
 )
 
 from decision_trace import DecisionTraceClient
-from decision_trace.attributes import ns_from_datetime
+from decision_trace.record import ns_from_datetime
 
 HAND_SCHEMA = """
 CREATE TABLE events (

@@ -41,8 +41,8 @@ from _common import (
 )
 
 from decision_trace import DecisionTraceClient
-from decision_trace.attributes import ns_from_datetime
 from decision_trace.query import fts_query
+from decision_trace.record import ns_from_datetime
 
 COLUMNS = (
     "e.rowid, e.id, e.trace_id, e.parent_id, e.start_ns, e.duration_ns, e.event_type, "

@@ -33,7 +33,7 @@ from _common import (
 )
 
 from decision_trace import DecisionTraceClient
-from decision_trace.attributes import record_from_span
+from decision_trace._decode import record_from_span
 
 
 def main() -> None:

@@ -12,9 +12,8 @@ Quick start::
         .record()
 """
 
-from .builder import TraceBuilder
-from .client import DecisionTraceClient
-from .ecommerce import EcommerceClient, EcommerceEventType
+import typing as _typing
+
 from .errors import (
     DecisionTraceError,
     EventNotFoundError,
@@ -33,8 +32,40 @@ from .models import (
     TraceEvent,
     TrackedObject,
 )
-from .processor import LedgerStats
-from .redaction import Redaction
+
+if _typing.TYPE_CHECKING:
+    from .builder import TraceBuilder
+    from .client import DecisionTraceClient
+    from .ecommerce import EcommerceClient, EcommerceEventType
+    from .processor import LedgerStats
+    from .redaction import Redaction
+
+# The recording API (and with it the OpenTelemetry SDK) is imported on first use, so that
+# `import decision_trace.storage` or the values above cost no SDK import.
+_LAZY = {
+    "TraceBuilder": "builder",
+    "DecisionTraceClient": "client",
+    "EcommerceClient": "ecommerce",
+    "EcommerceEventType": "ecommerce",
+    "LedgerStats": "processor",
+    "Redaction": "redaction",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'decision_trace' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __version__ = "0.1.0"
 

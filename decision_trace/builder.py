@@ -26,15 +26,10 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import Span, SpanContext, Status, StatusCode, Tracer
 
+from . import _encode
 from . import attributes as keys
-from .attributes import (
-    AttributeValue,
-    clean_text,
-    dumps,
-    exception_message,
-    exception_text,
-    span_ns_from_datetime,
-)
+from ._json import dumps, exception_message, exception_text
+from .attributes import AttributeValue
 from .errors import DecisionTraceError, InvalidInputError
 from .models import (
     Actor,
@@ -48,8 +43,10 @@ from .models import (
     check_confidence,
     check_decision_fields,
     check_object_fields,
+    clean_text,
     require_text,
 )
+from .record import span_ns_from_datetime
 
 if TYPE_CHECKING:
     from .redaction import Redaction
@@ -161,7 +158,7 @@ class TraceBuilder:
             raise InvalidInputError("actor", f"must be an Actor, got {type(actor).__name__}")
         if self._recorder.redaction is not None:
             actor = self._recorder.redaction.actor(actor)
-        self._set_actor(keys.actor_attributes(actor))
+        self._set_actor(_encode.actor_attributes(actor))
         return self
 
     def _set_actor(self, actor_attrs: dict[str, AttributeValue]) -> None:
@@ -191,7 +188,7 @@ class TraceBuilder:
             return self.by(actor)
         check_actor_fields(actor_id, name, email, role, model, version, service_name, metadata)
         self._set_actor(
-            keys.actor_fields_attributes(
+            _encode.actor_fields_attributes(
                 actor_type, actor_id, name, email, role, model, version, service_name, metadata
             )
         )
@@ -304,11 +301,11 @@ class TraceBuilder:
                     risk_level=risk,
                 )
             )
-            decision_attrs = keys.decision_attributes(decision)
+            decision_attrs = _encode.decision_attributes(decision)
         else:
             # DecisionTrace's checks, without building it (the hot path).
             check_decision_fields(context, alternatives, rejection_reasons)
-            decision_attrs = keys.decision_fields_attributes(
+            decision_attrs = _encode.decision_fields_attributes(
                 reasoning,
                 context,
                 alternatives,
@@ -370,7 +367,7 @@ class TraceBuilder:
         self._object_types.append(kind.value)
         self._object_ids.append(clean_text(external_id))
         self._object_states.append(
-            keys.object_fields_state_json(kind, state, state_before, state_after)
+            _encode.object_fields_state_json(kind, state, state_before, state_after)
         )
         return self
 
@@ -622,7 +619,9 @@ class TraceBuilder:
         attrs = self._attrs
         if self._object_ids:
             attrs.update(
-                keys.objects_attributes(self._object_types, self._object_ids, self._object_states)
+                _encode.objects_attributes(
+                    self._object_types, self._object_ids, self._object_states
+                )
             )
         if self._tags:
             attrs[keys.TAGS] = self._tags

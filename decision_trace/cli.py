@@ -29,7 +29,6 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from .attributes import clean_text, ns_from_datetime
 from .errors import DecisionTraceError, InvalidInputError
 from .models import (
     Actor,
@@ -39,7 +38,9 @@ from .models import (
     Outcome,
     TraceEvent,
     TrackedObject,
+    clean_text,
 )
+from .record import ns_from_datetime
 from .serialize import event_to_json
 from .storage import EventFilters, Ledger, default_db_path, open_ledger
 

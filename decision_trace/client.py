@@ -28,8 +28,9 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import Span, SpanContext, TraceFlags, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from . import _lifecycle
+from . import _lifecycle, record
 from . import attributes as keys
+from . import models as _models
 from ._export import ExportProcessor, run_bounded
 from ._otel import (
     NO_LIMITS,
@@ -180,8 +181,8 @@ class DecisionTraceClient:
         # a lone surrogate, which no row or OTLP request can hold, becomes U+FFFD.
         resource = Resource.create({keys.SERVICE_NAME: service_name} if service_name else {})
         name = resource.attributes.get(keys.SERVICE_NAME)
-        if isinstance(name, str) and name != keys.clean_text(name):
-            resource = resource.merge(Resource({keys.SERVICE_NAME: keys.clean_text(name)}))
+        if isinstance(name, str) and name != _models.clean_text(name):
+            resource = resource.merge(Resource({keys.SERVICE_NAME: _models.clean_text(name)}))
         sampler = LedgerSampler()
         self._provider = TracerProvider(
             sampler=sampler,
@@ -250,7 +251,7 @@ class DecisionTraceClient:
 
     def _remember(self, span: Span) -> str:
         context = span.get_span_context()
-        event_id = keys.span_id_hex(context.span_id)
+        event_id = record.span_id_hex(context.span_id)
         with self._recent_lock:
             self._recent[event_id] = context
             if len(self._recent) > _RECENT_EVENTS:

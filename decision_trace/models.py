@@ -8,6 +8,7 @@ stored rows back into the same types.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -26,6 +27,7 @@ __all__ = [
     "RiskLevel",
     "TraceEvent",
     "TrackedObject",
+    "clean_text",
 ]
 
 
@@ -573,3 +575,13 @@ class ChainNode:
             f"ChainNode(event={self.event.event_type!r} {self.event.id}, "
             f"children={count} node{'' if count == 1 else 's'})"
         )
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(value: str) -> str:
+    """Replace lone surrogates (which UTF-8 cannot hold) with U+FFFD; else unchanged."""
+    if value.isascii():
+        return value
+    return _LONE_SURROGATE.sub("\ufffd", value)

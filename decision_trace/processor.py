@@ -33,9 +33,9 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from ._export import ExporterStats
-from .attributes import EventRecord
 from .errors import InvalidInputError, RejectedRecordsError
 from .exporters import SQLiteSpanExporter
+from .record import EventRecord
 from .store import Durability
 
 __all__ = ["ExporterStats", "LedgerSpanProcessor", "LedgerStats"]

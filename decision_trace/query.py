@@ -13,15 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .attributes import (
-    MAX_NS,
-    MIN_NS,
-    clean_text,
-    datetime_from_ns,
-    events_from_rows,
-)
+from ._rows import events_from_rows
 from .errors import EventNotFoundError, InvalidInputError, StoreError
-from .models import ChainNode, ObjectType, TraceEvent
+from .models import ChainNode, ObjectType, TraceEvent, clean_text
+from .record import MAX_NS, MIN_NS, datetime_from_ns
 from .storage.filters import EventFilters, Order
 
 __all__ = ["ChainNode", "QueryFilters", "fts_query"]

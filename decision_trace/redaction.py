@@ -52,7 +52,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .attributes import coerce_json
+from ._json import coerce_json
 from .errors import InvalidInputError
 from .models import Actor, ActorType, DecisionTrace, TrackedObject
 

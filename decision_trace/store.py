@@ -42,8 +42,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
-from .attributes import EventRecord, dumps
 from .errors import RejectedRecordsError, SchemaVersionError, StoreError
+from .record import EventRecord
 
 __all__ = ["SCHEMA_VERSION", "Store", "default_db_path"]
 
@@ -267,10 +267,15 @@ def _use_wal(conn: sqlite3.Connection) -> None:
         delay = min(delay * 2, 0.05)
 
 
+_encode_tags = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+"""Compact ASCII JSON, as the builder encodes every JSON value (one reused encoder:
+``json.dumps`` with options builds a new one on every call)."""
+
+
 def _tags_json(tags: Sequence[str]) -> str | None:
     if not tags:
         return None
-    return dumps(list(tags), "tags")  # one reused encoder: json.dumps builds one a call
+    return _encode_tags(list(tags))
 
 
 FileId = tuple[int, int]

@@ -9,8 +9,9 @@ from collections.abc import Sequence
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from decision_trace.attributes import EventRecord, record_from_span
+from decision_trace._decode import record_from_span
 from decision_trace.errors import StoreError
+from decision_trace.record import EventRecord
 from decision_trace.store import Durability, Store, default_db_path
 
 __all__ = ["SQLiteSpanExporter"]

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from decision_trace import Actor, DecisionTraceClient, InvalidInputError
+from decision_trace import Actor, DecisionTraceClient, InvalidInputError, _encode, _json, record
 from decision_trace import attributes as keys
+from decision_trace import models as _models
 
 
 class Colour(enum.Enum):
@@ -45,7 +46,7 @@ def test_coercion_rules() -> None:
         "tuple": (1, 2),
         1: "int key",
     }
-    decoded = json.loads(keys.dumps(value, "context"))
+    decoded = json.loads(_json.dumps(value, "context"))
     assert decoded == {
         "when": "2024-05-01T12:30:00+00:00",
         "day": "2024-05-01",
@@ -67,7 +68,7 @@ def test_coercion_rules() -> None:
 def test_two_decimal_money_round_trips_exactly() -> None:
     for cents in (1, 99, 14999, 123456789, 999999999999):
         amount = Decimal(cents) / 100
-        stored = json.loads(keys.dumps({"total": amount}, "state"))["total"]
+        stored = json.loads(_json.dumps({"total": amount}, "state"))["total"]
         assert Decimal(repr(stored)) == amount
 
 
@@ -75,37 +76,37 @@ def test_cycles_and_unknown_types_raise_naming_the_field() -> None:
     cyclic: dict[str, object] = {}
     cyclic["self"] = cyclic
     with pytest.raises(InvalidInputError, match=r"context\['self'\]"):
-        keys.dumps(cyclic, "context")
+        _json.dumps(cyclic, "context")
     with pytest.raises(InvalidInputError, match=r"context\['obj'\].*object"):
-        keys.dumps({"obj": object()}, "context")
+        _json.dumps({"obj": object()}, "context")
 
 
 def test_huge_ints_stay_exact_until_the_limit() -> None:
     big = 2**200
-    assert json.loads(keys.dumps({"n": big}, "context"))["n"] == big
+    assert json.loads(_json.dumps({"n": big}, "context"))["n"] == big
     with pytest.raises(InvalidInputError, match="too large"):
-        keys.dumps({"n": 10**5000}, "context")
+        _json.dumps({"n": 10**5000}, "context")
 
 
 def test_lone_surrogates_survive_json_and_are_replaced_in_text() -> None:
-    assert json.loads(keys.dumps({"s": "a\ud800b"}, "context")) == {"s": "a\ud800b"}
-    assert keys.clean_text("a\ud800b") == "a\ufffdb"
-    assert keys.clean_text("plain") == "plain"
+    assert json.loads(_json.dumps({"s": "a\ud800b"}, "context")) == {"s": "a\ud800b"}
+    assert _models.clean_text("a\ud800b") == "a\ufffdb"
+    assert _models.clean_text("plain") == "plain"
 
 
 def test_actor_attributes_use_semantic_conventions() -> None:
-    user = keys.actor_attributes(Actor.user("u1", "Jo", email="jo@x.io", role="support"))
+    user = _encode.actor_attributes(Actor.user("u1", "Jo", email="jo@x.io", role="support"))
     assert user[keys.USER_ID] == "u1"
     assert user[keys.USER_NAME] == "Jo"
     assert user[keys.USER_EMAIL] == "jo@x.io"
     assert list(user[keys.USER_ROLES]) == ["support"]  # type: ignore[arg-type]
-    agent = keys.actor_attributes(Actor.ai_agent("bot", "Bot", model="gpt-4", version="2"))
+    agent = _encode.actor_attributes(Actor.ai_agent("bot", "Bot", model="gpt-4", version="2"))
     assert agent[keys.GEN_AI_AGENT_ID] == "bot"
     assert agent[keys.GEN_AI_AGENT_NAME] == "Bot"
     assert agent[keys.GEN_AI_REQUEST_MODEL] == "gpt-4"
     assert agent[keys.GEN_AI_AGENT_VERSION] == "2"
     assert agent[keys.GEN_AI_OPERATION_NAME] == "invoke_agent"
-    external = keys.actor_attributes(Actor.external("stripe", service_name="api.stripe.com"))
+    external = _encode.actor_attributes(Actor.external("stripe", service_name="api.stripe.com"))
     assert external[keys.SERVICE_PEER_NAME] == "api.stripe.com"
 
 
@@ -125,10 +126,10 @@ def test_every_key_is_semconv_or_namespaced() -> None:
 def test_ns_conversion_treats_naive_as_utc() -> None:
     naive = datetime(2024, 1, 1)
     aware = datetime(2024, 1, 1, tzinfo=timezone.utc)
-    assert keys.ns_from_datetime(naive, "start") == keys.ns_from_datetime(aware, "start")
-    assert keys.datetime_from_ns(keys.ns_from_datetime(aware, "start")) == aware
+    assert record.ns_from_datetime(naive, "start") == record.ns_from_datetime(aware, "start")
+    assert record.datetime_from_ns(record.ns_from_datetime(aware, "start")) == aware
     with pytest.raises(InvalidInputError, match="start"):
-        keys.ns_from_datetime("2024-01-01", "start")  # type: ignore[arg-type]
+        record.ns_from_datetime("2024-01-01", "start")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

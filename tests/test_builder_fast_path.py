@@ -22,8 +22,10 @@ from decision_trace import (
     RiskLevel,
     TraceBuilder,
     TrackedObject,
+    _encode,
 )
 from decision_trace import attributes as keys
+from decision_trace import models as _models
 
 _SETTINGS = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -143,8 +145,8 @@ def test_affecting_matches_building_the_object(
         )
         return {
             "type": obj.object_type.value,
-            "id": keys.clean_text(obj.external_id),
-            "state": keys.object_state_json(obj),
+            "id": _models.clean_text(obj.external_id),
+            "state": _encode.object_state_json(obj),
         }
 
     def fast() -> dict[str, Any]:
@@ -159,7 +161,7 @@ def test_affecting_matches_building_the_object(
         return {
             "type": attrs[keys.OBJECT_TYPES][0],
             "id": attrs[keys.OBJECT_IDS][0],
-            "state": states[1:-1] if states is not None else keys.EMPTY_OBJECT_STATE,
+            "state": states[1:-1] if states is not None else _encode.EMPTY_OBJECT_STATE,
         }
 
     assert _outcome(fast) == _outcome(model)
@@ -213,7 +215,7 @@ def test_because_matches_building_the_decision(
             confidence=confidence,
             risk_level=risk,
         )
-        return dict(keys.decision_attributes(decision))
+        return dict(_encode.decision_attributes(decision))
 
     def fast() -> dict[str, Any]:
         attrs = _recorded_attributes(

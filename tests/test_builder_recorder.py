@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Span, SpanContext, TraceFlags, Tracer
 
-from decision_trace import Redaction, TraceBuilder
+from decision_trace import Redaction, TraceBuilder, record
 from decision_trace import attributes as keys
 from decision_trace.errors import EventNotFoundError
 
@@ -27,7 +27,7 @@ class FakeRecorder:
 
     def remember(self, span: Span) -> str:
         context = span.get_span_context()
-        event_id = keys.span_id_hex(context.span_id)
+        event_id = record.span_id_hex(context.span_id)
         self.remembered[event_id] = context
         return event_id
 

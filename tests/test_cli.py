@@ -23,9 +23,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from decision_trace import DecisionTraceClient
-from decision_trace.attributes import EventRecord
 from decision_trace.cli import main, parse_object_ref, parse_time
 from decision_trace.models import ObjectType
+from decision_trace.record import EventRecord
 from decision_trace.store import Store
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

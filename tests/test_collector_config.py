@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from decision_trace import _encode
 from decision_trace import attributes as keys
 from decision_trace.models import DecisionTrace
 
@@ -141,7 +142,7 @@ def test_hashing_happens_before_the_email_mask(config: dict[str, Any]) -> None:
 def test_email_mask_catches_addresses_in_encoded_decision_values(config: dict[str, Any]) -> None:
     (statement,) = [s for s in _statements(config) if s.startswith("replace_all_patterns")]
     pattern, replacement = re.findall(r'"((?:[^"\\]|\\.)*)"', statement)[1:3]
-    context = keys.decision_attributes(
+    context = _encode.decision_attributes(
         DecisionTrace(
             reasoning="Customer jane.doe+shop@mail.example.co.uk asked for a refund",
             context={"contact": "Jane <jane@example.com>", "order": "ord-1"},

@@ -97,7 +97,7 @@ def test_prune_removes_old_events_with_their_rows(
 ) -> None:
     from datetime import datetime
 
-    from decision_trace.attributes import ns_from_datetime
+    from decision_trace.record import ns_from_datetime
 
     client = make_client()
     client.trace("old").at(datetime(2020, 1, 1)).affecting_order("o1").with_tags("a").because(

@@ -30,9 +30,9 @@ from ..store import Durability, default_db_path
 from .filters import EventFilters, Order
 
 if TYPE_CHECKING:
-    from ..attributes import EventRecord
     from ..models import ObjectType, TraceEvent
     from ..query import ChainNode, LedgerSummary
+    from ..record import EventRecord
     from ..store import PruneReport
 
 __all__ = ["Durability", "EventFilters", "Ledger", "Order", "default_db_path", "open_ledger"]

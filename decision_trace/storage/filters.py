@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from ..attributes import clean_text, epoch_ns
 from ..errors import InvalidInputError
-from ..models import ActorType, ObjectType, Outcome
+from ..models import ActorType, ObjectType, Outcome, clean_text
+from ..record import epoch_ns
 
 __all__ = ["EventFilters", "Order"]
 

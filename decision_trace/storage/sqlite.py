@@ -12,8 +12,8 @@ from collections.abc import Generator, Sequence
 from pathlib import Path
 
 from .. import query as q
-from ..attributes import EventRecord
 from ..models import ObjectType, TraceEvent
+from ..record import EventRecord
 from ..store import Durability, PruneReport, Store, check_integrity, compact
 from .filters import EventFilters, Order
 

@@ -13,10 +13,10 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from decision_trace import processor as processor_module
-from decision_trace.attributes import EventRecord
 from decision_trace.errors import StoreError
 from decision_trace.exporters import SQLiteSpanExporter
 from decision_trace.processor import LedgerSpanProcessor
+from decision_trace.record import EventRecord
 
 
 class SlowDiskExporter(SQLiteSpanExporter):

@@ -13,10 +13,10 @@ import pytest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
-from decision_trace.attributes import EventRecord, span_id_hex
 from decision_trace.errors import StoreError
 from decision_trace.exporters import SQLiteSpanExporter
 from decision_trace.processor import LedgerSpanProcessor
+from decision_trace.record import EventRecord, span_id_hex
 from decision_trace.store import Store, _event_row
 
 # Hand-made spans that reach the writer with a value Python cannot bind into SQLite

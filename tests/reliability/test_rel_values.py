@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from decision_trace import DecisionTraceClient, InvalidInputError, TraceEvent
-from decision_trace.attributes import MAX_DEPTH
+from decision_trace._json import MAX_DEPTH
 
 
 class Color(enum.Enum):

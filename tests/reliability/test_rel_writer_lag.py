@@ -17,9 +17,9 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from reliability_support import started_python, write_script
 
-from decision_trace.attributes import EventRecord
 from decision_trace.exporters import SQLiteSpanExporter
 from decision_trace.processor import MAX_LAG_S, LedgerSpanProcessor
+from decision_trace.record import EventRecord
 
 SLOTS = 200_000
 """Acknowledgement slots in the shared file (the child records fewer: ~1,000 a second)."""

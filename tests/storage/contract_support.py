@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from decision_trace.attributes import EventRecord
+from decision_trace.record import EventRecord
 
 BASE = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 """When the first recorded event happened."""

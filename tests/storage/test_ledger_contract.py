@@ -16,8 +16,9 @@ from contract_support import BASE, Recorded
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from decision_trace import DecisionTraceClient
-from decision_trace.attributes import ns_from_datetime, record_from_span
+from decision_trace._decode import record_from_span
 from decision_trace.errors import EventNotFoundError, InvalidInputError, StoreError
+from decision_trace.record import ns_from_datetime
 from decision_trace.storage import EventFilters, Ledger, open_ledger
 
 
