@@ -10,7 +10,7 @@ Each private access is guarded: an SDK release that renames it degrades to a war
 - :func:`_env_sampler`: the sampler ``OTEL_TRACES_SAMPLER`` names, built by the SDK's
   private ``sampling._get_from_env_or_default``.
 
-(The span decoder in ``attributes.py`` also reads a finished span's attribute dict
+(The span decoder in ``_decode.py`` also reads a finished span's attribute dict
 directly, with ``getattr`` and a fallback to the public mapping; that stays there, on the
 hot path of every event.)
 """

@@ -1,7 +1,7 @@
 """The value types of decision-trace: who acted, why, on what, and the recorded event.
 
 These are plain frozen dataclasses. They know nothing of OpenTelemetry or SQLite: the
-builder turns them into span attributes (``attributes.py``) and the query module turns
+builder turns them into span attributes (``_encode.py``) and the query module turns
 stored rows back into the same types.
 """
 
