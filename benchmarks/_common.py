@@ -34,6 +34,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from decision_trace import DecisionTraceClient  # noqa: E402
+from decision_trace._rows import EVENT_COLUMNS  # noqa: E402
 from decision_trace.record import EventRecord  # noqa: E402
 
 QUICK = "--quick" in sys.argv[1:] or os.environ.get("DECISION_TRACE_BENCH_QUICK") == "1"
@@ -335,10 +336,7 @@ def plain_rows(
 
 
 PLAIN_INSERT_EVENT = (
-    "INSERT INTO events (rowid, id, trace_id, parent_id, start_ns, duration_ns, event_type, "
-    "description, actor_type, actor_id, actor_name, actor_json, reasoning, decision_json, "
-    "objects_json, tags_json, outcome, error, metadata_json, service_name) "
-    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({','.join('?' * len(EVENT_COLUMNS))})"
 )
 PLAIN_INSERT_OBJECT = (
     "INSERT INTO event_objects (event_rowid, position, object_type, external_id, start_ns) "

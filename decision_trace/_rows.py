@@ -43,10 +43,34 @@ _set_dict = object.__setattr__
 _NO_DURATION = timedelta(0)
 _TAGS_CACHE: dict[str, tuple[str, ...]] = {}
 _TAGS_CACHE_SIZE = 4096
+EVENT_COLUMNS = (
+    "rowid",
+    "id",
+    "trace_id",
+    "parent_id",
+    "start_ns",
+    "duration_ns",
+    "event_type",
+    "description",
+    "actor_type",
+    "actor_id",
+    "actor_name",
+    "actor_json",
+    "reasoning",
+    "decision_json",
+    "objects_json",
+    "tags_json",
+    "outcome",
+    "error",
+    "metadata_json",
+    "service_name",
+)
+"""The columns of a stored event, in the one order every row is written and read in: the
+store's inserts and the queries' selects are built from this tuple, and the decoder below
+reads rows by these positions (tests/test_store.py checks all of them agree)."""
+
 StoredRow = Sequence[Any]
-"""An ``events`` row: rowid, id, trace_id, parent_id, start_ns, duration_ns, event_type,
-description, actor_type, actor_id, actor_name, actor_json, reasoning, decision_json,
-objects_json, tags_json, outcome, error, metadata_json, service_name."""
+"""An ``events`` row, its values in :data:`EVENT_COLUMNS` order."""
 
 
 def _stored_tags(text: str | None) -> tuple[str, ...]:

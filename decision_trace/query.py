@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ._rows import events_from_rows
+from ._rows import EVENT_COLUMNS, events_from_rows
 from .errors import EventNotFoundError, InvalidInputError, StoreError
 from .models import ChainNode, ObjectType, TraceEvent, clean_text
 from .record import MAX_NS, MIN_NS, datetime_from_ns
@@ -21,12 +21,7 @@ from .storage.filters import EventFilters, Order
 
 __all__ = ["ChainNode", "QueryFilters", "fts_query"]
 
-_COLUMNS = (
-    "e.rowid, e.id, e.trace_id, e.parent_id, e.start_ns, e.duration_ns, e.event_type, "
-    "e.description, e.actor_type, e.actor_id, e.actor_name, e.actor_json, e.reasoning, "
-    "e.decision_json, e.objects_json, e.tags_json, e.outcome, e.error, e.metadata_json, "
-    "e.service_name"
-)
+_COLUMNS = ", ".join(f"e.{column}" for column in EVENT_COLUMNS)
 _SELECT = f"SELECT {_COLUMNS} FROM events AS e"
 
 

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
+from ._rows import EVENT_COLUMNS
 from .errors import RejectedRecordsError, SchemaVersionError, StoreError
 from .record import EventRecord
 
@@ -182,13 +183,11 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migration_1, _m
 SCHEMA_VERSION = len(MIGRATIONS)
 """The schema version this release writes (``PRAGMA user_version``)."""
 
-_EVENT_COLUMNS = (
-    "rowid, id, trace_id, parent_id, start_ns, duration_ns, event_type, description, "
-    "actor_type, actor_id, actor_name, actor_json, reasoning, decision_json, objects_json, "
-    "tags_json, outcome, error, metadata_json, service_name"
-)
+_EVENT_COLUMNS = ", ".join(EVENT_COLUMNS)
 _OBJECT_COLUMNS = "event_rowid, position, object_type, external_id, start_ns"
-_INSERT_EVENT = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES ({', '.join('?' * 20)})"
+_INSERT_EVENT = (
+    f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
+)
 _INSERT_OBJECT = f"INSERT INTO event_objects ({_OBJECT_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
 _INSERT_TAG = "INSERT OR IGNORE INTO event_tags (tag, event_rowid) VALUES (?, ?)"
 
@@ -205,7 +204,7 @@ def _from_json_rows(columns: int) -> str:
 # executemany() steps SQLite once a row and releases the GIL around each step, so in a
 # busy application the writer waited for the GIL (up to the 5 ms switch interval) once a
 # row; one statement needs it back once a batch. See _insert_rows for exactness.
-_INSERT_EVENTS_JSON = f"INSERT INTO events ({_EVENT_COLUMNS}) {_from_json_rows(20)}"
+_INSERT_EVENTS_JSON = f"INSERT INTO events ({_EVENT_COLUMNS}) {_from_json_rows(len(EVENT_COLUMNS))}"
 _INSERT_OBJECTS_JSON = f"INSERT INTO event_objects ({_OBJECT_COLUMNS}) {_from_json_rows(5)}"
 _INSERT_TAGS_JSON = f"INSERT OR IGNORE INTO event_tags (tag, event_rowid) {_from_json_rows(2)}"
 

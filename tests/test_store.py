@@ -117,3 +117,32 @@ def test_prune_removes_old_events_with_their_rows(
     conn = sqlite3.connect(db_path)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert conn.execute("INSERT INTO events_fts(events_fts) VALUES('integrity-check')")
+
+
+def test_one_column_order_for_every_row(
+    make_client: Callable[..., DecisionTraceClient], db_path: Path
+) -> None:
+    """The table, the store's insert and the query's select all follow EVENT_COLUMNS, and
+    the row the store writes for a record puts each field under its own column."""
+    import dataclasses
+
+    from decision_trace import query
+    from decision_trace._rows import EVENT_COLUMNS
+    from decision_trace.record import EventRecord
+    from decision_trace.store import _event_row
+
+    client = make_client(durability="sync")
+    client.trace("order.created").by_user("u1", "Ann").with_tags("web").record()
+    conn = sqlite3.connect(db_path)
+    try:
+        table = tuple(row[1] for row in conn.execute("PRAGMA table_info(events)"))
+    finally:
+        conn.close()
+    assert table == EVENT_COLUMNS
+    assert query._SELECT.startswith("SELECT " + ", ".join(f"e.{c}" for c in EVENT_COLUMNS))
+    values = {f.name: f"<{f.name}>" for f in dataclasses.fields(EventRecord)}
+    values.update(object_types=(), object_ids=(), tags=("web",), start_ns=5, duration_ns=7)
+    row = dict(zip(EVENT_COLUMNS, _event_row(42, EventRecord(**values)), strict=True))
+    assert row.pop("rowid") == 42
+    assert row.pop("tags_json") == '["web"]'
+    assert row == {column: values[column] for column in row}
