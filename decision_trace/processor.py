@@ -27,18 +27,19 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from ._export import ExporterStats
 from .errors import InvalidInputError, RejectedRecordsError
-from .exporters import SQLiteSpanExporter
 from .record import EventRecord
 from .store import Durability
 
-__all__ = ["ExporterStats", "LedgerSpanProcessor", "LedgerStats"]
+__all__ = ["ExporterStats", "LedgerSpanProcessor", "LedgerStats", "RecordSink"]
 
 _logger = logging.getLogger(__name__)
 
@@ -75,6 +76,34 @@ class LedgerStats:
     exporters: tuple[ExporterStats, ...] = ()
 
 
+class RecordSink(Protocol):
+    """Where a :class:`LedgerSpanProcessor` sends its spans: something that turns a span
+    into its row and writes rows to a ledger (the SQLite exporter is one)."""
+
+    @property
+    def location(self) -> str:
+        """Where the rows go, for messages."""
+        ...
+
+    def decode(self, span: ReadableSpan) -> EventRecord | None:
+        """The row of ``span``, or None (logged) if it cannot be decoded."""
+        ...
+
+    def write_records(self, records: Sequence[EventRecord]) -> int:
+        """Commit rows; return how many were new.
+
+        Raises:
+            RejectedRecordsError: some rows cannot be stored (the others were written).
+            StoreError: nothing was written.
+        """
+        ...
+
+    def check_file(self) -> bool:
+        """False once if what was written may not be where the ledger is now (say, its
+        file was deleted or replaced while open)."""
+        ...
+
+
 class LedgerSpanProcessor(SpanProcessor):
     """Write every span that ends to the SQLite ledger; see the module docstring.
 
@@ -90,7 +119,7 @@ class LedgerSpanProcessor(SpanProcessor):
 
     def __init__(
         self,
-        exporter: SQLiteSpanExporter,
+        exporter: RecordSink,
         *,
         durability: Durability = "batch",
         max_queue_size: int = 20_000,
@@ -218,7 +247,7 @@ class LedgerSpanProcessor(SpanProcessor):
                 return False
             ok = self._failed == self._failed_reported
             self._failed_reported = self._failed
-        return self._exporter.store.check_file() and ok
+        return self._exporter.check_file() and ok
 
     def wait_until_written(self, timeout_millis: int = 30_000) -> bool:
         """Wait until every span recorded so far has been handled (written or counted as
@@ -285,7 +314,7 @@ class LedgerSpanProcessor(SpanProcessor):
                 "deadline: %d dropped from the queue (lost to the ledger, counted in "
                 "client.stats().failed) and %d in a write that had not finished",
                 left + in_flight,
-                self._exporter.store.path,
+                self._exporter.location,
                 left,
                 in_flight,
             )
@@ -397,7 +426,7 @@ class LedgerSpanProcessor(SpanProcessor):
                 "lost to the ledger: %s (further failures are counted in "
                 "client.stats(), not logged)",
                 count,
-                self._exporter.store.path,
+                self._exporter.location,
                 exc,
             )
 

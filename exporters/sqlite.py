@@ -59,6 +59,16 @@ class SQLiteSpanExporter(SpanExporter):
         """The store this exporter writes to."""
         return self._store
 
+    @property
+    def location(self) -> str:
+        """The ledger file, for messages."""
+        return str(self._store.path)
+
+    def check_file(self) -> bool:
+        """False once if events written so far may not be in the file now at the path
+        (it was deleted or replaced while open); see :meth:`Store.check_file`."""
+        return self._store.check_file()
+
     def write(self, spans: Sequence[ReadableSpan]) -> int:
         """Commit ``spans``; return how many were new. Unlike :meth:`export`, raises.
 
