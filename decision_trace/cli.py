@@ -638,7 +638,8 @@ def _count(n: int, noun: str) -> str:
 
 
 def _limit(value: int) -> int | None:
-    return None if value == 0 else value
+    """0 means no limit; a limit beyond any ledger's size is no limit either."""
+    return None if value == 0 or value >= sys.maxsize else value
 
 
 _LIMIT_HELP = "Show at most this many (0 for all)."
@@ -1324,7 +1325,7 @@ def prune(
     if older_than > now:
         raise click.UsageError(f"--older-than is in the future ({_when(older_than)})")
     with _open(db_path, write=True) as ledger:
-        report = ledger.prune(ns_from_datetime(older_than, "older_than"), dry_run=dry_run)
+        report = ledger.prune(ns_from_datetime(older_than, "--older-than"), dry_run=dry_run)
         problems: list[str] | None = None
         checkpointed: bool | None = None
         if not dry_run:

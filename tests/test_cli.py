@@ -1012,3 +1012,11 @@ def test_why_and_search_stream_histories_longer_than_a_batch(
     found = json_lines(run("search", "routine", "--db", db, "--limit", "0", "--json"))
     assert [e["id"] for e in found] == ids[::-1]  # newest stored first
     assert len(json_lines(run("search", "routine", "--db", db, "--json"))) == 50
+
+
+def test_huge_limits_mean_no_limit_and_old_cutoffs_name_the_option(ledger: Ledger) -> None:
+    huge = "99999999999999999999999"
+    assert json_lines(run_db(ledger, "events", "--json", "--limit", huge)) == json_lines(
+        run_db(ledger, "events", "--json", "--limit", "0")
+    )
+    fails(run_db(ledger, "prune", "--older-than", "1000-01-01", ok=False), 1, "--older-than")
