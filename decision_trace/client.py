@@ -46,7 +46,6 @@ from .models import ActorType, ChainNode, ObjectType, Outcome, TraceEvent
 from .processor import LedgerSpanProcessor, LedgerStats
 from .redaction import Redaction
 from .storage import Durability, EventFilters, Ledger, Order, default_db_path, open_ledger
-from .storage.sqlite import SQLiteLedger
 
 __all__ = ["DEFAULT_SHUTDOWN_TIMEOUT_S", "SHUTDOWN_TIMEOUT_ENV", "DecisionTraceClient"]
 
@@ -170,9 +169,7 @@ class DecisionTraceClient:
         self.durability: Durability = durability
         path = db_path if db_path is not None else default_db_path()
         self._storage: Ledger = open_ledger(path, durability=durability)
-        if not isinstance(self._storage, SQLiteLedger):  # pragma: no cover - one backend today
-            raise InvalidInputError("db_path", f"cannot record into {self._storage.location}")
-        self._exporter = SQLiteSpanExporter(store=self._storage.store)
+        self._exporter = SQLiteSpanExporter(ledger=self._storage)
         self._ledger = LedgerSpanProcessor(
             self._exporter, durability=durability, max_queue_size=max_queue_size
         )

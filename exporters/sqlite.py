@@ -12,7 +12,9 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from decision_trace._decode import record_from_span
 from decision_trace.errors import StoreError
 from decision_trace.record import EventRecord
-from decision_trace.store import Durability, Store, default_db_path
+from decision_trace.storage import Durability, Ledger, open_ledger
+from decision_trace.storage.sqlite import SQLiteLedger
+from decision_trace.store import Store
 
 __all__ = ["SQLiteSpanExporter"]
 
@@ -35,8 +37,11 @@ class SQLiteSpanExporter(SpanExporter):
         db_path: The database file; default ``$DECISION_TRACE_DB``, else
             ``$XDG_DATA_HOME/decision-trace/traces.db``, else
             ``~/.local/share/decision-trace/traces.db``.
+            A path is an SQLite file; the string goes through
+            :func:`~decision_trace.storage.open_ledger`, as everywhere else.
         durability: ``"sync"`` or ``"batch"``; see :class:`~decision_trace.store.Store`.
-        store: An open store to write to instead of opening ``db_path``.
+        store: An open SQLite store to write to instead of opening ``db_path``.
+        ledger: An open ledger to write to instead of opening ``db_path``.
     """
 
     def __init__(
@@ -45,29 +50,42 @@ class SQLiteSpanExporter(SpanExporter):
         *,
         durability: Durability = "batch",
         store: Store | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
-        self._owns_store = store is None
-        self._store = (
-            store
-            if store is not None
-            else Store(db_path if db_path is not None else default_db_path(), durability=durability)
-        )
+        self._owns_ledger = store is None and ledger is None
+        if ledger is not None:
+            self._ledger = ledger
+        elif store is not None:
+            self._ledger = SQLiteLedger.of_store(store)
+        else:
+            self._ledger = open_ledger(db_path, durability=durability)
         self._is_shutdown = False
 
     @property
+    def ledger(self) -> Ledger:
+        """The ledger this exporter writes to."""
+        return self._ledger
+
+    @property
     def store(self) -> Store:
-        """The store this exporter writes to."""
-        return self._store
+        """The SQLite store this exporter writes to.
+
+        Raises:
+            StoreError: the ledger is not an SQLite file.
+        """
+        if not isinstance(self._ledger, SQLiteLedger):
+            raise StoreError(f"{self._ledger.location} is not an SQLite ledger")
+        return self._ledger.store
 
     @property
     def location(self) -> str:
-        """The ledger file, for messages."""
-        return str(self._store.path)
+        """Where the ledger is, for messages."""
+        return self._ledger.location
 
     def check_file(self) -> bool:
-        """False once if events written so far may not be in the file now at the path
-        (it was deleted or replaced while open); see :meth:`Store.check_file`."""
-        return self._store.check_file()
+        """False once if events written so far may no longer be in the ledger (its file
+        was deleted or replaced while open); see :meth:`Ledger.confirm_writes`."""
+        return self._ledger.confirm_writes()
 
     def write(self, spans: Sequence[ReadableSpan]) -> int:
         """Commit ``spans``; return how many were new. Unlike :meth:`export`, raises.
@@ -83,7 +101,7 @@ class SQLiteSpanExporter(SpanExporter):
             record = self.decode(span)
             if record is not None:
                 records.append(record)
-        return self._store.write(records)
+        return self._ledger.write(records)
 
     def decode(self, span: ReadableSpan) -> EventRecord | None:
         """The row of ``span``, or None (logged) if it cannot be decoded: a malformed
@@ -102,7 +120,7 @@ class SQLiteSpanExporter(SpanExporter):
         """
         if self._is_shutdown:
             raise StoreError("the exporter is shut down")
-        return self._store.write(records)
+        return self._ledger.write(records)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """Write ``spans``; never raises (failures are logged and return ``FAILURE``)."""
@@ -116,12 +134,12 @@ class SQLiteSpanExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:
-        """Stop exporting and close the store if this exporter opened it. Idempotent."""
+        """Stop exporting and close the ledger if this exporter opened it. Idempotent."""
         if self._is_shutdown:
             return
         self._is_shutdown = True
-        if self._owns_store:
-            self._store.close()
+        if self._owns_ledger:
+            self._ledger.close()
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Every export commits before returning, so there is nothing to flush."""

@@ -145,6 +145,11 @@ class Ledger(Protocol):
         folded into the data (0 where the backend has none to report)."""
         ...
 
+    def confirm_writes(self) -> bool:
+        """False, once, if events this object wrote may no longer be in the ledger (an
+        SQLite file deleted or replaced while open); True otherwise."""
+        ...
+
     def check(self) -> list[str]:
         """The storage's own integrity checks; an empty list means sound."""
         ...

@@ -40,6 +40,13 @@ class SQLiteLedger:
     ) -> None:
         self.store = Store(path, durability=durability, create=create, read_only=read_only)
 
+    @classmethod
+    def of_store(cls, store: Store) -> SQLiteLedger:
+        """The ledger face of a store that is already open (closing it closes the store)."""
+        ledger = cls.__new__(cls)
+        ledger.store = store
+        return ledger
+
     @property
     def path(self) -> Path:
         """The SQLite file."""
@@ -119,6 +126,9 @@ class SQLiteLedger:
     def size_bytes(self) -> tuple[int, int]:
         wal = Path(f"{self.store.path}-wal")
         return self.store.path.stat().st_size, wal.stat().st_size if wal.exists() else 0
+
+    def confirm_writes(self) -> bool:
+        return self.store.check_file()
 
     def check(self) -> list[str]:
         return check_integrity(self.store)

@@ -264,6 +264,7 @@ def test_prune_dry_run_counts_what_the_real_run_deletes(filled: Ledger, recorded
 
 
 def test_check_and_compact(filled: Ledger) -> None:
+    assert filled.confirm_writes() is True
     assert filled.check() == []
     filled.prune(ns_from_datetime(BASE + timedelta(days=1), "cutoff"))
     assert filled.compact() is True
