@@ -14,12 +14,24 @@ process exits normally, receives SIGTERM or SIGHUP, or is a ``multiprocessing`` 
   off; ``atexit`` stays.
 - Shutting down: every client's ledger first, then the exporters, each within the
   client's own deadline (``shutdown_timeout_s``), counted from the start of the exit.
+- The application's own OpenTelemetry SDK provider (the global one, e.g. the one
+  ``opentelemetry-instrument`` sets up, whose ``BatchSpanProcessor`` holds the request spans
+  on their way to ``OTEL_TRACES_EXPORTER=decision_trace``) is force-flushed at the same
+  time, each of its span processors on its own thread, within the longest client deadline
+  (with no client: ``$DECISION_TRACE_SHUTDOWN_TIMEOUT``, else 10 s). Python's default
+  SIGTERM ends the process without ``atexit``, so without this the SDK's own exit flush
+  never runs and the decisions would point to request spans that were never stored. A
+  processor still flushing at the deadline is left behind (logged), never waited for.
+- :class:`~decision_trace.exporters.SQLiteSpanExporter` installs these hooks too, so an
+  application that only sets ``OTEL_TRACES_EXPORTER=decision_trace`` and makes no client
+  still has its spans flushed at SIGTERM and SIGHUP.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import math
 import multiprocessing.util
 import os
 import signal
@@ -28,13 +40,22 @@ import time
 from types import FrameType
 from typing import Protocol
 
+from opentelemetry import trace as otel_trace
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+
+from ._otel import span_processors
+from .errors import InvalidInputError
+
 __all__ = [
+    "DEFAULT_SHUTDOWN_TIMEOUT_S",
+    "SHUTDOWN_TIMEOUT_ENV",
     "SIGNAL_HOOKS_ENV",
     "close_all",
     "install_process_hooks",
     "install_signal_hooks",
     "live_clients",
     "register",
+    "shutdown_timeout",
     "unregister",
 ]
 
@@ -45,11 +66,44 @@ SIGNAL_HOOKS_ENV = "DECISION_TRACE_SIGNAL_HOOKS"
 
 _SIGNAL_NAMES = ("SIGTERM", "SIGHUP")
 
+DEFAULT_SHUTDOWN_TIMEOUT_S = 10.0
+"""How long ``close()``, the exit hook and the SIGTERM/SIGHUP hook may take per client."""
+
+SHUTDOWN_TIMEOUT_ENV = "DECISION_TRACE_SHUTDOWN_TIMEOUT"
+"""Seconds; the default of ``shutdown_timeout_s`` when the client is not given one."""
+
+
+def shutdown_timeout(value: float | None) -> float:
+    """``value`` checked, or ``$DECISION_TRACE_SHUTDOWN_TIMEOUT``, else 10 s.
+
+    Raises:
+        InvalidInputError: not a finite number of seconds >= 0 (naming the field or the
+            variable it came from).
+    """
+    field = "shutdown_timeout_s"
+    if value is None:
+        raw = os.environ.get(SHUTDOWN_TIMEOUT_ENV, "").strip()
+        if not raw:
+            return DEFAULT_SHUTDOWN_TIMEOUT_S
+        field = SHUTDOWN_TIMEOUT_ENV
+        try:
+            value = float(raw)
+        except ValueError:
+            raise InvalidInputError(field, f"must be a number of seconds, got {raw!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInputError(field, f"must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise InvalidInputError(field, f"must be a finite number >= 0, got {value!r}")
+    return float(value)
+
 
 class Closable(Protocol):
     """What the hooks need of a client."""
 
     shutdown_timeout_s: float
+
+    @property
+    def tracer_provider(self) -> TracerProvider: ...
 
     def _close_ledger(self, deadline: float) -> None: ...
 
@@ -87,14 +141,23 @@ def live_clients() -> list[Closable]:
 
 def close_all() -> None:
     """Close every live client: all ledgers first, then exporters and files, each client
-    within ``shutdown_timeout_s`` from now. Never raises."""
+    within ``shutdown_timeout_s`` from now; meanwhile flush the application's SDK provider
+    (see the module). Never raises."""
     global _closing
-    clients = live_clients()
-    if not clients:
+    try:
+        clients = live_clients()
+        app_provider = _application_provider(clients)
+    except Exception:  # never let the exit or a signal handler fail
+        _logger.exception("decision-trace: cannot look up what to flush at exit")
+        return
+    if not clients and app_provider is None:
         return
     was_closing, _closing = _closing, True
     start = time.monotonic()
     try:
+        app_flush = None
+        if app_provider is not None:
+            app_flush = _ProviderFlush(app_provider, start + _app_timeout_s(clients))
         for phase in ("_close_ledger", "_close_exporters", "_release"):
             for client in clients:
                 try:
@@ -103,8 +166,84 @@ def close_all() -> None:
                     _logger.exception("decision-trace: closing a client at exit failed")
         for client in clients:
             unregister(client)
+        if app_flush is not None:
+            app_flush.wait()
+    except Exception:
+        _logger.exception("decision-trace: flushing at exit failed")
     finally:
         _closing = was_closing
+
+
+def _application_provider(clients: list[Closable]) -> TracerProvider | None:
+    """The global provider when it is an SDK one that is not a client's own."""
+    provider = otel_trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        return None  # the API's proxy or no-op provider: nothing is queued there
+    if any(getattr(client, "tracer_provider", None) is provider for client in clients):
+        return None  # closed with its client
+    return provider
+
+
+def _app_timeout_s(clients: list[Closable]) -> float:
+    """The longest client deadline, or with no client the configured default."""
+    if clients:
+        return max(client.shutdown_timeout_s for client in clients)
+    try:
+        return shutdown_timeout(None)
+    except InvalidInputError as error:
+        _logger.warning(
+            "decision-trace: %s; flushing within %s s", error, DEFAULT_SHUTDOWN_TIMEOUT_S
+        )
+        return DEFAULT_SHUTDOWN_TIMEOUT_S
+
+
+class _ProviderFlush:
+    """Force-flush every span processor of ``provider`` at once, each on a daemon thread,
+    so a processor stuck on its collector holds up none of the others; :meth:`wait` returns
+    by ``deadline`` whatever they do."""
+
+    def __init__(self, provider: TracerProvider, deadline: float) -> None:
+        self._deadline = deadline
+        processors = span_processors(provider)
+        targets: tuple[TracerProvider | SpanProcessor, ...] = (
+            (provider,) if processors is None else processors
+        )
+        self._threads: list[threading.Thread] = []
+        for target in targets:
+            thread = threading.Thread(
+                target=self._flush,
+                args=(target,),
+                name="decision-trace-app-flush",
+                daemon=True,
+            )
+            try:
+                thread.start()
+            except RuntimeError:  # no new threads at interpreter shutdown: flush here
+                self._flush(target)
+            else:
+                self._threads.append(thread)
+
+    def _flush(self, target: TracerProvider | SpanProcessor) -> None:
+        millis = max(0, int((self._deadline - time.monotonic()) * 1000))
+        try:
+            target.force_flush(millis)
+        except Exception:
+            _logger.exception(
+                "decision-trace: flushing the application's span processor %s failed",
+                type(target).__name__,
+            )
+
+    def wait(self) -> None:
+        for thread in self._threads:
+            thread.join(max(0.0, self._deadline - time.monotonic()))
+        late = sum(thread.is_alive() for thread in self._threads)
+        if late:
+            _logger.warning(
+                "decision-trace: %d span processor(s) of the application's tracer provider "
+                "did not finish flushing before the shutdown deadline; spans they still "
+                "held may be lost",
+                late,
+            )
 
 
 def _at_exit() -> None:

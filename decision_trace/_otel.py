@@ -9,6 +9,10 @@ Each private access is guarded: an SDK release that renames it degrades to a war
   switched off with telemetry, so our own provider is re-enabled.
 - :func:`_env_sampler`: the sampler ``OTEL_TRACES_SAMPLER`` names, built by the SDK's
   private ``sampling._get_from_env_or_default``.
+- :func:`span_processors`: the span processors of the application's provider (the private
+  ``_active_span_processor._span_processors``), so that a SIGTERM flush gives each its own
+  deadline instead of the SDK's one-after-the-other ``force_flush`` (where an exporter stuck
+  on a dead collector would hold up the ledger's); without it the provider is flushed whole.
 
 (The span decoder in ``_decode.py`` also reads a finished span's attribute dict
 directly, with ``getattr`` and a fallback to the public mapping; that stays there, on the
@@ -25,7 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry import trace as otel_trace
-from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+from opentelemetry.sdk.trace import SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace import sampling as _sampling
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
@@ -41,6 +45,7 @@ __all__ = [
     "OsRandomIdGenerator",
     "enable_provider",
     "otlp_exporter",
+    "span_processors",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -83,6 +88,23 @@ def enable_provider(provider: TracerProvider) -> None:
         return
     if provider._disabled:
         provider._disabled = False
+
+
+def span_processors(provider: TracerProvider) -> tuple[SpanProcessor, ...] | None:
+    """The span processors added to ``provider``, or None if this SDK does not say (see
+    the module)."""
+    active = getattr(provider, "_active_span_processor", None)
+    processors = getattr(active, "_span_processors", None)
+    if not isinstance(processors, tuple) or not all(
+        isinstance(processor, SpanProcessor) for processor in processors
+    ):
+        _warn_once(
+            "TracerProvider._active_span_processor._span_processors",
+            "at SIGTERM/SIGHUP the application's span processors are flushed one after the "
+            "other, so an exporter stuck on its collector can use up the shutdown deadline",
+        )
+        return None
+    return processors
 
 
 class LedgerSampler(Sampler):

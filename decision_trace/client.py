@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import re
 import threading
@@ -32,6 +31,8 @@ from . import _lifecycle, record
 from . import attributes as keys
 from . import models as _models
 from ._export import ExportProcessor, run_bounded
+from ._lifecycle import DEFAULT_SHUTDOWN_TIMEOUT_S, SHUTDOWN_TIMEOUT_ENV
+from ._lifecycle import shutdown_timeout as _shutdown_timeout
 from ._otel import (
     NO_LIMITS,
     LedgerSampler,
@@ -61,36 +62,12 @@ uncaught exception, SIGTERM, SIGHUP) flushes within the shutdown deadline, and t
 applies back-pressure instead of dropping. Choose ``"sync"`` when an event must be on
 disk before ``record()`` returns, e.g. to survive ``kill -9`` or ``os._exit()``."""
 
-DEFAULT_SHUTDOWN_TIMEOUT_S = 10.0
-"""How long ``close()``, the exit hook and the SIGTERM/SIGHUP hook may take per client."""
-
-SHUTDOWN_TIMEOUT_ENV = "DECISION_TRACE_SHUTDOWN_TIMEOUT"
-"""Seconds; the default of ``shutdown_timeout_s`` when the client is not given one."""
-
 _EVENT_ID = re.compile(r"^[0-9a-fA-F]{16}$")
 _RECENT_EVENTS = 10_000
 
 
 def _millis_until(deadline: float) -> int:
     return max(0, int((deadline - time.monotonic()) * 1000))
-
-
-def _shutdown_timeout(value: float | None) -> float:
-    field = "shutdown_timeout_s"
-    if value is None:
-        raw = os.environ.get(SHUTDOWN_TIMEOUT_ENV, "").strip()
-        if not raw:
-            return DEFAULT_SHUTDOWN_TIMEOUT_S
-        field = SHUTDOWN_TIMEOUT_ENV
-        try:
-            value = float(raw)
-        except ValueError:
-            raise InvalidInputError(field, f"must be a number of seconds, got {raw!r}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidInputError(field, f"must be a number of seconds, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise InvalidInputError(field, f"must be a finite number >= 0, got {value!r}")
-    return float(value)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from decision_trace import _lifecycle
 from decision_trace._decode import record_from_span
 from decision_trace.errors import StoreError
 from decision_trace.record import EventRecord
@@ -32,6 +33,12 @@ class SQLiteSpanExporter(SpanExporter):
     the ``opentelemetry_traces_exporter`` entry point ``decision_trace``::
 
         OTEL_TRACES_EXPORTER=otlp,decision_trace opentelemetry-instrument python app.py
+
+    Constructing one installs decision-trace's process hooks (see
+    ``decision_trace._lifecycle``), as a client does: at SIGTERM, SIGHUP (where the
+    application has no handler of its own) and exit, the application's global SDK tracer
+    provider is force-flushed within ``$DECISION_TRACE_SHUTDOWN_TIMEOUT`` (10 s), so the
+    spans its ``BatchSpanProcessor`` still holds reach the ledger before the process ends.
 
     Args:
         db_path: The database file; default ``$DECISION_TRACE_DB``, else
@@ -60,6 +67,7 @@ class SQLiteSpanExporter(SpanExporter):
         else:
             self._ledger = open_ledger(db_path, durability=durability)
         self._is_shutdown = False
+        _lifecycle.install_process_hooks()
 
     @property
     def ledger(self) -> Ledger:
