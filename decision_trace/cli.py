@@ -1072,15 +1072,13 @@ def _resolve_object(
     if len(types) == 1:
         return types[0], external_id
     if len(types) > 1:
-        listed = ", ".join(f"{kind.value}:{_safe(external_id)}" for kind in types)
-        raise _Fail(
-            f"{_safe(external_id)!r} is the id of {len(types)} objects ({listed}); "
-            "give one as TYPE:ID"
-        )
+        shown = repr(external_id)  # escapes what could drive a terminal
+        listed = ", ".join(f"{kind.value}:{shown[1:-1]}" for kind in types)
+        raise _Fail(f"{shown} is the id of {len(types)} objects ({listed}); give one as TYPE:ID")
     if ":" in external_id and not_typed is not None:
         # Not an id anything has, and not TYPE:ID either: say what is wrong with the type.
         raise _UsageFail(f"{not_typed} (see 'decision-trace why --help')")
-    raise _Fail(f"no events about any object with id {_safe(external_id)!r} in {ledger.location}")
+    raise _Fail(f"no events about any object with id {external_id!r} in {ledger.location}")
 
 
 def _print_history(

@@ -1045,6 +1045,8 @@ def test_why_finds_an_object_by_its_id_alone(
         1,
         "no events about any object with id 'never'",
     )
+    hostile = fails(run_db(ledger, "why", "\x1b[2J\u202e", ok=False), 1, "'\\x1b[2J\\u202e'")
+    assert "\x1b" not in hostile and "\u202e" not in hostile
 
     client = make_client(durability="sync")
     client.trace("coupon.issued", "Coupon named after the order").affecting(
