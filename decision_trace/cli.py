@@ -11,6 +11,7 @@ This module formats and parses; it reads and prunes through a
 
 from __future__ import annotations
 
+import calendar
 import csv
 import itertools
 import json
@@ -20,9 +21,10 @@ import shutil
 import sys
 import tempfile
 import textwrap
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager, nullcontext
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from itertools import islice
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
@@ -53,7 +55,9 @@ if TYPE_CHECKING:
 else:  # older click releases have no generic ParamType at run time
     _ParamType = click.ParamType
 
-_EVENT_ID = re.compile(r"^[0-9a-f]{16}$")
+_EVENT_ID = re.compile(r"^[0-9a-f]{4,16}$")
+_EVENT_ID_LENGTH = 16
+_TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 _MAX_WIDTH = 100
 
 
@@ -136,25 +140,46 @@ _UNITS = {
     )
     for name in names.split()
 }
+_MONTHS = {
+    name: months
+    for months, names in (
+        (1, "mo mos mon mons month months"),
+        (12, "y yr yrs year years"),
+    )
+    for name in names.split()
+}
 _RELATIVE = re.compile(r"^(\d{1,9})\s*([a-z]+)(?:\s+ago)?$")
+
+
+def _months_before(moment: datetime, months: int) -> datetime:
+    """The same day and time ``months`` calendar months earlier (the month's last day
+    when it is shorter: 6 months before 31 August is 28 or 29 February)."""
+    index = moment.year * 12 + (moment.month - 1) - months
+    year, month = divmod(index, 12)
+    if year < 1:
+        raise OverflowError
+    day = min(moment.day, calendar.monthrange(year, month + 1)[1])
+    return moment.replace(year=year, month=month + 1, day=day)
 
 
 def parse_time(text: str, now: datetime | None = None) -> datetime:
     """An aware UTC datetime from ISO 8601 (naive means UTC) or a relative age.
 
-    ``15m``, ``2h``, ``7d``, ``2w`` (also ``90 days``, ``3 hours ago``) mean that long
-    before ``now``.
+    ``15m``, ``2h``, ``7d``, ``2w``, ``6mo``, ``1y`` (also ``90 days``, ``3 hours ago``)
+    mean that long before ``now``; months and years are calendar months and years.
 
     Raises:
         ValueError: the text is neither.
     """
     value = text.strip()
     relative = _RELATIVE.match(value.lower())
-    if relative and relative.group(2) in _UNITS:
-        seconds = int(relative.group(1)) * _UNITS[relative.group(2)]
+    if relative and (relative.group(2) in _UNITS or relative.group(2) in _MONTHS):
+        amount, unit = int(relative.group(1)), relative.group(2)
         current = now or datetime.now(timezone.utc)
         try:
-            return current - timedelta(seconds=seconds)
+            if unit in _MONTHS:
+                return _months_before(current, amount * _MONTHS[unit])
+            return current - timedelta(seconds=amount * _UNITS[unit])
         except OverflowError:
             raise ValueError(f"{text!r} reaches back before year 1") from None
     iso = value[:-1] + "+00:00" if value[-1:] in ("Z", "z") else value
@@ -163,7 +188,7 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
     except ValueError:
         raise ValueError(
             f"expected ISO 8601 (2024-01-31, 2024-01-31T14:00Z) or a relative time "
-            f"(15m, 2h, 7d), got {text!r}"
+            f"(15m, 2h, 30d, 6mo, 1y), got {text!r}"
         ) from None
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=timezone.utc)
@@ -223,6 +248,28 @@ def parse_object_ref(text: str) -> tuple[ObjectType, str]:
     return object_type, external_id
 
 
+def parse_object_target(text: str) -> tuple[ObjectType | None, str, str | None]:
+    """What ``why`` was given: ``(type, id, None)`` for ``TYPE:ID``, else
+    ``(None, text, why it is not TYPE:ID)``: an id to find among every object type."""
+    try:
+        object_type, external_id = parse_object_ref(text)
+    except ValueError as exc:
+        return None, text, str(exc)
+    return object_type, external_id, None
+
+
+class _ObjectTargetType(_ParamType):
+    name = "[TYPE:]ID"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        text = str(value)
+        if not text.strip():
+            self.fail("expected an object id (ord-123) or TYPE:ID (order:ord-123)", param, ctx)
+        return parse_object_target(text)
+
+
 class _ObjectRefType(_ParamType):
     name = "TYPE:ID"
 
@@ -240,10 +287,31 @@ class _EventIdType(_ParamType):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         text = str(value).strip().lower()
+        if re.fullmatch(r"[0-9a-f]{1,3}", text):
+            self.fail(
+                f"{str(value)!r} is too short: give at least 4 of the event id's 16 hex characters",
+                param,
+                ctx,
+            )
         if not _EVENT_ID.match(text):
             self.fail(
                 f"{str(value)!r} is not an event id (16 hex characters, as shown by "
-                "'decision-trace events')",
+                "'decision-trace events', or a unique start of one: at least 4)",
+                param,
+                ctx,
+            )
+        return text
+
+
+class _TraceIdType(_ParamType):
+    name = "TRACE_ID"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = str(value).strip().lower()
+        if not _TRACE_ID.match(text):
+            self.fail(
+                f"{str(value)!r} is not a trace id (32 hex characters, as shown by "
+                "'decision-trace show' under Trace)",
                 param,
                 ctx,
             )
@@ -252,7 +320,28 @@ class _EventIdType(_ParamType):
 
 TIME = _TimeType()
 OBJECT_REF = _ObjectRefType()
+OBJECT_TARGET = _ObjectTargetType()
 EVENT_ID = _EventIdType()
+TRACE_ID = _TraceIdType()
+
+
+def _resolve_event_id(ledger: Ledger, text: str) -> str:
+    """The full id of the one stored event whose id starts with ``text`` (a full id is
+    returned as it is), as git resolves a short commit id."""
+    if len(text) == _EVENT_ID_LENGTH:
+        return text
+    shown = 5
+    found = ledger.event_ids_with_prefix(text, limit=shown + 1)
+    if not found:
+        raise _Fail(f"no event id starts with {text!r} in {ledger.location}")
+    if len(found) > 1:
+        listed = ", ".join(found[:shown]) + (", ..." if len(found) > shown else "")
+        how_many = f"more than {shown}" if len(found) > shown else str(len(found))
+        raise _Fail(
+            f"{text!r} is ambiguous: {how_many} event ids start with it ({listed}); "
+            "type more of the id"
+        )
+    return found[0]
 
 
 # --- shared options ---------------------------------------------------------------------
@@ -323,6 +412,13 @@ def _filter_options(f: F) -> F:
         click.option(
             "--until", type=TIME, default=None, help="Before: ISO 8601 or an age like 1h."
         ),
+        click.option(
+            "--trace",
+            "trace_id",
+            type=TRACE_ID,
+            default=None,
+            help="Events of this trace (its 32-hex trace id, as 'show' prints it).",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -338,6 +434,7 @@ def _filters(
     outcome: Outcome | None,
     since: datetime | None,
     until: datetime | None,
+    trace_id: str | None = None,
 ) -> EventFilters:
     if since is not None and until is not None and since >= until:
         raise click.UsageError(f"--since ({_when(since)}) must be before --until ({_when(until)})")
@@ -351,6 +448,7 @@ def _filters(
         object_ids=[object_ref[1]] if object_ref else None,
         tags=list(tags) or None,
         outcome=outcome,
+        correlation_id=trace_id,
     )
 
 
@@ -479,6 +577,21 @@ def _fit(text: str, width: int) -> str:
     return text[: max(0, width - len(g.ellipsis))] + g.ellipsis
 
 
+def _fit_words(text: str, width: int) -> str:
+    """``text`` cut to ``width`` at a word boundary, ending with an ellipsis when cut
+    (mid-word only when its last word is longer than half the width, a URL say)."""
+    g = _glyphs()
+    if len(text) <= width:
+        return text
+    room = max(0, width - len(g.ellipsis))
+    cut = text[:room]
+    if not text[room].isspace():
+        space = cut.rfind(" ")
+        if space >= room // 2:
+            cut = cut[:space]
+    return cut.rstrip(" ,;:" + g.dot) + g.ellipsis
+
+
 def _when(moment: datetime, precise: bool = False) -> str:
     moment = moment.astimezone(timezone.utc)
     if precise:
@@ -523,6 +636,113 @@ def _value(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
+# --- money: amounts with their currency's decimals ----------------------------------------
+
+_MINOR_UNITS: dict[str, int] = {
+    code: decimals
+    for decimals, codes in (
+        (0, "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF"),
+        (3, "BHD IQD JOD KWD LYD OMR TND"),
+        (4, "CLF UYW"),
+    )
+    for code in codes.split()
+}
+"""ISO 4217 currencies whose minor unit is not the cent (2 decimals, the default)."""
+
+_MONEY_KEYS = frozenset({"amount", "total", "subtotal", "price", "cost", "change"})
+_MONEY_SUFFIXES = ("_amount", "_total", "_price", "_cost")
+"""State keys that hold money when the state names a currency: what EcommerceClient
+stores (``total``, ``amount``, ``refund_amount``, ``order_total``, ``price`` and a
+price's ``change``, ``cost``, line items' ``price`` and ``unit_price``) and their kin."""
+
+_CURRENCY_CODE = re.compile(r"^[A-Za-z]{3}$")
+_DECIMAL = re.compile(r"^-?\d+(\.\d+)?$")
+
+
+def _currency_in(state: Mapping[str, Any] | None) -> str | None:
+    """The ISO 4217 code a state's ``currency`` holds, upper-case, or None."""
+    code = (state or {}).get("currency")
+    if isinstance(code, str) and _CURRENCY_CODE.match(code.strip()):
+        return code.strip().upper()
+    return None
+
+
+def _currency_of(obj: TrackedObject) -> str | None:
+    """The currency of an object's amounts: its state's, else its state after or before."""
+    for state in (obj.state, obj.state_after, obj.state_before):
+        code = _currency_in(state)
+        if code is not None:
+            return code
+    return None
+
+
+def _is_money_key(key: str) -> bool:
+    name = key.lower()
+    return name in _MONEY_KEYS or name.endswith(_MONEY_SUFFIXES)
+
+
+def _amount(value: Any, currency: str) -> str | None:
+    """A number with at least its currency's decimals (``89.00``, ``1000`` for JPY), and
+    more only when it has more (``0.125``: never rounded away); None for a non-number."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        amount = Decimal(value)
+    elif isinstance(value, float):
+        amount = Decimal(repr(value))  # the shortest decimal that reads back as the float
+    elif isinstance(value, str) and _DECIMAL.match(value.strip()):
+        amount = Decimal(value.strip())  # an amount a float cannot hold is stored as text
+    else:
+        return None
+    if not amount.is_finite():
+        return None
+    exponent = amount.normalize().as_tuple().exponent
+    decimals = -exponent if isinstance(exponent, int) and exponent < 0 else 0
+    return f"{amount:.{max(_MINOR_UNITS.get(currency, 2), decimals)}f}"
+
+
+def _money_json(value: Any, currency: str, money: bool = False) -> str:
+    """``value`` as ``_value`` prints it (JSON, keys sorted), amounts under money keys of
+    nested mappings (line items' prices) with the currency's decimals."""
+    if isinstance(value, dict):
+        parts = [
+            json.dumps(str(k), ensure_ascii=False)
+            + ": "
+            + _money_json(v, currency, _is_money_key(str(k)))
+            for k, v in sorted(value.items(), key=lambda item: str(item[0]))
+        ]
+        return "{" + ", ".join(parts) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_money_json(v, currency) for v in value) + "]"
+    if money and not isinstance(value, str):
+        amount = _amount(value, currency)
+        if amount is not None:
+            return amount
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _state_value(key: str, value: Any, currency: str | None) -> tuple[str, bool]:
+    """A state value for humans, and whether it was printed as money in ``currency``:
+    ``89.00 USD`` for an amount under a money key, else as :func:`_value`."""
+    if currency is None:
+        return _value(value), False
+    if _is_money_key(key):
+        amount = _amount(value, currency)
+        if amount is not None:
+            return f"{amount} {currency}", True
+    if isinstance(value, (dict, list, tuple)):
+        return _money_json(value, currency), False
+    return _value(value), False
+
+
+def _state_items(state: Mapping[str, Any], currency: str | None) -> list[tuple[str, str]]:
+    """``(key, text)`` of a state's fields; its ``currency`` is left out when the amounts
+    beside it already name it."""
+    items = [(key, *_state_value(key, value, currency)) for key, value in state.items()]
+    named = any(is_money for _, _, is_money in items) and _currency_in(state) == currency
+    return [(key, text) for key, text, _ in items if not (named and key == "currency")]
+
+
 def _actor(actor: Actor | None, full: bool = False) -> str:
     """``ai_agent pricing-ai "Dynamic Pricing" (model gpt-4)``: the kind, then who."""
     if actor is None:
@@ -558,10 +778,13 @@ def _changes(obj: TrackedObject) -> list[str]:
     g = _glyphs()
     before = dict(obj.state_before or {})
     after = dict(obj.state_after or {})
+    currency = _currency_of(obj)
+    old_currency = _currency_in(before) or currency
+    new_currency = _currency_in(after) or currency
     lines = []
     for key in list(dict.fromkeys([*before, *after])):
-        old = _value(before[key]) if key in before else "(none)"
-        new = _value(after[key]) if key in after else "(none)"
+        old = _state_value(key, before[key], old_currency)[0] if key in before else "(none)"
+        new = _state_value(key, after[key], new_currency)[0] if key in after else "(none)"
         if key in before and key in after and before[key] == after[key]:
             continue
         lines.append(f"{key}: {old} {g.arrow} {new}")
@@ -692,6 +915,7 @@ def events(
     outcome: Outcome | None,
     since: datetime | None,
     until: datetime | None,
+    trace_id: str | None,
 ) -> None:
     """List events, newest first, filtered by type, actor, object, tag, outcome, time.
 
@@ -701,8 +925,11 @@ def events(
       decision-trace events --actor-type ai_agent --outcome failure
       decision-trace events --object order:ord-123 --json
       decision-trace events --type order.refunded --since 2024-01-01 --until 7d
+      decision-trace events --trace 4bf92f3577b34da6a3ce929d0e0e4736
     """
-    filters = _filters(event_types, actor_types, actor_ids, object_ref, tags, outcome, since, until)
+    filters = _filters(
+        event_types, actor_types, actor_ids, object_ref, tags, outcome, since, until, trace_id
+    )
     with _open(db_path) as ledger:
         # Streamed: printing starts at once and memory stays bounded with --limit 0.
         with closing(ledger.iter_events(filters, order="desc")) as stream:
@@ -721,12 +948,16 @@ def events(
 def show(db_path: Path | None, as_json: bool, event_id: str) -> None:
     """Show one event in full: who, why, the alternatives, the objects it changed.
 
+    EVENT_ID is the event's 16 hex characters, or a unique start of them (at least 4).
+
     \b
     Examples:
       decision-trace show 3f2a9c0d1e2b4a5f
+      decision-trace show 3f2a9c0d
       decision-trace show 3f2a9c0d1e2b4a5f --json
     """
     with _open(db_path) as ledger:
+        event_id = _resolve_event_id(ledger, event_id)
         event = ledger.get_event(event_id)
         path = ledger.location
     if event is None:
@@ -782,8 +1013,8 @@ def _print_event_full(event: TraceEvent) -> None:
         for obj in event.objects:
             _out(_wrap(f"{obj.object_type.value} {obj.external_id}", "    ", first="  "))
             if obj.state:
-                for key, value in obj.state.items():
-                    _out(_wrap(f"{key}: {_value(value)}", "        ", first="    "))
+                for key, text in _state_items(obj.state, _currency_of(obj)):
+                    _out(_wrap(f"{key}: {text}", "        ", first="    "))
             if obj.state_before is not None or obj.state_after is not None:
                 for change in _changes(obj):
                     _out(_wrap(change, "        ", first=f"    {g.arrow.strip()} "))
@@ -800,44 +1031,82 @@ def _print_event_full(event: TraceEvent) -> None:
 
 
 @main.command(short_help="An object's story: when, who, what, why.")
-@click.argument("object_ref", metavar="TYPE:ID", type=OBJECT_REF)
+@click.argument("target", metavar="[TYPE:]ID", type=OBJECT_TARGET)
 @click.option(
     "--limit", default=0, type=click.IntRange(min=0), metavar="N", help="Oldest N only (0: all)."
 )
 @_common
 def why(
-    db_path: Path | None, as_json: bool, object_ref: tuple[ObjectType, str], limit: int
+    db_path: Path | None,
+    as_json: bool,
+    target: tuple[ObjectType | None, str, str | None],
+    limit: int,
 ) -> None:
     """Tell an object's story, oldest first: when, who, what, why, what changed.
+
+    The object is TYPE:ID, or only its ID when one type of object has that id (if
+    several do, they are listed, to choose one as TYPE:ID).
 
     \b
     Examples:
       decision-trace why order:ord-123
+      decision-trace why ord-123
       decision-trace why inventory:SKU-789
       decision-trace why customer:cust-456 --json
     """
-    object_type, external_id = object_ref
-    with (
-        _open(db_path) as ledger,
-        closing(ledger.iter_object_history(external_id, object_type)) as stream,
-    ):
-        # Streamed: an object with a long history is printed as it is read.
-        history = islice(stream, _limit(limit))
-        first = next(history, None)
-        if first is None:
-            raise _Fail(f"no events about {object_type.value} {external_id!r} in {ledger.location}")
-        if as_json:
-            for event in itertools.chain([first], history):
-                _print_json(event_to_json(event))
-            return
-        # Counted inside the stream's read transaction: the same snapshot it reads.
-        total = ledger.count_object_history(external_id, object_type)
-        _print_story(
-            itertools.chain([first], history),
-            object_type,
-            external_id,
-            min(total, limit or total),
-        )
+    with _open(db_path) as ledger:
+        object_type, external_id = _resolve_object(ledger, target)
+        with closing(ledger.iter_object_history(external_id, object_type)) as stream:
+            _print_history(ledger, stream, object_type, external_id, as_json, limit)
+
+
+def _resolve_object(
+    ledger: Ledger, target: tuple[ObjectType | None, str, str | None]
+) -> tuple[ObjectType, str]:
+    """The one object ``why`` was asked about: ``TYPE:ID`` as given, or the one type of
+    object that has the id."""
+    object_type, external_id, not_typed = target
+    if object_type is not None:
+        return object_type, external_id
+    types = ledger.object_types_of(external_id)
+    if len(types) == 1:
+        return types[0], external_id
+    if len(types) > 1:
+        shown = repr(external_id)  # escapes what could drive a terminal
+        listed = ", ".join(f"{kind.value}:{shown[1:-1]}" for kind in types)
+        raise _Fail(f"{shown} is the id of {len(types)} objects ({listed}); give one as TYPE:ID")
+    if ":" in external_id and not_typed is not None:
+        # Not an id anything has, and not TYPE:ID either: say what is wrong with the type.
+        raise _UsageFail(f"{not_typed} (see 'decision-trace why --help')")
+    raise _Fail(f"no events about any object with id {external_id!r} in {ledger.location}")
+
+
+def _print_history(
+    ledger: Ledger,
+    stream: Iterator[TraceEvent],
+    object_type: ObjectType,
+    external_id: str,
+    as_json: bool,
+    limit: int,
+) -> None:
+    """``why``'s output of the object's history ``stream``."""
+    # Streamed: an object with a long history is printed as it is read.
+    history = islice(stream, _limit(limit))
+    first = next(history, None)
+    if first is None:
+        raise _Fail(f"no events about {object_type.value} {external_id!r} in {ledger.location}")
+    if as_json:
+        for event in itertools.chain([first], history):
+            _print_json(event_to_json(event))
+        return
+    # Counted inside the stream's read transaction: the same snapshot it reads.
+    total = ledger.count_object_history(external_id, object_type)
+    _print_story(
+        itertools.chain([first], history),
+        object_type,
+        external_id,
+        min(total, limit or total),
+    )
 
 
 def _print_story(
@@ -866,7 +1135,8 @@ def _print_story(
         for obj in event.objects:
             is_subject = obj.object_type is object_type and obj.external_id == external_id
             if is_subject and obj.state:
-                step("state", ", ".join(f"{k}: {_value(v)}" for k, v in obj.state.items()))
+                items = _state_items(obj.state, _currency_of(obj))
+                step("state", ", ".join(f"{key}: {text}" for key, text in items))
             for change in _changes(obj):
                 prefix = "" if is_subject else f"{obj.object_type.value} {obj.external_id}: "
                 step("changed", prefix + change)
@@ -921,19 +1191,28 @@ def search(db_path: Path | None, as_json: bool, text: tuple[str, ...], limit: in
 
 @main.command(short_help="An event's chain as a tree, with durations.")
 @click.argument("event_id", type=EVENT_ID)
+@click.option(
+    "--why",
+    "show_why",
+    is_flag=True,
+    help="Under each step, its reasoning in full (and its error, if it failed).",
+)
 @_common
-def chain(db_path: Path | None, as_json: bool, event_id: str) -> None:
+def chain(db_path: Path | None, as_json: bool, event_id: str, show_why: bool) -> None:
     """Show the chain an event belongs to: its topmost stored ancestor and every
     descendant, as an indented tree with durations.
 
+    EVENT_ID is the event's 16 hex characters, or a unique start of them (at least 4).
     With --json, one event per line (depth first), each with its depth in the tree.
 
     \b
     Examples:
       decision-trace chain 3f2a9c0d1e2b4a5f
+      decision-trace chain 3f2a9c0d --why
       decision-trace chain 3f2a9c0d1e2b4a5f --json
     """
     with _open(db_path) as ledger:
+        event_id = _resolve_event_id(ledger, event_id)
         root = ledger.get_chain(event_id)
     if as_json:
         for depth, event in root.walk():
@@ -963,10 +1242,23 @@ def chain(db_path: Path | None, as_json: bool, event_id: str) -> None:
             line += " " + _style_outcome(event)
         _out(line + tail)
         detail = _actor(event.actor)
-        if event.description:
-            detail += f" {g.dot} {_safe(event.description)}"
         detail_lead = shown + below + (g.pipe if node.children else "   ")
-        _out(detail_lead + _fit(detail, max(20, width - len(detail_lead))))
+        if not show_why:
+            if event.description:
+                detail += f" {g.dot} {_safe(event.description)}"
+            _out(detail_lead + _fit_words(detail, max(20, width - len(detail_lead))))
+        else:
+            # The step in full: who on one line, then what, why and any error, wrapped.
+            _out(detail_lead + _fit_words(detail, max(20, width - len(detail_lead))))
+            reasoning = event.decision.reasoning if event.decision else ""
+            for label, text in (
+                ("what", event.description),
+                ("why", reasoning),
+                ("error", event.error or ""),
+            ):
+                if text:
+                    first = detail_lead + f"{label + ':':<7}"
+                    _out(_wrap(text, detail_lead + " " * 7, first=first, width=width))
         last_index = len(node.children) - 1
         for index in range(last_index, -1, -1):  # pushed last first: popped in order
             last = index == last_index
@@ -1240,6 +1532,7 @@ def export(
     outcome: Outcome | None,
     since: datetime | None,
     until: datetime | None,
+    trace_id: str | None,
 ) -> None:
     """Export events, oldest first, as JSON lines or CSV; same filters as 'events'.
 
@@ -1255,7 +1548,9 @@ def export(
     fmt = (fmt or "jsonl").lower()
     if as_json and fmt != "jsonl":
         raise click.UsageError("--json means --format jsonl; it cannot be used with --format csv")
-    filters = _filters(event_types, actor_types, actor_ids, object_ref, tags, outcome, since, until)
+    filters = _filters(
+        event_types, actor_types, actor_ids, object_ref, tags, outcome, since, until, trace_id
+    )
     to_file = output != "-"
     show_progress = _is_tty(sys.stderr) and (to_file or not _is_tty(sys.stdout))
     written = 0
@@ -1297,9 +1592,15 @@ def export(
     "older_than",
     type=TIME,
     required=True,
-    help="Delete events that started before this: an age like 90d or an ISO 8601 date.",
+    help="Delete events that started before this: an age (30d, 6mo, 1y, '90 days') or "
+    "an ISO 8601 date. Under one day ago needs --force.",
 )
 @click.option("--dry-run", is_flag=True, help="Only report what would be deleted.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Allow a cutoff less than one day ago (deleting today's events).",
+)
 @click.option(
     "--vacuum",
     is_flag=True,
@@ -1308,22 +1609,35 @@ def export(
 )
 @_common
 def prune(
-    db_path: Path | None, as_json: bool, older_than: datetime, dry_run: bool, vacuum: bool
+    db_path: Path | None,
+    as_json: bool,
+    older_than: datetime,
+    dry_run: bool,
+    force: bool,
+    vacuum: bool,
 ) -> None:
     """Delete old events with their objects, tags and search entries (retention).
 
     After deleting, the file is checked with PRAGMA integrity_check and FTS5's own
-    check; a failed check is an error.
+    check; a failed check is an error. A cutoff less than one day ago (15m is 15
+    minutes) is refused unless --force is given; --dry-run never needs it.
 
     \b
     Examples:
       decision-trace prune --older-than 90d --dry-run
-      decision-trace prune --older-than 90d --vacuum
+      decision-trace prune --older-than 6mo --vacuum
+      decision-trace prune --older-than 1y
       decision-trace prune --older-than 2024-01-01 --json
     """
     now = datetime.now(timezone.utc)
     if older_than > now:
         raise click.UsageError(f"--older-than is in the future ({_when(older_than)})")
+    if now - older_than < timedelta(days=1) and not (force or dry_run):
+        raise click.UsageError(
+            f"--older-than {_when(older_than)} is less than one day ago "
+            f"({_duration(now - older_than)} ago): it would delete today's events too; "
+            "run with --dry-run to see how many, and add --force if you mean it"
+        )
     with _open(db_path, write=True) as ledger:
         report = ledger.prune(ns_from_datetime(older_than, "--older-than"), dry_run=dry_run)
         problems: list[str] | None = None

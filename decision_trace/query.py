@@ -237,6 +237,53 @@ def get_event(conn: sqlite3.Connection, event_id: str) -> TraceEvent | None:
     return events[0] if events else None
 
 
+_HEX = re.compile(r"^[0-9a-f]+$")
+
+
+def event_ids_with_prefix(
+    conn: sqlite3.Connection, prefix: str, *, limit: int | None = 10
+) -> list[str]:
+    """The stored event ids that start with ``prefix`` (hex, any case), in id order.
+
+    Raises:
+        InvalidInputError: ``prefix`` is not hex text.
+    """
+    if not isinstance(prefix, str):
+        raise InvalidInputError("prefix", f"must be a string, got {type(prefix).__name__}")
+    wanted = prefix.strip().lower()
+    if not _HEX.match(wanted):
+        raise InvalidInputError("prefix", f"must be hex characters, got {prefix!r}")
+    sql_limit = _check_limit(limit, 0)[0]
+    # A range on the unique id index: every id starting with the prefix sorts at or after
+    # it and before the prefix with its last character incremented ('f' + 1 is 'g').
+    above = wanted[:-1] + chr(ord(wanted[-1]) + 1)
+    rows = _run(
+        conn,
+        "SELECT id FROM events WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+        [wanted, above, sql_limit],
+    )
+    return [str(row[0]) for row in rows]
+
+
+def object_types_of(conn: sqlite3.Connection, external_id: str) -> list[ObjectType]:
+    """The types of the objects with this external id that some stored event touched,
+    in the order of :class:`ObjectType`."""
+    if not isinstance(external_id, str) or not external_id:
+        raise InvalidInputError("external_id", "must be a non-empty string")
+    rows = _run(
+        conn,
+        "SELECT DISTINCT object_type FROM event_objects WHERE external_id = ?",
+        [clean_text(external_id)],
+    )
+    found: set[ObjectType] = set()
+    for (value,) in rows:
+        try:
+            found.add(ObjectType.parse(str(value), "object_type"))
+        except InvalidInputError:  # a type a newer release wrote reads back as OTHER
+            found.add(ObjectType.OTHER)
+    return [kind for kind in ObjectType if kind in found]
+
+
 def trace_id_of(conn: sqlite3.Connection, event_id: str) -> str | None:
     """The trace id of a stored event, or None."""
     rows = _run(conn, "SELECT trace_id FROM events WHERE id = ?", [event_id])

@@ -13,7 +13,7 @@ import sys
 import tracemalloc
 from collections.abc import Callable
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -750,13 +750,15 @@ def test_prune_refuses_the_future_and_needs_a_cutoff(ledger: Ledger) -> None:
         ("events", "--object", ":ord-1"),
         ("events", "--object", "spaceship:1"),
         ("export", "--object", "order"),
-        ("why", "ord-1"),
         ("why", "widget:1"),
+        ("why", "order:"),
+        ("why", ":ord-1"),
+        ("why", "  "),
     ],
 )
 def test_malformed_object_is_one_line(ledger: Ledger, args: tuple[str, ...]) -> None:
     line = fails(run_db(ledger, *args, ok=False), 2)
-    assert "TYPE:ID" in line or "object type" in line
+    assert "TYPE:ID" in line or "object type" in line, line
 
 
 @pytest.mark.parametrize(
@@ -769,8 +771,11 @@ def test_malformed_object_is_one_line(ledger: Ledger, args: tuple[str, ...]) -> 
         ("events", "--since", "1h", "--until", "2h"),
         ("events", "--limit", "-1"),
         ("show", "not-an-id"),
-        ("show", "12345"),
+        ("show", "123"),
+        ("show", "0123456789abcdef0"),
         ("chain", "zzzzzzzzzzzzzzzz"),
+        ("events", "--trace", "0123"),
+        ("events", "--trace", "z" * 32),
         ("stats", "--days", "x"),
         ("export", "--format", "xml"),
         ("nonsense",),
@@ -977,7 +982,7 @@ def test_demo_data_through_a_real_process(tmp_path: Path) -> None:
     assert refund["id"] in cli("chain", refund["id"])
     exported = cli("export", "--format", "csv")
     assert len(list(csv.reader(io.StringIO(exported)))) == len(events) + 1
-    pruned = json.loads(cli("prune", "--older-than", "0s", "--json"))
+    pruned = json.loads(cli("prune", "--older-than", "0s", "--force", "--json"))
     assert pruned["events"] == len(events) and pruned["integrity_check"] == "ok"
     assert integrity(db) == "ok"
 
@@ -1020,3 +1025,203 @@ def test_huge_limits_mean_no_limit_and_old_cutoffs_name_the_option(ledger: Ledge
         run_db(ledger, "events", "--json", "--limit", "0")
     )
     fails(run_db(ledger, "prune", "--older-than", "1000-01-01", ok=False), 1, "--older-than")
+
+
+# --- issue 18: the CLI for a support agent -------------------------------------------------
+
+
+def test_why_finds_an_object_by_its_id_alone(
+    ledger: Ledger, make_client: Callable[..., DecisionTraceClient]
+) -> None:
+    typed = run_db(ledger, "why", "order:ord-1").stdout
+    assert typed.startswith("order ord-1: 4 events")
+    assert run_db(ledger, "why", "ord-1").stdout == typed
+    assert run_db(ledger, "why", "ord-1", "--json").stdout == (
+        run_db(ledger, "why", "order:ord-1", "--json").stdout
+    )
+    assert run_db(ledger, "why", "SKU-789").stdout.startswith("inventory SKU-789: 1 event")
+    fails(
+        run_db(ledger, "why", "never", ok=False),
+        1,
+        "no events about any object with id 'never'",
+    )
+    hostile = fails(run_db(ledger, "why", "\x1b[2J\u202e", ok=False), 1, "'\\x1b[2J\\u202e'")
+    assert "\x1b" not in hostile and "\u202e" not in hostile
+
+    client = make_client(durability="sync")
+    client.trace("coupon.issued", "Coupon named after the order").affecting(
+        "coupon", "ord-1"
+    ).record()
+    client.trace("po.raised", "An id with a colon").affecting("other", "po:7").record()
+    client.close()
+    line = fails(run_db(ledger, "why", "ord-1", ok=False), 1, "TYPE:ID")
+    assert "'ord-1' is the id of 2 objects (order:ord-1, coupon:ord-1)" in line
+    # Typed, each one is found as before.
+    assert run_db(ledger, "why", "order:ord-1").stdout == typed
+    assert run_db(ledger, "why", "coupon:ord-1").stdout.startswith("coupon ord-1: 1 event")
+    # An id holding a colon is found whole when its start is no object type.
+    assert run_db(ledger, "why", "po:7").stdout.startswith("other po:7: 1 event")
+    fails(run_db(ledger, "why", "widget:1", ok=False), 2, "unknown object type 'widget'")
+
+
+def _with_id(event_id: str, start_ns: int) -> EventRecord:
+    return replace(_record(0, start_ns), id=event_id, trace_id=event_id * 2)
+
+
+def test_show_and_chain_take_a_unique_id_prefix(ledger: Ledger) -> None:
+    ids = [e["id"] for e in json_lines(run_db(ledger, "events", "--json", "--limit", "0"))]
+    length = next(n for n in range(4, 17) if len({i[:n] for i in ids}) == len(ids))
+    short = ledger.refunded[:length]
+    assert run_db(ledger, "show", short).stdout == run_db(ledger, "show", ledger.refunded).stdout
+    assert run_db(ledger, "show", short.upper(), "--json").stdout == (
+        run_db(ledger, "show", ledger.refunded, "--json").stdout
+    )
+    chained = run_db(ledger, "chain", ledger.adjusted[:length]).stdout
+    assert chained == run_db(ledger, "chain", ledger.adjusted).stdout
+    assert "◀ this event" in next(line for line in chained.splitlines() if ledger.adjusted in line)
+
+    start = int(NOW.timestamp()) * 1_000_000_000
+    store = Store(ledger.db)
+    store.write(
+        [
+            _with_id("abcd000000000001", start),
+            _with_id("abcd000000000002", start),
+            *(_with_id(f"abce00000000000{i}", start) for i in range(7)),
+        ]
+    )
+    store.close()
+    for command in ("show", "chain"):
+        line = fails(run_db(ledger, command, "abcd", ok=False), 1)
+        assert "'abcd' is ambiguous: 2 event ids start with it" in line
+        assert "(abcd000000000001, abcd000000000002)" in line and "type more" in line
+        line = fails(run_db(ledger, command, "ABCE", ok=False), 1, "more than 5")
+        assert "abce000000000004, ..." in line and "abce000000000005" not in line
+        fails(run_db(ledger, command, "abcf", ok=False), 1, "no event id starts with 'abcf'")
+        assert "abcd000000000002" in run_db(ledger, command, "ABCD000000000002").stdout
+        fails(run_db(ledger, command, "abc", ok=False), 2, "at least 4")
+
+
+def test_events_by_trace(ledger: Ledger) -> None:
+    trace = json_lines(run_db(ledger, "show", ledger.adjusted, "--json"))[0]["correlation_id"]
+    found = json_lines(run_db(ledger, "events", "--trace", trace.upper(), "--json"))
+    assert sorted(e["id"] for e in found) == sorted(
+        [ledger.workflow, ledger.payment, ledger.picking, ledger.adjusted]
+    )
+    assert {e["correlation_id"] for e in found} == {trace}
+    both = json_lines(
+        run_db(ledger, "events", "--trace", trace, "--type", "payment.captured", "--json")
+    )
+    assert [e["id"] for e in both] == [ledger.payment]
+    assert run_db(ledger, "events", "--trace", "f" * 32).stderr == "No events match.\n"
+    exported = json_lines(run_db(ledger, "export", "--trace", trace))
+    assert [e["id"] for e in exported] == [e["id"] for e in found][::-1]
+
+
+def test_money_prints_with_its_currency_decimals(
+    make_client: Callable[..., Any], db_path: Path
+) -> None:
+    from decision_trace.ecommerce import EcommerceClient
+
+    shop = make_client(EcommerceClient, durability="sync")
+    created = shop.order_created(
+        "ord-9", "cust-9", 89, [{"sku": "MUG-1", "qty": 1, "price": 89}]
+    ).record()
+    refunded = shop.order_refunded(
+        "ord-9", 30, "Lid arrived cracked", order_total=89, previous_status="paid"
+    ).record()
+    shop.order_created("ord-jp", "cust-9", 1000, [], currency="JPY").record()
+    shop.order_created("ord-kw", "cust-9", 12.5, [], currency="KWD").record()
+    shop.payment_captured("pay-9", "ord-9", 0.125, "card").record()
+    repriced = shop.price_updated("MUG-1", 89, 94.5, "Supplier raised prices").record()
+    shop.close()
+    db = str(db_path)
+
+    story = run("why", "ord-9", "--db", db).stdout
+    flat = " ".join(story.split())  # the items wrap to a second line
+    assert 'state status: created, total: 89.00 USD, items: [{"price": 89.00, "qty": 1,' in flat
+    assert "state      refund_amount: 30.00 USD, order_total: 89.00 USD" in story
+    assert "currency" not in story and "89.0," not in story and "30.0," not in story
+    assert "1000 JPY" in run("why", "order:ord-jp", "--db", db).stdout
+    assert "total: 12.500 KWD" in run("why", "ord-kw", "--db", db).stdout
+    assert "amount: 0.125 USD" in run("why", "pay-9", "--db", db).stdout  # never rounded away
+
+    product = run("why", "product:MUG-1", "--db", db).stdout
+    assert "price: 89.00 USD → 94.50 USD" in product
+    assert "change: 5.50 USD" in product
+    shown = run("show", repriced, "--db", db).stdout
+    assert "price: 89.00 USD → 94.50 USD" in shown and "change: 5.50 USD" in shown
+    shown = run("show", created, "--db", db).stdout
+    assert "total: 89.00 USD" in shown and "currency: USD" not in shown
+    assert "refund_amount: 30.00 USD" in run("show", refunded, "--db", db).stdout
+
+    # JSON keeps what is stored.
+    (stored,) = [
+        o
+        for o in json_lines(run("show", refunded, "--db", db, "--json"))[0]["objects"]
+        if o["object_type"] == "order"
+    ]
+    assert stored["state"] == {"refund_amount": 30.0, "currency": "USD", "order_total": 89.0}
+
+
+def test_money_needs_a_currency_and_a_money_key(ledger: Ledger) -> None:
+    out = run_db(ledger, "show", ledger.refunded).stdout
+    assert "refund: 0 → 99.99" in out  # no currency: as stored
+    assert "total: 149.99" in run_db(ledger, "show", ledger.created).stdout
+
+
+def test_chain_shows_each_steps_reasoning_and_cuts_at_words(ledger: Ledger) -> None:
+    plain = run_db(ledger, "chain", ledger.refunded).stdout
+    (detail,) = [line for line in plain.splitlines() if "refund-ai" in line]
+    assert detail.endswith("…") and len(detail) <= 80
+    shown = detail.split(" · ", 1)[1][:-1]
+    full = "Refund issued after a long back-and-forth with the customer"
+    assert full.startswith(shown) or shown.startswith(full)
+    assert full.split()[len(shown.split()) - 1] == shown.split()[-1]  # whole last word
+    assert "why:" not in plain
+
+    lines = run_db(ledger, "chain", ledger.refunded, "--why").stdout.splitlines()
+    at = next(
+        i
+        for i, line in enumerate(lines)
+        if line.endswith('"Refund Agent" (model gpt-4, version 2.1)')
+    )
+    step = " ".join(" ".join(lines[at + 1 :]).split())
+    assert step == (
+        "what: Refund issued after a long back-and-forth with the customer about a defective "
+        "grinder whose burrs were misaligned from the factory, which took several emails: "
+        "https://support.example.com/tickets/0123456789abcdef0123456789 "
+        "why: Refund approved due to product defect error: card network timeout"
+    )
+    assert all(len(line) <= 80 for line in lines)
+    tree = run_db(ledger, "chain", ledger.adjusted, "--why").stdout
+    assert "why:" not in tree  # steps without reasoning add no line
+
+
+def test_parse_time_months_and_years() -> None:
+    now = datetime(2024, 8, 31, 12, 0, tzinfo=timezone.utc)
+    assert parse_time("30d", now) == now - timedelta(days=30)
+    assert parse_time("6mo", now) == datetime(2024, 2, 29, 12, 0, tzinfo=timezone.utc)
+    assert parse_time("1y", now) == datetime(2023, 8, 31, 12, 0, tzinfo=timezone.utc)
+    assert parse_time("2 years", now) == datetime(2022, 8, 31, 12, 0, tzinfo=timezone.utc)
+    assert parse_time("18 months ago", now) == datetime(2023, 2, 28, 12, 0, tzinfo=timezone.utc)
+    assert parse_time("90 days", now) == now - timedelta(days=90)
+    assert parse_time("6m", now) == now - timedelta(minutes=6)  # m stays minutes
+    with pytest.raises(ValueError, match="before year 1"):
+        parse_time("999999999y", now)
+
+
+def test_prune_ages_and_a_recent_cutoff_needs_force(ledger: Ledger) -> None:
+    for age in ("30d", "6mo", "1y", "90 days"):
+        report = json_lines(run_db(ledger, "prune", "--older-than", age, "--dry-run", "--json"))
+        assert report[0]["events"] == (1 if age in ("30d", "90 days") else 0), age
+    line = fails(run_db(ledger, "prune", "--older-than", "2h", ok=False), 2)
+    assert "less than one day ago" in line and "--force" in line and "--dry-run" in line
+    recent = (NOW + timedelta(minutes=1) - timedelta(hours=23)).strftime("%Y-%m-%dT%H:%M")
+    fails(run_db(ledger, "prune", "--older-than", recent, ok=False), 2, "--force")
+    assert len(json_lines(run_db(ledger, "export"))) == 8
+    dry = json_lines(run_db(ledger, "prune", "--older-than", "2h", "--dry-run", "--json"))[0]
+    assert dry["events"] == 2
+    assert len(json_lines(run_db(ledger, "export"))) == 8
+    done = json_lines(run_db(ledger, "prune", "--older-than", "2h", "--force", "--json"))[0]
+    assert done["events"] == 2
+    assert len(json_lines(run_db(ledger, "export"))) == 6

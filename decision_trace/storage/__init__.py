@@ -97,6 +97,21 @@ class Ledger(Protocol):
         """The event with this id, or None."""
         ...
 
+    def event_ids_with_prefix(self, prefix: str, *, limit: int | None = 10) -> list[str]:
+        """The stored event ids that start with ``prefix`` (hex, any case), in id order,
+        at most ``limit`` of them (what ``decision-trace show 3f2a`` resolves).
+
+        Raises:
+            InvalidInputError: ``prefix`` is not hex text.
+        """
+        ...
+
+    def object_types_of(self, external_id: str) -> list[ObjectType]:
+        """The types of the objects with this external id that some stored event
+        touched, in the order of :class:`ObjectType` (what ``decision-trace why ord-1``
+        resolves without a type)."""
+        ...
+
     def trace_id_of(self, event_id: str) -> str | None:
         """The trace id of a stored event, or None."""
         ...

@@ -92,6 +92,12 @@ class SQLiteLedger:
     def get_event(self, event_id: str) -> TraceEvent | None:
         return q.get_event(self.store.read_connection(), event_id)
 
+    def event_ids_with_prefix(self, prefix: str, *, limit: int | None = 10) -> list[str]:
+        return q.event_ids_with_prefix(self.store.read_connection(), prefix, limit=limit)
+
+    def object_types_of(self, external_id: str) -> list[ObjectType]:
+        return q.object_types_of(self.store.read_connection(), external_id)
+
     def trace_id_of(self, event_id: str) -> str | None:
         return q.trace_id_of(self.store.read_connection(), event_id)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import closing
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from decision_trace import DecisionTraceClient
 from decision_trace._decode import record_from_span
 from decision_trace.errors import EventNotFoundError, InvalidInputError, StoreError
+from decision_trace.models import ObjectType
 from decision_trace.record import ns_from_datetime
 from decision_trace.storage import EventFilters, Ledger, open_ledger
 
@@ -221,6 +223,45 @@ def test_chain_is_the_whole_tree(filled: Ledger, recorded: Recorded) -> None:
         filled.get_chain("f" * 16)
     assert filled.trace_id_of(recorded.ids["fraud"]) == root.event.correlation_id
     assert filled.trace_id_of("f" * 16) is None
+
+
+def test_event_ids_with_prefix(filled: Ledger, recorded: Recorded) -> None:
+    ids = sorted(recorded.ids.values())
+    for event_id in ids:
+        assert filled.event_ids_with_prefix(event_id[:12].upper()) == [event_id]
+        assert filled.event_ids_with_prefix(event_id) == [event_id]
+    assert filled.event_ids_with_prefix("0") + filled.event_ids_with_prefix("1") == [
+        i for i in ids if i[0] in "01"
+    ]
+    everything = [
+        found for digit in "0123456789abcdef" for found in filled.event_ids_with_prefix(digit)
+    ]
+    assert everything == ids
+    assert filled.event_ids_with_prefix(ids[0][:1], limit=1) == [ids[0]]
+    assert filled.event_ids_with_prefix(ids[-1] + "0") == []
+    for bad in ("", "xyz", "12 34", "%", "_"):
+        with pytest.raises(InvalidInputError, match="prefix"):
+            filled.event_ids_with_prefix(bad)
+
+
+def test_object_types_of_an_id(filled: Ledger, recorded: Recorded) -> None:
+    assert filled.object_types_of("ord-1") == [ObjectType.ORDER]
+    assert filled.object_types_of("sku-9") == [ObjectType.PRODUCT]
+    assert filled.object_types_of("ORD-1") == []
+    assert filled.object_types_of("nowhere") == []
+    # The same id on a coupon and on an order (stored in ObjectType order, not as written).
+    (created,) = [r for r in recorded.records if r.id == recorded.ids["created"]]
+    coupon = replace(
+        created,
+        id="f" * 16,
+        object_types=("coupon", "order"),
+        object_ids=("ord-1", "ord-1"),
+        objects_json=None,
+    )
+    assert filled.write([coupon]) == 1
+    assert filled.object_types_of("ord-1") == [ObjectType.ORDER, ObjectType.COUPON]
+    with pytest.raises(InvalidInputError, match="external_id"):
+        filled.object_types_of("")
 
 
 def test_object_history_oldest_first(filled: Ledger, recorded: Recorded) -> None:
