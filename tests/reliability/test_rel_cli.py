@@ -277,6 +277,10 @@ def test_a_stalled_events_pager_never_pins_the_write_ahead_log(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=child_env(),
+        # Unbuffered: readline() below must take the first line only. A buffered reader
+        # reads ahead, and communicate() reads the pipe's descriptor directly, so what the
+        # reader had taken beyond the first line would be lost (a line cut in two).
+        bufsize=0,
     ) as pager:
         try:
             assert pager.stdout is not None
