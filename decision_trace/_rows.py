@@ -20,7 +20,7 @@ from .models import (
     TraceEvent,
     TrackedObject,
 )
-from .record import _EPOCH, _scan_json, loads_json
+from .record import _EPOCH, EventRecord, _scan_json, loads_json
 
 
 def _enum_or(parser: Any, value: str, fallback: Any) -> Any:
@@ -286,3 +286,41 @@ def _check_model_fields() -> None:
 
 
 _check_model_fields()
+
+
+def records_from_rows(
+    rows: Sequence[StoredRow], objects: Mapping[int, Sequence[tuple[str, str]]]
+) -> list[EventRecord]:
+    """Stored ``events`` rows (:data:`StoredRow` order) back to the
+    :class:`~decision_trace.record.EventRecord` they were written from, their text and
+    JSON as the ledger holds them (what ``decision-trace copy`` moves between ledgers);
+    ``objects`` is as for :func:`events_from_rows`."""
+    records: list[EventRecord] = []
+    for row in rows:
+        linked = objects.get(row[0]) or ()
+        records.append(
+            EventRecord(
+                id=row[1],
+                trace_id=row[2],
+                parent_id=row[3],
+                start_ns=int(row[4]),
+                duration_ns=int(row[5]),
+                event_type=row[6],
+                description=row[7],
+                actor_type=row[8],
+                actor_id=row[9],
+                actor_name=row[10],
+                actor_json=row[11],
+                reasoning=row[12],
+                decision_json=row[13],
+                object_types=tuple(object_type for object_type, _ in linked),
+                object_ids=tuple(external_id for _, external_id in linked),
+                objects_json=row[14],
+                tags=_stored_tags(row[15]),
+                outcome=row[16],
+                error=row[17],
+                metadata_json=row[18],
+                service_name=row[19],
+            )
+        )
+    return records

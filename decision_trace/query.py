@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ._rows import EVENT_COLUMNS, events_from_rows
+from ._rows import EVENT_COLUMNS, events_from_rows, records_from_rows
 from .errors import EventNotFoundError, InvalidInputError, StoreError
 from .models import ChainNode, ObjectType, TraceEvent, clean_text
-from .record import MAX_NS, MIN_NS, datetime_from_ns
+from .record import MAX_NS, MIN_NS, EventRecord, datetime_from_ns
 from .storage.filters import EventFilters, Order
 
 __all__ = ["ChainNode", "QueryFilters", "fts_query"]
@@ -129,10 +129,8 @@ def _run(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]
         raise StoreError(f"query failed: {exc}") from exc
 
 
-def _events(conn: sqlite3.Connection, rows: list[Any]) -> list[TraceEvent]:
-    """Turn ``events`` rows (``_COLUMNS`` order) into models, objects included."""
-    if not rows:
-        return []
+def _linked_objects(conn: sqlite3.Connection, rows: list[Any]) -> dict[int, list[tuple[str, str]]]:
+    """``rowid -> [(object_type, external_id), ...]`` of ``events`` rows, in order."""
     objects: dict[int, list[tuple[str, str]]] = {}
     rowids = [row[0] for row in rows]
     for chunk_start in range(0, len(rowids), 500):
@@ -148,7 +146,43 @@ def _events(conn: sqlite3.Connection, rows: list[Any]) -> list[TraceEvent]:
                 objects[event_rowid] = [(object_type, external_id)]
             else:
                 linked.append((object_type, external_id))
-    return events_from_rows(rows, objects)
+    return objects
+
+
+def _events(conn: sqlite3.Connection, rows: list[Any]) -> list[TraceEvent]:
+    """Turn ``events`` rows (``_COLUMNS`` order) into models, objects included."""
+    if not rows:
+        return []
+    return events_from_rows(rows, _linked_objects(conn, rows))
+
+
+def iter_records(
+    conn: sqlite3.Connection, *, after: int = 0, batch_size: int = 500
+) -> Generator[tuple[int, EventRecord], None, None]:
+    """``(rowid, record)`` of every stored event with a rowid above ``after``, in rowid
+    (storage) order, as written: ``batch_size`` rows a short read transaction."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidInputError("batch_size", f"must be a positive integer, got {batch_size!r}")
+    last = int(after)
+    while True:
+        own_transaction = not conn.in_transaction
+        try:
+            if own_transaction:
+                conn.execute("BEGIN")
+            rows = conn.execute(
+                f"{_SELECT} WHERE e.rowid > ? ORDER BY e.rowid LIMIT ?", (last, batch_size)
+            ).fetchall()
+            records = records_from_rows(rows, _linked_objects(conn, rows)) if rows else []
+        except sqlite3.Error as exc:
+            raise StoreError(f"query failed: {exc}") from exc
+        finally:
+            if own_transaction and conn.in_transaction:
+                conn.execute("COMMIT")
+        if not rows:
+            return
+        for row, record in zip(rows, records, strict=True):
+            yield int(row[0]), record
+        last = int(rows[-1][0])
 
 
 def query_events(

@@ -80,6 +80,18 @@ class Ledger(Protocol):
         """Every event matching ``filters``, streamed."""
         ...
 
+    def iter_records(
+        self, *, after: int = 0, batch_size: int = 500
+    ) -> Generator[tuple[int, EventRecord], None, None]:
+        """``(position, record)`` of every stored event past position ``after``, in the
+        order the ledger stored them, each record as written (its JSON text as the ledger
+        holds it): what ``decision-trace copy`` streams from one ledger to another.
+
+        Positions are the ledger's own row numbers: increasing, not dense, and only
+        comparable within one ledger.
+        """
+        ...
+
     def count(self, filters: EventFilters) -> int:
         """How many events match ``filters``."""
         ...

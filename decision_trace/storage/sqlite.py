@@ -80,6 +80,11 @@ class SQLiteLedger:
     ) -> Generator[TraceEvent, None, None]:
         return q.iter_events(self.store.read_connection(), q.QueryFilters.of(filters), order=order)
 
+    def iter_records(
+        self, *, after: int = 0, batch_size: int = 500
+    ) -> Generator[tuple[int, EventRecord], None, None]:
+        return q.iter_records(self.store.read_connection(), after=after, batch_size=batch_size)
+
     def count(self, filters: EventFilters) -> int:
         return q.count_events(self.store.read_connection(), q.QueryFilters.of(filters))
 
