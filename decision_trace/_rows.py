@@ -13,6 +13,7 @@ from .models import (
     DEFERRED_KEY,
     Actor,
     ActorType,
+    ChainNode,
     DecisionTrace,
     ObjectType,
     Outcome,
@@ -324,3 +325,47 @@ def records_from_rows(
             )
         )
     return records
+
+
+def build_chain(events: Sequence[TraceEvent], wanted: str) -> ChainNode | None:
+    """The tree of ``events`` (one trace's, oldest first) that holds the event with id
+    ``wanted``: its topmost ancestor among them and all its descendants; None if
+    ``wanted`` is not among them."""
+    if not any(e.id == wanted for e in events):
+        return None
+    by_id = {e.id: e for e in events}
+    children: dict[str, list[TraceEvent]] = {}
+    for e in events:
+        parent = e.parent_event_id
+        if parent is not None and parent in by_id:
+            kids = children.get(parent)
+            if kids is None:
+                children[parent] = [e]
+            else:
+                kids.append(e)
+    root = by_id[wanted]
+    seen = {wanted}
+    while root.parent_event_id in by_id and root.parent_event_id not in seen:
+        root = by_id[root.parent_event_id]
+        seen.add(root.id)
+    # Each event has one parent, so the only event that can come back as a descendant
+    # (a cycle in the stored parent ids) is the root: skipping it as a child keeps the
+    # tree finite. Built bottom-up without recursion, however deep the chain.
+    root_id = root.id
+    order = [root]
+    for node in order:  # grows while iterating: breadth-first from the root
+        order.extend(c for c in children.get(node.id, ()) if c.id != root_id)
+    built: dict[str, ChainNode] = {}
+    for node in reversed(order):
+        kids = children.get(node.id)
+        built[node.id] = _chain_node(
+            node, tuple(built[c.id] for c in kids if c.id != root_id) if kids else ()
+        )
+    return built[root_id]
+
+
+def _chain_node(event: TraceEvent, children: tuple[ChainNode, ...]) -> ChainNode:
+    """``ChainNode(event, children)`` without the frozen dataclass's per-field setattr."""
+    node: ChainNode = object.__new__(ChainNode)
+    object.__setattr__(node, "__dict__", {"event": event, "children": children})
+    return node

@@ -4,9 +4,10 @@ Everything that reads or writes events (the client, the span processor, the expo
 the CLI) talks to a :class:`Ledger`, never to a database connection. A backend is a
 class that satisfies the protocol and passes the contract suite in ``tests/storage/``.
 
-Backends today: SQLite (:class:`~decision_trace.storage.sqlite.SQLiteLedger`), chosen by
-a file path. ``open_ledger`` picks the backend from the one string a user gives
-(``--db``, ``DECISION_TRACE_DB``, ``DecisionTraceClient(db_path=...)``)::
+Backends: SQLite (:class:`~decision_trace.storage.sqlite.SQLiteLedger`), chosen by a
+file path, and PostgreSQL (:class:`~decision_trace.storage.postgres.PostgresLedger`),
+chosen by a ``postgresql://`` URL. ``open_ledger`` picks the backend from the one string
+a user gives (``--db``, ``DECISION_TRACE_DB``, ``DecisionTraceClient(db_path=...)``)::
 
     from decision_trace.storage import EventFilters, open_ledger
 
@@ -193,6 +194,9 @@ class Ledger(Protocol):
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+"""URL schemes that name a PostgreSQL ledger."""
+
 
 def open_ledger(
     target: str | os.PathLike[str] | None = None,
@@ -204,7 +208,8 @@ def open_ledger(
     """Open the ledger that ``target`` names.
 
     Args:
-        target: A file path (SQLite). None means the default path
+        target: A file path (SQLite), or a ``postgresql://`` / ``postgres://`` URL
+            (PostgreSQL; needs the ``[postgres]`` extra). None means the default path
             (:func:`default_db_path`).
         durability: For backends that write: ``"sync"`` or ``"batch"`` (see
             :class:`~decision_trace.store.Store`).
@@ -224,8 +229,18 @@ def open_ledger(
     text = os.fspath(target)
     match = _URL.match(text)
     if match is not None:
-        raise StoreError(
-            f"cannot open a {match.group(1)}:// ledger: this release stores ledgers in "
-            "SQLite files only; give a file path"
-        )
+        scheme = match.group(1).lower()
+        if scheme not in POSTGRES_SCHEMES:
+            raise StoreError(
+                f"cannot open a {match.group(1)}:// ledger: give a file path (SQLite) or a "
+                "postgresql:// URL (PostgreSQL)"
+            )
+        try:
+            from .postgres import PostgresLedger
+        except ImportError as exc:
+            raise StoreError(
+                f"a {scheme}:// ledger needs the PostgreSQL extra: pip install "
+                f"'decision-trace-otel[postgres]' ({exc})"
+            ) from None
+        return PostgresLedger(text, durability=durability, create=create, read_only=read_only)
     return SQLiteLedger(text, durability=durability, create=create, read_only=read_only)

@@ -1,0 +1,1124 @@
+"""``PostgresLedger``: the team-wide backend, one PostgreSQL schema shared by every
+process of a team (psycopg 3, ``pip install 'decision-trace-otel[postgres]'``).
+
+Connections: one writer connection per process, opened when first needed and reopened
+after the server went away (the caller, the span processor, retries the batch; writes
+are idempotent, so a batch whose commit was in doubt stores nothing twice); a
+``psycopg_pool`` pool of autocommit connections for reads, where a query that fails
+because its connection was dropped is run once more on a fresh one.
+
+A batch is one statement: its columns go in as arrays, ``unnest`` makes them rows, and
+``INSERT ... ON CONFLICT DO NOTHING RETURNING`` feeds the object and tag inserts of the
+events that were new, in the same statement.
+
+Text: PostgreSQL cannot hold U+0000 in text or JSON, so the backend stores it as U+FFFD
+(and looks values up the same way); JSON is stored as ``jsonb``, which keeps values but
+not key order or number spelling (``1e+16`` reads back as ``10000000000000000``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql as _sql
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from ..._rows import EVENT_COLUMNS, build_chain, events_from_rows, records_from_rows
+from ...errors import (
+    EventNotFoundError,
+    InvalidInputError,
+    RejectedRecordsError,
+    SchemaVersionError,
+    StoreError,
+)
+from ...models import ObjectType, TraceEvent, clean_text
+from ...query import ChainNode, LedgerSummary
+from ...record import MAX_NS, MIN_NS, EventRecord, datetime_from_ns
+from ...store import Durability, PruneReport
+from ..filters import EventFilters, Order
+from .schema import (
+    KEY_CHARS,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    TABLES,
+    VERSION_TABLE,
+    Partition,
+    partition_named,
+    partition_of,
+    partitions_ahead,
+)
+
+__all__ = ["PostgresLedger"]
+
+_logger = logging.getLogger(__name__)
+
+_INHERITED: list[object] = []
+"""Connections and pools a forked child inherited: never used, never closed (closing
+one would end the parent's session on the shared socket), only kept from the GC."""
+
+_MAX_INT64 = 2**63 - 1
+_LOCK_SQL = (
+    "SELECT pg_advisory_xact_lock(hashtextextended('decision-trace:' || current_schema(), 0))"
+)
+
+_JSON_COLUMNS = frozenset(
+    {"actor_json", "decision_json", "objects_json", "tags_json", "metadata_json"}
+)
+_COLUMNS = ", ".join(
+    "e.seq"
+    if column == "rowid"
+    else f"e.{column}::text"
+    if column in _JSON_COLUMNS
+    else f"e.{column}"
+    for column in EVENT_COLUMNS
+)
+_SELECT = f"SELECT {_COLUMNS} FROM events AS e"
+
+# The columns a write sends, in EVENT_COLUMNS order without the rowid (seq is drawn
+# from the table's sequence), with their array types.
+_WRITE_COLUMNS = EVENT_COLUMNS[1:]
+_ARRAY_TYPES = {
+    "start_ns": "bigint[]",
+    "duration_ns": "bigint[]",
+}
+_UNNEST = ", ".join(f"%s::{_ARRAY_TYPES.get(c, 'text[]')}" for c in _WRITE_COLUMNS)
+_VALUES = ", ".join(f"u.{c}::jsonb" if c in _JSON_COLUMNS else f"u.{c}" for c in _WRITE_COLUMNS)
+_INSERT_BATCH = f"""
+WITH ins AS (
+    INSERT INTO events ({", ".join(_WRITE_COLUMNS)})
+    SELECT {_VALUES} FROM unnest({_UNNEST}) AS u({", ".join(_WRITE_COLUMNS)})
+    ON CONFLICT DO NOTHING
+    RETURNING seq, id, start_ns
+), objects AS (
+    INSERT INTO event_objects (event_seq, position, object_type, external_id, start_ns)
+    SELECT ins.seq, o.position, o.object_type, o.external_id, ins.start_ns
+    FROM ins JOIN unnest(%s::text[], %s::bigint[], %s::integer[], %s::text[], %s::text[])
+        AS o(id, start_ns, position, object_type, external_id)
+        ON o.id = ins.id AND o.start_ns = ins.start_ns
+), tags AS (
+    INSERT INTO event_tags (tag, event_seq, start_ns)
+    SELECT t.tag, ins.seq, ins.start_ns
+    FROM ins JOIN unnest(%s::text[], %s::bigint[], %s::text[]) AS t(id, start_ns, tag)
+        ON t.id = ins.id AND t.start_ns = ins.start_ns
+)
+SELECT count(*) FROM ins
+"""
+
+# SQLSTATE classes that are about the row written, not about the database: data
+# exceptions (22: malformed JSON, a number out of range, bad encoding), integrity (23)
+# and program limits (54: a value too big for an index entry).
+_ROW_CLASSES = ("22", "23", "54")
+_NO_PARTITION = "23514"  # check_violation: "no partition of relation ... found for row"
+
+
+def _about_row(exc: BaseException) -> bool:
+    """Whether ``exc`` is about the records being written, not about the server."""
+    if isinstance(exc, psycopg.Error):
+        state = exc.sqlstate
+        if state is None:  # raised by psycopg itself while adapting a value
+            return isinstance(exc, (psycopg.DataError, psycopg.ProgrammingError))
+        return state[:2] in _ROW_CLASSES
+    return isinstance(exc, (UnicodeError, ValueError, OverflowError, TypeError))
+
+
+def _text(value: str | None) -> str | None:
+    """Text PostgreSQL can hold: U+0000 becomes U+FFFD."""
+    if value is None or "\x00" not in value:
+        return value
+    return value.replace("\x00", "\ufffd")
+
+
+_JSON_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def _json(value: str | None) -> str | None:
+    """JSON text ``jsonb`` accepts: an escaped (or raw) U+0000 becomes U+FFFD."""
+    if value is None:
+        return None
+    if "\\u0000" in value:
+        value = _JSON_NUL.sub(lambda m: m.group(1) + "\\ufffd", value)
+    return _text(value)
+
+
+def _key(value: str) -> str:
+    """What the btree index of a user-chosen column holds of ``value``."""
+    return value[:KEY_CHARS]
+
+
+def _public_location(url: str) -> str:
+    """``url`` without a password (in the user part or the query)."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            user, host = netloc.rsplit("@", 1)
+            netloc = f"{user.split(':', 1)[0]}@{host}"
+        query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "password"])
+        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    except ValueError:
+        return "postgresql://(unparsable URL)"
+
+
+def _check_limit(limit: int | None, offset: int = 0) -> tuple[int | None, int]:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise InvalidInputError("limit", f"must be a non-negative integer or None, got {limit!r}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise InvalidInputError("offset", f"must be a non-negative integer, got {offset!r}")
+    return (None if limit is None else min(limit, _MAX_INT64)), min(offset, _MAX_INT64)
+
+
+def _in(column: str, values: Sequence[str], params: list[Any], *, keyed: bool) -> str:
+    """``column`` equal to one of ``values`` (NUL looked up as stored), through the
+    column's prefix index when ``keyed``."""
+    wanted = [_text(v) for v in values]
+    if keyed:
+        params.append([_key(v) for v in wanted if v is not None])
+        params.append(wanted)
+        return f"left({column}, {KEY_CHARS}) = ANY(%s) AND {column} = ANY(%s)"
+    params.append(wanted)
+    return f"{column} = ANY(%s)"
+
+
+def _where(filters: EventFilters) -> tuple[str, list[Any]]:
+    """``filters`` as a ``WHERE`` clause over ``events AS e``, with its parameters
+    (the same meaning as :meth:`decision_trace.query.QueryFilters.of`)."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if filters.start_ns is not None:
+        if filters.start_ns > MAX_NS:
+            clauses.append("FALSE")
+        elif filters.start_ns > MIN_NS:
+            clauses.append("e.start_ns >= %s")
+            params.append(filters.start_ns)
+    if filters.end_ns is not None:
+        if filters.end_ns <= MIN_NS:
+            clauses.append("FALSE")
+        elif filters.end_ns <= MAX_NS:
+            clauses.append("e.start_ns < %s")
+            params.append(filters.end_ns)
+    if filters.event_types is not None:
+        clauses.append(_in("e.event_type", filters.event_types, params, keyed=True))
+    if filters.actor_types is not None:
+        clauses.append(_in("e.actor_type", filters.actor_types, params, keyed=True))
+    if filters.actor_ids is not None:
+        clauses.append(_in("e.actor_id", filters.actor_ids, params, keyed=True))
+    object_types, object_ids = filters.object_types, filters.object_ids
+    if object_ids is not None:
+        sub = [_in("o.external_id", object_ids, params, keyed=True)]
+        if object_types is not None:
+            sub.append(_in("o.object_type", object_types, params, keyed=True))
+        clauses.append(
+            "(e.seq, e.start_ns) IN (SELECT o.event_seq, o.start_ns FROM event_objects AS o "
+            f"WHERE {' AND '.join(sub)})"
+        )
+    elif object_types is not None:
+        kinds = _in("o.object_type", object_types, params, keyed=False)
+        clauses.append(
+            "EXISTS (SELECT 1 FROM event_objects AS o WHERE o.event_seq = e.seq "
+            f"AND o.start_ns = e.start_ns AND {kinds})"
+        )
+    if filters.tags is not None:
+        clauses.append(
+            "EXISTS (SELECT 1 FROM event_tags AS t WHERE t.event_seq = e.seq "
+            f"AND t.start_ns = e.start_ns AND {_in('t.tag', filters.tags, params, keyed=True)})"
+        )
+    if filters.outcome is not None:
+        clauses.append("e.outcome = %s")
+        params.append(_text(filters.outcome))
+    if filters.correlation_id is not None:
+        clauses.append("e.trace_id = %s")
+        params.append(_text(filters.correlation_id))
+    where = " WHERE " + " AND ".join(clauses) if clauses else ""
+    return where, params
+
+
+_WORD = re.compile(r"\S+")
+
+
+def _search_text(text: str) -> str | None:
+    """User text for ``plainto_tsquery``: every word, ANDed, no operators; None when
+    there is no word (as :func:`decision_trace.query.fts_query`)."""
+    if not isinstance(text, str):
+        raise InvalidInputError("text", f"must be a string, got {type(text).__name__}")
+    cleaned = clean_text(text.replace("\x00", " "))
+    words = _WORD.findall(cleaned)
+    return " ".join(words) if words else None
+
+
+def _object_links(external_id: str, object_type: ObjectType | str | None, params: list[Any]) -> str:
+    """The SQL of the distinct events (``event_seq, start_ns``) that touched an object."""
+    if not isinstance(external_id, str) or not external_id:
+        raise InvalidInputError("external_id", "must be a non-empty string")
+    sql = "SELECT DISTINCT event_seq, start_ns FROM event_objects WHERE " + _in(
+        "external_id", [clean_text(external_id)], params, keyed=True
+    )
+    if object_type is not None:
+        kind = ObjectType.parse(object_type, "object_type").value
+        sql += " AND " + _in("object_type", [kind], params, keyed=True)
+    return sql
+
+
+class PostgresLedger:
+    """A :class:`~decision_trace.storage.Ledger` in a PostgreSQL database (the schema
+    first on the URL's ``search_path``, ``public`` by default).
+
+    Args:
+        url: A ``postgresql://`` (or ``postgres://``) URL, as libpq takes it.
+        durability: Accepted for symmetry with SQLite; every commit waits for the
+            server's write-ahead log flush (``synchronous_commit`` as the server sets it).
+        create: If false, a database without a ledger schema is a :class:`StoreError`
+            instead of getting one.
+        read_only: Never create, migrate or write (connections are read-only).
+        pool_size: Most read connections open at once.
+
+    Raises:
+        StoreError: the server cannot be reached, or the schema holds tables named like
+            ours that are not a decision-trace ledger.
+        SchemaVersionError: the ledger was written by a newer decision-trace.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        durability: Durability = "batch",
+        create: bool = True,
+        read_only: bool = False,
+        pool_size: int = 4,
+    ) -> None:
+        self.url = url
+        self.read_only = read_only
+        self.durability = durability
+        self._location = _public_location(url)
+        options = {"application_name": "decision-trace"}
+        if "connect_timeout" not in url:
+            options["connect_timeout"] = "10"
+        try:
+            self._conninfo = psycopg.conninfo.make_conninfo(url, **options)
+        except psycopg.ProgrammingError as exc:
+            raise StoreError(f"cannot open {self._location}: {exc}") from None
+        self._pool_size = max(1, int(pool_size))
+        self._write_lock = threading.RLock()
+        self._pool_lock = threading.Lock()
+        self._writer: psycopg.Connection[Any] | None = None
+        self._pool: ConnectionPool[Any] | None = None
+        self._pid = os.getpid()
+        self._closed = False
+        self._partitions: set[str] = set()
+        self._version = self._open(create)
+
+    # -- connections ------------------------------------------------------------------
+
+    def _connect(self, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+        try:
+            conn = psycopg.connect(self._conninfo, autocommit=autocommit)
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot connect to {self._location}: {exc}") from None
+        if self.read_only:
+            conn.execute("SET default_transaction_read_only = on")
+            if not autocommit:
+                conn.commit()
+        return conn
+
+    def _forked(self) -> None:
+        """Forget (without closing) the connections a forked child inherited."""
+        if self._pid != os.getpid():
+            _INHERITED.extend(x for x in (self._writer, self._pool) if x is not None)
+            self._writer = None
+            self._pool = None
+            self._write_lock = threading.RLock()
+            self._pool_lock = threading.Lock()
+            self._pid = os.getpid()
+
+    def _open(self, create: bool) -> int:
+        """Check the schema (and, unless read-only, create or migrate it); return its
+        version."""
+        conn = self._connect()
+        try:
+            version = self._schema_version(conn)
+            conn.commit()
+            if version > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"{self._location} has schema version {version}, newer than the "
+                    f"{SCHEMA_VERSION} this decision-trace understands; upgrade "
+                    "decision-trace to read it"
+                )
+            if version == SCHEMA_VERSION or self.read_only or not create:
+                if version == 0:
+                    raise StoreError(f"no decision-trace ledger at {self._location}")
+                if version < SCHEMA_VERSION and self.read_only:
+                    raise StoreError(
+                        f"{self._location} has schema version {version}; open it once "
+                        "for writing to migrate it"
+                    )
+                if self.read_only:
+                    return version
+            if version == SCHEMA_VERSION:
+                self._ensure_partitions(conn, partitions_ahead(time.time_ns()))
+                return version
+            with conn.transaction():
+                conn.execute(_LOCK_SQL)
+                version = self._schema_version(conn)  # another process may have done it
+                if version > SCHEMA_VERSION:
+                    raise SchemaVersionError(
+                        f"{self._location} has schema version {version}, newer than the "
+                        f"{SCHEMA_VERSION} this decision-trace understands"
+                    )
+                for number in range(version + 1, SCHEMA_VERSION + 1):
+                    conn.execute(MIGRATIONS[number - 1])
+                    conn.execute(
+                        f"INSERT INTO {VERSION_TABLE} (version) VALUES (%s) ON CONFLICT "
+                        "(singleton) DO UPDATE SET version = excluded.version",
+                        (number,),
+                    )
+            now = time.time_ns()
+            self._ensure_partitions(conn, partitions_ahead(now))
+            return SCHEMA_VERSION
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot open {self._location}: {exc}") from None
+        finally:
+            conn.close()
+
+    def _schema_version(self, conn: psycopg.Connection[Any]) -> int:
+        """The ledger's schema version, 0 when the schema has no ledger; raise if it
+        holds tables named like ours without being one."""
+        found = conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL, to_regclass('events') IS NOT NULL, "
+            "current_schema()",
+            (VERSION_TABLE,),
+        ).fetchone()
+        assert found is not None
+        has_version, has_events, schema = found
+        if schema is None:
+            raise StoreError(
+                f"cannot open {self._location}: no schema of its search_path exists "
+                "(create it first: CREATE SCHEMA ...)"
+            )
+        if not has_version:
+            if has_events:
+                raise StoreError(
+                    f"{self._location} (schema {schema}) has an events table that is not "
+                    "a decision-trace ledger; it was left untouched (give decision-trace a "
+                    "database or schema of its own, e.g. ?options=-csearch_path%3Ddecisions)"
+                )
+            return 0
+        row = conn.execute(f"SELECT version FROM {VERSION_TABLE}").fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def _writer_connection(self) -> psycopg.Connection[Any]:
+        if self._closed:
+            raise StoreError("the ledger is closed")
+        if self.read_only:
+            raise StoreError(f"{self._location} was opened read-only")
+        self._forked()
+        if self._writer is None or self._writer.closed or self._writer.broken:
+            if self._writer is not None:
+                with suppress(psycopg.Error):
+                    self._writer.close()
+            self._writer = self._connect()
+        return self._writer
+
+    def _drop_writer(self) -> None:
+        if self._writer is not None:
+            with suppress(psycopg.Error):
+                self._writer.close()
+        self._writer = None
+
+    def _reader_pool(self) -> ConnectionPool[Any]:
+        if self._closed:
+            raise StoreError("the ledger is closed")
+        self._forked()
+        pool = self._pool
+        if pool is None:
+            with self._pool_lock:
+                pool = self._pool
+                if pool is None:
+                    kwargs: dict[str, Any] = {"autocommit": True}
+                    configure = _read_only_session if self.read_only else None
+                    pool = ConnectionPool(
+                        self._conninfo,
+                        min_size=1,
+                        max_size=self._pool_size,
+                        kwargs=kwargs,
+                        configure=configure,
+                        open=True,
+                        timeout=30.0,
+                        name="decision-trace-readers",
+                    )
+                    self._pool = pool
+        return pool
+
+    @contextmanager
+    def _reading(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection for one read (each statement its own snapshot)."""
+        try:
+            with self._reader_pool().connection() as conn:
+                yield conn
+        except PoolTimeout as exc:
+            raise StoreError(f"cannot read {self._location}: {exc}") from None
+
+    def _read(self, work: Callable[[psycopg.Connection[Any]], Any]) -> Any:
+        """Run ``work`` on a pooled connection; once more on a fresh one if the first
+        turned out to be dropped (a server restart, an idle timeout)."""
+        for attempt in range(2):
+            try:
+                with self._reading() as conn:
+                    return work(conn)
+            except psycopg.OperationalError as exc:
+                if attempt == 0 and (exc.sqlstate is None or exc.sqlstate[:2] in ("08", "57")):
+                    continue
+                raise StoreError(f"query failed on {self._location}: {exc}") from None
+            except psycopg.Error as exc:
+                raise StoreError(f"query failed on {self._location}: {exc}") from None
+        raise AssertionError("unreachable")
+
+    # -- partitions -------------------------------------------------------------------
+
+    def _ensure_partitions(
+        self, conn: psycopg.Connection[Any], wanted: Sequence[Partition] | set[Partition]
+    ) -> None:
+        """Create the partitions in ``wanted`` that do not exist (own transaction)."""
+        missing = [p for p in wanted if p.suffix not in self._partitions]
+        if not missing:
+            return
+        with conn.transaction():
+            conn.execute(_LOCK_SQL)
+            existing = self._existing_suffixes(conn)
+            for partition in missing:
+                if partition.suffix not in existing:
+                    for statement in partition.create_sql():
+                        conn.execute(statement)
+                    existing.add(partition.suffix)
+        self._partitions = existing
+
+    @staticmethod
+    def _existing_suffixes(conn: psycopg.Connection[Any]) -> set[str]:
+        rows = conn.execute(
+            "SELECT c.relname FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'events'::regclass"
+        ).fetchall()
+        return {str(name)[len("events_") :] for (name,) in rows}
+
+    # -- writes -----------------------------------------------------------------------
+
+    @property
+    def location(self) -> str:
+        return self._location
+
+    def write(self, records: Sequence[EventRecord]) -> int:
+        """Store ``records`` in one transaction; return how many were new.
+
+        A record whose (id, start time) is stored already is skipped. A record the
+        server refuses on its own account (malformed JSON, a time out of range, a value
+        too long for an index) is left out and the others are written.
+
+        Raises:
+            RejectedRecordsError: some records cannot be stored because of what they
+                hold; all the others were written.
+            StoreError: nothing was written (the server is unreachable, say).
+        """
+        if not records:
+            return 0
+        with self._write_lock:
+            conn = self._writer_connection()
+            unique: dict[tuple[object, object], EventRecord] = {}
+            for record in records:
+                unique.setdefault((record.id, record.start_ns), record)
+            batch = list(unique.values())
+            try:
+                for attempt in range(2):
+                    try:
+                        self._ensure_partitions(
+                            conn, {partition_of(int(r.start_ns)) for r in batch}
+                        )
+                        return self._write_batch(conn, batch)
+                    except psycopg.errors.CheckViolation as exc:
+                        if exc.sqlstate != _NO_PARTITION or attempt:
+                            raise
+                        self._partitions = set()  # pruned by another process: look again
+            except Exception as exc:
+                if conn.broken or conn.closed or not _about_row(exc):
+                    self._drop_writer()
+                    if isinstance(exc, psycopg.Error):
+                        raise StoreError(f"cannot write to {self._location}: {exc}") from None
+                    raise
+            written, rejected = self._write_each(conn, batch)
+            if rejected:
+                raise RejectedRecordsError(self._location, written, rejected)
+            return written
+
+    @staticmethod
+    def _batch_params(records: Sequence[EventRecord]) -> list[Any]:
+        columns: list[list[Any]] = [[] for _ in _WRITE_COLUMNS]
+        (
+            ids,
+            traces,
+            parents,
+            starts,
+            durations,
+            types,
+            descriptions,
+            actor_types,
+            actor_ids,
+            actor_names,
+            actor_json,
+            reasonings,
+            decisions,
+            objects_json,
+            tags_json,
+            outcomes,
+            errors,
+            metadata,
+            services,
+        ) = columns
+        o_ids: list[str] = []
+        o_starts: list[int] = []
+        o_positions: list[int] = []
+        o_types: list[str | None] = []
+        o_external: list[str | None] = []
+        t_ids: list[str] = []
+        t_starts: list[int] = []
+        t_tags: list[str | None] = []
+        for r in records:
+            ids.append(r.id)
+            traces.append(r.trace_id)
+            parents.append(r.parent_id)
+            starts.append(r.start_ns)
+            durations.append(r.duration_ns)
+            types.append(_text(r.event_type))
+            descriptions.append(_text(r.description))
+            actor_types.append(_text(r.actor_type))
+            actor_ids.append(_text(r.actor_id))
+            actor_names.append(_text(r.actor_name))
+            actor_json.append(_json(r.actor_json))
+            reasonings.append(_text(r.reasoning))
+            decisions.append(_json(r.decision_json))
+            objects_json.append(_json(r.objects_json))
+            tags_json.append(_tags_json(r.tags))
+            outcomes.append(_text(r.outcome))
+            errors.append(_text(r.error))
+            metadata.append(_json(r.metadata_json))
+            services.append(_text(r.service_name))
+            for position, (object_type, external_id) in enumerate(
+                zip(r.object_types, r.object_ids, strict=False)
+            ):
+                o_ids.append(r.id)
+                o_starts.append(r.start_ns)
+                o_positions.append(position)
+                o_types.append(_text(object_type))
+                o_external.append(_text(external_id))
+            if r.tags:
+                for tag in dict.fromkeys(r.tags):
+                    t_ids.append(r.id)
+                    t_starts.append(r.start_ns)
+                    t_tags.append(_text(tag))
+        return [
+            *columns,
+            o_ids,
+            o_starts,
+            o_positions,
+            o_types,
+            o_external,
+            t_ids,
+            t_starts,
+            t_tags,
+        ]
+
+    def _write_batch(self, conn: psycopg.Connection[Any], records: Sequence[EventRecord]) -> int:
+        params = self._batch_params(records)
+        with conn.transaction():
+            row = conn.execute(_INSERT_BATCH, params).fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def _write_each(
+        self, conn: psycopg.Connection[Any], records: Sequence[EventRecord]
+    ) -> tuple[int, list[tuple[str, str]]]:
+        """Write ``records`` one at a time, each in its own savepoint of one transaction,
+        leaving out (and returning) those refused on their own account."""
+        written = 0
+        rejected: list[tuple[str, str]] = []
+        try:
+            with conn.transaction():
+                for record in records:
+                    try:
+                        params = self._batch_params([record])
+                        with conn.transaction():  # a savepoint
+                            row = conn.execute(_INSERT_BATCH, params).fetchone()
+                    except Exception as exc:
+                        if conn.broken or not _about_row(exc):
+                            raise
+                        rejected.append((str(record.id), f"{type(exc).__name__}: {exc}"))
+                        continue
+                    written += int(row[0]) if row is not None else 0
+        except psycopg.Error as exc:
+            self._drop_writer()
+            raise StoreError(f"cannot write to {self._location}: {exc}") from None
+        return written, rejected
+
+    # -- reads ------------------------------------------------------------------------
+
+    def _events(self, conn: psycopg.Connection[Any], rows: list[Any]) -> list[TraceEvent]:
+        if not rows:
+            return []
+        return events_from_rows(rows, self._linked_objects(conn, rows))
+
+    @staticmethod
+    def _linked_objects(
+        conn: psycopg.Connection[Any], rows: list[Any]
+    ) -> dict[int, list[tuple[str, str]]]:
+        objects: dict[int, list[tuple[str, str]]] = {}
+        if not rows:
+            return objects
+        seqs = [row[0] for row in rows]
+        starts = list({row[4] for row in rows})
+        for event_seq, object_type, external_id in conn.execute(
+            "SELECT event_seq, object_type, external_id FROM event_objects "
+            "WHERE event_seq = ANY(%s) AND start_ns = ANY(%s) ORDER BY event_seq, position",
+            (seqs, starts),
+        ):
+            linked = objects.get(event_seq)
+            if linked is None:
+                objects[event_seq] = [(object_type, external_id)]
+            else:
+                linked.append((object_type, external_id))
+        return objects
+
+    def _select(self, sql: str, params: Sequence[Any]) -> list[TraceEvent]:
+        def work(conn: psycopg.Connection[Any]) -> list[TraceEvent]:
+            return self._events(conn, conn.execute(sql, params).fetchall())
+
+        result: list[TraceEvent] = self._read(work)
+        return result
+
+    def _scalar_rows(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        rows: list[Any] = self._read(lambda conn: conn.execute(sql, params).fetchall())
+        return rows
+
+    def query(
+        self,
+        filters: EventFilters,
+        *,
+        limit: int | None = 100,
+        offset: int = 0,
+        order: Order = "desc",
+    ) -> list[TraceEvent]:
+        sql_limit, sql_offset = _check_limit(limit, offset)
+        if order not in ("desc", "asc"):
+            raise InvalidInputError("order", f"must be 'desc' or 'asc', got {order!r}")
+        direction = "DESC" if order == "desc" else "ASC"
+        where, params = _where(filters)
+        sql = (
+            f"{_SELECT}{where} ORDER BY e.start_ns {direction}, e.seq {direction} "
+            "LIMIT %s OFFSET %s"
+        )
+        return self._select(sql, [*params, sql_limit, sql_offset])
+
+    def _paged(
+        self,
+        page: Callable[[tuple[int, int] | None, int], tuple[str, list[Any]]],
+        batch_size: int = 500,
+    ) -> Generator[TraceEvent, None, None]:
+        """The events ``page`` selects, ``batch_size`` at a time, each batch read on a
+        pooled connection that is returned before any event is yielded."""
+        after: tuple[int, int] | None = None
+        while True:
+            sql, params = page(after, batch_size)
+
+            def work(conn: psycopg.Connection[Any]) -> tuple[list[Any], list[TraceEvent]]:
+                rows = conn.execute(sql, params).fetchall()  # noqa: B023
+                return rows, self._events(conn, rows)
+
+            rows, events = self._read(work)
+            if not rows:
+                return
+            last = rows[-1]
+            after = (int(last[4]), int(last[0]))
+            yield from events
+
+    def iter_events(
+        self, filters: EventFilters, *, order: Order = "asc"
+    ) -> Generator[TraceEvent, None, None]:
+        if order not in ("desc", "asc"):
+            raise InvalidInputError("order", f"must be 'desc' or 'asc', got {order!r}")
+        direction = "DESC" if order == "desc" else "ASC"
+        op = "<" if order == "desc" else ">"
+        where, params = _where(filters)
+        joiner = " AND " if where else " WHERE "
+        order_by = f" ORDER BY e.start_ns {direction}, e.seq {direction} LIMIT %s"
+
+        def page(after: tuple[int, int] | None, size: int) -> tuple[str, list[Any]]:
+            if after is None:
+                return _SELECT + where + order_by, [*params, size]
+            return (
+                f"{_SELECT}{where}{joiner}(e.start_ns, e.seq) {op} (%s, %s){order_by}",
+                [*params, after[0], after[1], size],
+            )
+
+        return self._paged(page)
+
+    def iter_records(
+        self, *, after: int = 0, batch_size: int = 500
+    ) -> Generator[tuple[int, EventRecord], None, None]:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidInputError("batch_size", f"must be a positive integer, got {batch_size!r}")
+        last = int(after)
+        while True:
+
+            def work(conn: psycopg.Connection[Any]) -> tuple[list[Any], list[EventRecord]]:
+                rows = conn.execute(
+                    f"{_SELECT} WHERE e.seq > %s ORDER BY e.seq LIMIT %s",
+                    (last, batch_size),  # noqa: B023
+                ).fetchall()
+                return rows, records_from_rows(rows, self._linked_objects(conn, rows))
+
+            rows, records = self._read(work)
+            if not rows:
+                return
+            for row, record in zip(rows, records, strict=True):
+                yield int(row[0]), record
+            last = int(rows[-1][0])
+
+    def count(self, filters: EventFilters) -> int:
+        where, params = _where(filters)
+        return int(self._scalar_rows(f"SELECT count(*) FROM events AS e{where}", params)[0][0])
+
+    def search(self, text: str, *, limit: int | None = 50) -> list[TraceEvent]:
+        sql_limit = _check_limit(limit)[0]
+        words = _search_text(text)
+        if words is None:
+            return []
+        return self._select(
+            f"{_SELECT} WHERE e.search @@ plainto_tsquery('simple', %s) "
+            "ORDER BY e.seq DESC LIMIT %s",
+            [words, sql_limit],
+        )
+
+    def iter_search(self, text: str) -> Generator[TraceEvent, None, None]:
+        words = _search_text(text)
+
+        def page(after: tuple[int, int] | None, size: int) -> tuple[str, list[Any]]:
+            return (
+                f"{_SELECT} WHERE e.search @@ plainto_tsquery('simple', %s) AND e.seq < %s "
+                "ORDER BY e.seq DESC LIMIT %s",
+                [words, _MAX_INT64 if after is None else after[1], size],
+            )
+
+        if words is None:
+            return _nothing()
+        return self._paged(page)
+
+    def get_event(self, event_id: str) -> TraceEvent | None:
+        if not isinstance(event_id, str):
+            raise InvalidInputError("event_id", f"must be a string, got {type(event_id).__name__}")
+        wanted = _text(clean_text(event_id.lower()))
+        events = self._select(f"{_SELECT} WHERE e.id = %s ORDER BY e.seq LIMIT 1", [wanted])
+        return events[0] if events else None
+
+    def event_ids_with_prefix(self, prefix: str, *, limit: int | None = 10) -> list[str]:
+        if not isinstance(prefix, str):
+            raise InvalidInputError("prefix", f"must be a string, got {type(prefix).__name__}")
+        wanted = prefix.strip().lower()
+        if not re.fullmatch(r"[0-9a-f]+", wanted):
+            raise InvalidInputError("prefix", f"must be hex characters, got {prefix!r}")
+        above = wanted[:-1] + chr(ord(wanted[-1]) + 1)
+        rows = self._scalar_rows(
+            "SELECT DISTINCT id FROM events WHERE id >= %s AND id < %s ORDER BY id LIMIT %s",
+            [wanted, above, _check_limit(limit)[0]],
+        )
+        return [str(row[0]) for row in rows]
+
+    def object_types_of(self, external_id: str) -> list[ObjectType]:
+        if not isinstance(external_id, str) or not external_id:
+            raise InvalidInputError("external_id", "must be a non-empty string")
+        params: list[Any] = []
+        condition = _in("external_id", [clean_text(external_id)], params, keyed=True)
+        rows = self._scalar_rows(
+            f"SELECT DISTINCT object_type FROM event_objects WHERE {condition}", params
+        )
+        found: set[ObjectType] = set()
+        for (value,) in rows:
+            try:
+                found.add(ObjectType.parse(str(value), "object_type"))
+            except InvalidInputError:
+                found.add(ObjectType.OTHER)
+        return [kind for kind in ObjectType if kind in found]
+
+    def trace_id_of(self, event_id: str) -> str | None:
+        rows = self._scalar_rows(
+            "SELECT trace_id FROM events WHERE id = %s ORDER BY seq LIMIT 1", [_text(event_id)]
+        )
+        return str(rows[0][0]) if rows else None
+
+    def get_chain(self, event_id: str) -> ChainNode:
+        if not isinstance(event_id, str):
+            raise InvalidInputError("event_id", f"must be a string, got {type(event_id).__name__}")
+        wanted = clean_text(event_id.lower())
+        events = self._select(
+            f"{_SELECT} WHERE e.trace_id = (SELECT trace_id FROM events WHERE id = %s "
+            "ORDER BY seq LIMIT 1) ORDER BY e.start_ns, e.seq",
+            [_text(wanted)],
+        )
+        chain = build_chain(events, wanted)
+        if chain is None:
+            raise EventNotFoundError(event_id)
+        return chain
+
+    def object_history(
+        self,
+        external_id: str,
+        object_type: ObjectType | str | None = None,
+        *,
+        limit: int | None = None,
+    ) -> list[TraceEvent]:
+        sql_limit = _check_limit(limit)[0]
+        params: list[Any] = []
+        linked = _object_links(external_id, object_type, params)
+        return self._select(
+            f"{_SELECT} JOIN ({linked}) AS h ON h.event_seq = e.seq AND h.start_ns = e.start_ns "
+            "ORDER BY e.start_ns, e.seq LIMIT %s",
+            [*params, sql_limit],
+        )
+
+    def iter_object_history(
+        self, external_id: str, object_type: ObjectType | str | None = None
+    ) -> Generator[TraceEvent, None, None]:
+        params: list[Any] = []
+        linked = _object_links(external_id, object_type, params)
+
+        def page(after: tuple[int, int] | None, size: int) -> tuple[str, list[Any]]:
+            args = list(params)
+            keyset = ""
+            if after is not None:
+                keyset = " WHERE (e.start_ns, e.seq) > (%s, %s)"
+                args += [after[0], after[1]]
+            return (
+                f"{_SELECT} JOIN ({linked}) AS h ON h.event_seq = e.seq "
+                f"AND h.start_ns = e.start_ns{keyset} ORDER BY e.start_ns, e.seq LIMIT %s",
+                [*args, size],
+            )
+
+        return self._paged(page)
+
+    def count_object_history(
+        self, external_id: str, object_type: ObjectType | str | None = None
+    ) -> int:
+        params: list[Any] = []
+        linked = _object_links(external_id, object_type, params)
+        return int(self._scalar_rows(f"SELECT count(*) FROM ({linked}) AS h", params)[0][0])
+
+    def summary(self, *, days: int | None = None) -> LedgerSummary:
+        sql_days = _check_limit(days)[0]
+
+        def grouped(conn: psycopg.Connection[Any], column: str) -> list[Any]:
+            return conn.execute(
+                f"SELECT {column}, count(*) AS n FROM events GROUP BY {column} "
+                f"ORDER BY n DESC, {column} NULLS FIRST"
+            ).fetchall()
+
+        def work(conn: psycopg.Connection[Any]) -> LedgerSummary:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                row = conn.execute(
+                    "SELECT count(*), min(start_ns), max(start_ns) FROM events"
+                ).fetchone()
+                assert row is not None
+                total, first_ns, last_ns = row
+                counts = conn.execute(
+                    "SELECT count(*), (SELECT count(*) FROM (SELECT DISTINCT object_type, "
+                    "external_id FROM event_objects) AS d) FROM event_objects"
+                ).fetchone()
+                assert counts is not None
+                by_day = conn.execute(
+                    "SELECT to_char(to_timestamp(start_ns / 1000000000) AT TIME ZONE 'UTC', "
+                    "'YYYY-MM-DD') COLLATE \"C\" AS day, count(*) FROM events "
+                    "GROUP BY day ORDER BY day DESC LIMIT %s",
+                    (sql_days,),
+                ).fetchall()
+                version = conn.execute(f"SELECT version FROM {VERSION_TABLE}").fetchone()
+                return LedgerSummary(
+                    events=int(total),
+                    objects=int(counts[0]),
+                    distinct_objects=int(counts[1]),
+                    first=datetime_from_ns(first_ns) if first_ns is not None else None,
+                    last=datetime_from_ns(last_ns) if last_ns is not None else None,
+                    by_event_type=tuple((str(t), int(n)) for t, n in grouped(conn, "event_type")),
+                    by_actor_type=tuple(
+                        (str(t) if t is not None else None, int(n))
+                        for t, n in grouped(conn, "actor_type")
+                    ),
+                    by_outcome=tuple((str(o), int(n)) for o, n in grouped(conn, "outcome")),
+                    by_day=tuple((str(d), int(n)) for d, n in by_day),
+                    schema_version=int(version[0]) if version is not None else 0,
+                )
+
+        summary: LedgerSummary = self._read(work)
+        return summary
+
+    # -- retention and maintenance ----------------------------------------------------
+
+    def prune(self, older_than_ns: int, *, dry_run: bool = False) -> PruneReport:
+        """Delete events that started before ``older_than_ns`` (with their objects and
+        tags); with ``dry_run``, only count them.
+
+        Partitions that lie wholly before the cut-off are dropped (their space goes back
+        to the operating system at once); only the partition the cut-off falls in is
+        deleted from row by row.
+        """
+        cutoff = int(older_than_ns)
+        with self._write_lock:
+            conn = self._writer_connection()
+            try:
+                with conn.transaction():
+                    conn.execute(_LOCK_SQL)
+                    counts = {table: 0 for table in TABLES}
+                    dropped: list[Partition] = []
+                    for suffix in sorted(self._existing_suffixes(conn)):
+                        partition = partition_named(suffix)
+                        if partition is None:
+                            continue  # not one of ours: never touched
+                        if partition.covered_by(cutoff):
+                            for table in TABLES:
+                                row = conn.execute(
+                                    _sql.SQL("SELECT count(*) FROM {}").format(
+                                        _sql.Identifier(partition.name(table))
+                                    )
+                                ).fetchone()
+                                counts[table] += int(row[0]) if row is not None else 0
+                            dropped.append(partition)
+                        elif partition.low is None or partition.low < cutoff:
+                            for table in TABLES:
+                                name = _sql.Identifier(partition.name(table))
+                                statement = (
+                                    "SELECT count(*) FROM {} WHERE start_ns < %s"
+                                    if dry_run
+                                    else "WITH gone AS (DELETE FROM {} WHERE start_ns < %s "
+                                    "RETURNING 1) SELECT count(*) FROM gone"
+                                )
+                                row = conn.execute(
+                                    _sql.SQL(statement).format(name), (cutoff,)
+                                ).fetchone()
+                                counts[table] += int(row[0]) if row is not None else 0
+                    if not dry_run:
+                        for partition in dropped:
+                            for table in reversed(TABLES):
+                                conn.execute(
+                                    _sql.SQL("DROP TABLE {}").format(
+                                        _sql.Identifier(partition.name(table))
+                                    )
+                                )
+                            self._partitions.discard(partition.suffix)
+            except psycopg.Error as exc:
+                self._drop_writer()
+                raise StoreError(f"cannot prune {self._location}: {exc}") from None
+        return PruneReport(
+            events=counts["events"], objects=counts["event_objects"], tags=counts["event_tags"]
+        )
+
+    def size_bytes(self) -> tuple[int, int]:
+        rows = self._scalar_rows(
+            "SELECT coalesce(sum(pg_total_relation_size(i.inhrelid)), 0) FROM pg_inherits AS i "
+            "WHERE i.inhparent = ANY(ARRAY['events'::regclass, 'event_objects'::regclass, "
+            "'event_tags'::regclass])",
+            [],
+        )
+        return int(rows[0][0]), 0
+
+    def confirm_writes(self) -> bool:
+        return True
+
+    def check(self) -> list[str]:
+        """The schema version and the partitions' consistency: every range has its
+        partition in all three tables, each with the bounds its name says."""
+
+        def work(conn: psycopg.Connection[Any]) -> list[str]:
+            problems: list[str] = []
+            version = self._schema_version(conn)
+            if version != SCHEMA_VERSION:
+                problems.append(f"schema version {version}, expected {SCHEMA_VERSION}")
+                return problems
+            rows = conn.execute(
+                "SELECT p.relname, c.relname, pg_get_expr(c.relpartbound, c.oid) "
+                "FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid "
+                "JOIN pg_class AS p ON p.oid = i.inhparent "
+                "WHERE i.inhparent = ANY(ARRAY['events'::regclass, "
+                "'event_objects'::regclass, 'event_tags'::regclass])"
+            ).fetchall()
+            by_table: dict[str, set[str]] = {table: set() for table in TABLES}
+            for parent, child, bound in rows:
+                suffix = str(child)[len(str(parent)) + 1 :]
+                partition = partition_named(suffix)
+                by_table[str(parent)].add(suffix)
+                if partition is None:
+                    problems.append(f"partition {child} is not one decision-trace made")
+                    continue
+                low = "MINVALUE" if partition.low is None else f"'{partition.low}'"
+                high = "MAXVALUE" if partition.high is None else f"'{partition.high}'"
+                expected = f"FOR VALUES FROM ({low}) TO ({high})"
+                if str(bound) != expected:
+                    problems.append(f"partition {child} has bounds {bound}, expected {expected}")
+            every = set().union(*by_table.values())
+            for table, suffixes in by_table.items():
+                for suffix in sorted(every - suffixes):
+                    problems.append(f"partition {table}_{suffix} is missing")
+            return problems
+
+        found: list[str] = self._read(work)
+        return found
+
+    def compact(self) -> bool:
+        """``VACUUM`` the three tables: dead rows of pruned events give their space back
+        to the tables (dropped partitions gave theirs back at once)."""
+        if self.read_only:
+            raise StoreError(f"{self._location} was opened read-only")
+        try:
+            conn = self._connect(autocommit=True)
+        except StoreError:
+            raise
+        try:
+            for table in TABLES:
+                conn.execute(_sql.SQL("VACUUM {}").format(_sql.Identifier(table)))
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot compact {self._location}: {exc}") from None
+        finally:
+            conn.close()
+        return True
+
+    def close(self) -> None:
+        """Close the writer connection and the read pool. Idempotent."""
+        self._closed = True
+        if self._pid != os.getpid():
+            return  # a forked child: the connections are the parent's
+        with self._write_lock:
+            self._drop_writer()
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            with suppress(Exception):
+                pool.close(timeout=5.0)
+
+    def __repr__(self) -> str:
+        return f"PostgresLedger({self._location!r})"
+
+
+def _nothing() -> Generator[TraceEvent, None, None]:
+    yield from ()
+
+
+def _read_only_session(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("SET default_transaction_read_only = on")
+
+
+def _tags_json(tags: Sequence[str]) -> str | None:
+    if not tags:
+        return None
+    return json.dumps([_text(tag) for tag in tags], ensure_ascii=True, separators=(",", ":"))
