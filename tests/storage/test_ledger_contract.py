@@ -340,3 +340,94 @@ def test_open_ledger_refuses_what_it_cannot_open(tmp_path: Path) -> None:
         open_ledger(tmp_path / "missing.db", create=False)
     with pytest.raises(StoreError, match="ftp://"):
         open_ledger("ftp://example.com/ledger")
+
+
+# -- the edges every backend must hold the same way ---------------------------------------
+
+
+def test_a_span_repeated_inside_one_batch_is_stored_once(
+    ledger: Ledger, recorded: Recorded
+) -> None:
+    first = recorded.records[0]
+    assert ledger.write([first, first, recorded.records[1], first]) == 2
+    assert ledger.count(EventFilters()) == 2
+    assert ids_of(ledger.object_history("ord-1")) == [first.id, recorded.records[1].id]
+    assert ledger.count(EventFilters.build(tags="web")) == 1
+
+
+def test_long_values_are_stored_and_found(ledger: Ledger, recorded: Recorded) -> None:
+    # Longer than one btree index entry can hold (PostgreSQL: about 2.7 kB).
+    big = "x" * 5_000
+    record = replace(
+        recorded.records[0],
+        event_type=big + ".type",
+        actor_id=big + "-actor",
+        object_types=("order",),
+        object_ids=(big + "-order",),
+        objects_json=None,
+        tags=(big + "-tag",),
+    )
+    twin = replace(record, id="e" * 16, event_type=big + ".other", actor_id=big + "-other")
+    assert ledger.write([record, twin]) == 2
+    assert ids_of(ledger.query(EventFilters.build(event_types=big + ".type"))) == [record.id]
+    assert ids_of(ledger.query(EventFilters.build(actor_ids=big + "-actor"))) == [record.id]
+    assert ledger.count(EventFilters.build(tags=big + "-tag")) == 2
+    assert ledger.count(EventFilters.build(object_ids=big + "-order")) == 2
+    assert ledger.count_object_history(big + "-order", "order") == 2
+    assert ledger.object_types_of(big + "-order") == [ObjectType.ORDER]
+
+
+def test_times_at_both_ends_of_the_range(ledger: Ledger, recorded: Recorded) -> None:
+    from decision_trace.record import MAX_NS, MIN_NS
+
+    base = recorded.records[0]
+    times = {"a": MIN_NS, "b": 0, "c": 946_684_799_999_999_999, "d": 4_102_444_800_000_000_000}
+    times["e"] = MAX_NS
+    records = [
+        replace(base, id=name * 16, start_ns=ns, object_types=(), object_ids=(), tags=())
+        for name, ns in times.items()
+    ]
+    assert ledger.write(records) == 5
+    assert ids_of(ledger.query(EventFilters(), order="asc")) == [r.id for r in records]
+    assert ids_of(ledger.query(EventFilters(start_ns=1, end_ns=MAX_NS))) == ["d" * 16, "c" * 16]
+    assert ledger.prune(946_684_800_000_000_000, dry_run=True).events == 3
+    assert ledger.prune(946_684_800_000_000_000).events == 3
+    assert ids_of(ledger.query(EventFilters())) == ["e" * 16, "d" * 16]
+    # The range before 2000 takes events again after it was pruned.
+    assert ledger.write(records[:1]) == 1
+    assert ledger.check() == []
+
+
+def test_an_unstorable_record_costs_only_itself(ledger: Ledger, recorded: Recorded) -> None:
+    from decision_trace.errors import RejectedRecordsError
+
+    bad = replace(recorded.records[0], decision_json='{"context": [unclosed')
+    with pytest.raises(RejectedRecordsError) as caught:
+        ledger.write([bad, *recorded.records[1:]])
+    assert caught.value.written == 4
+    assert caught.value.rejected == (bad.id,)
+    assert ledger.count(EventFilters()) == 4
+    assert ledger.get_event(bad.id) is None
+
+
+def test_nul_in_text_is_stored_or_coerced_as_documented(
+    ledger: Ledger, recorded: Recorded, request: pytest.FixtureRequest
+) -> None:
+    record = replace(
+        recorded.records[0],
+        description="before\x00after",
+        reasoning="why\x00not",
+        decision_json='{"context":{"k":"v\\u0000w"}}',
+        tags=("t\x00g",),
+    )
+    assert ledger.write([record]) == 1
+    event = ledger.get_event(record.id)
+    assert event is not None and event.decision is not None
+    # SQLite keeps U+0000; PostgreSQL text cannot hold it and stores U+FFFD
+    # (docs/postgres.md), and looks filters up the same way.
+    nul = "\x00" if request.node.callspec.params["ledger"] == "sqlite" else "\ufffd"
+    assert event.description == f"before{nul}after"
+    assert event.decision.reasoning == f"why{nul}not"
+    assert event.decision.context == {"k": f"v{nul}w"}
+    assert event.tags == (f"t{nul}g",)
+    assert ledger.count(EventFilters.build(tags="t\x00g")) == 1

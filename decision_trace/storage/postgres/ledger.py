@@ -67,9 +67,29 @@ _INHERITED: list[object] = []
 one would end the parent's session on the shared socket), only kept from the GC."""
 
 _MAX_INT64 = 2**63 - 1
-_LOCK_SQL = (
-    "SELECT pg_advisory_xact_lock(hashtextextended('decision-trace:' || current_schema(), 0))"
-)
+_LOCK_KEY = "hashtextextended('decision-trace:' || current_schema(), 0)"
+
+
+@contextmanager
+def _locked(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """One transaction under the schema's advisory lock (migrations, partitions, prune).
+
+    The lock is a session lock taken in a transaction of its own: the work then starts a
+    new transaction, which sees every catalog change committed by the lock's previous
+    holder (a transaction-level advisory lock taken first thing in the same transaction
+    does not, and ``CREATE TABLE`` would find the table it was about to create).
+    """
+    conn.execute(f"SELECT pg_advisory_lock({_LOCK_KEY})")
+    conn.commit()
+    try:
+        with conn.transaction():
+            yield
+    finally:
+        if not conn.closed and not conn.broken:
+            conn.rollback()
+            conn.execute(f"SELECT pg_advisory_unlock({_LOCK_KEY})")
+            conn.commit()
+
 
 _JSON_COLUMNS = frozenset(
     {"actor_json", "decision_json", "objects_json", "tags_json", "metadata_json"}
@@ -129,6 +149,15 @@ def _about_row(exc: BaseException) -> bool:
             return isinstance(exc, (psycopg.DataError, psycopg.ProgrammingError))
         return state[:2] in _ROW_CLASSES
     return isinstance(exc, (UnicodeError, ValueError, OverflowError, TypeError))
+
+
+class _Reconnect(Exception):
+    """The writer's connection was lost: open a new one and try again."""
+
+
+def _connection_lost(exc: psycopg.Error) -> bool:
+    """Whether ``exc`` means the connection is gone (not a refused statement)."""
+    return exc.sqlstate is None or exc.sqlstate[:2] in ("08", "57")
 
 
 def _text(value: str | None) -> str | None:
@@ -366,8 +395,7 @@ class PostgresLedger:
             if version == SCHEMA_VERSION:
                 self._ensure_partitions(conn, partitions_ahead(time.time_ns()))
                 return version
-            with conn.transaction():
-                conn.execute(_LOCK_SQL)
+            with _locked(conn):
                 version = self._schema_version(conn)  # another process may have done it
                 if version > SCHEMA_VERSION:
                     raise SchemaVersionError(
@@ -475,7 +503,11 @@ class PostgresLedger:
                 with self._reading() as conn:
                     return work(conn)
             except psycopg.OperationalError as exc:
-                if attempt == 0 and (exc.sqlstate is None or exc.sqlstate[:2] in ("08", "57")):
+                if attempt == 0 and _connection_lost(exc):
+                    # The others idle in the pool were most likely dropped too (a server
+                    # restart): let the pool test them and replace the dead ones first.
+                    with suppress(Exception):
+                        self._reader_pool().check()
                     continue
                 raise StoreError(f"query failed on {self._location}: {exc}") from None
             except psycopg.Error as exc:
@@ -491,8 +523,7 @@ class PostgresLedger:
         missing = [p for p in wanted if p.suffix not in self._partitions]
         if not missing:
             return
-        with conn.transaction():
-            conn.execute(_LOCK_SQL)
+        with _locked(conn):
             existing = self._existing_suffixes(conn)
             for partition in missing:
                 if partition.suffix not in existing:
@@ -529,33 +560,45 @@ class PostgresLedger:
         """
         if not records:
             return 0
+        unique: dict[tuple[object, object], EventRecord] = {}
+        for record in records:
+            unique.setdefault((record.id, record.start_ns), record)
+        batch = list(unique.values())
         with self._write_lock:
-            conn = self._writer_connection()
-            unique: dict[tuple[object, object], EventRecord] = {}
-            for record in records:
-                unique.setdefault((record.id, record.start_ns), record)
-            batch = list(unique.values())
-            try:
-                for attempt in range(2):
-                    try:
-                        self._ensure_partitions(
-                            conn, {partition_of(int(r.start_ns)) for r in batch}
-                        )
-                        return self._write_batch(conn, batch)
-                    except psycopg.errors.CheckViolation as exc:
-                        if exc.sqlstate != _NO_PARTITION or attempt:
-                            raise
-                        self._partitions = set()  # pruned by another process: look again
-            except Exception as exc:
-                if conn.broken or conn.closed or not _about_row(exc):
-                    self._drop_writer()
-                    if isinstance(exc, psycopg.Error):
+            for attempt in range(2):
+                conn = self._writer_connection()
+                try:
+                    return self._write_or_reject(conn, batch)
+                except _Reconnect as exc:
+                    # The connection was dropped (a server restart, an idle timeout):
+                    # once more on a new one; idempotent, so a commit in doubt is harmless.
+                    if attempt:
                         raise StoreError(f"cannot write to {self._location}: {exc}") from None
-                    raise
-            written, rejected = self._write_each(conn, batch)
-            if rejected:
-                raise RejectedRecordsError(self._location, written, rejected)
-            return written
+        raise AssertionError("unreachable")
+
+    def _write_or_reject(self, conn: psycopg.Connection[Any], batch: list[EventRecord]) -> int:
+        try:
+            for attempt in range(2):
+                try:
+                    wanted = {partition_of(int(r.start_ns)) for r in batch}
+                    self._ensure_partitions(conn, wanted)
+                    return self._write_batch(conn, batch)
+                except psycopg.errors.CheckViolation as exc:
+                    if exc.sqlstate != _NO_PARTITION or attempt:
+                        raise
+                    self._partitions = set()  # pruned by another process: look again
+        except Exception as exc:
+            if conn.broken or conn.closed or not _about_row(exc):
+                self._drop_writer()
+                if isinstance(exc, psycopg.OperationalError) and _connection_lost(exc):
+                    raise _Reconnect(str(exc)) from None
+                if isinstance(exc, psycopg.Error):
+                    raise StoreError(f"cannot write to {self._location}: {exc}") from None
+                raise
+        written, rejected = self._write_each(conn, batch)
+        if rejected:
+            raise RejectedRecordsError(self._location, written, rejected)
+        return written
 
     @staticmethod
     def _batch_params(records: Sequence[EventRecord]) -> list[Any]:
@@ -978,8 +1021,7 @@ class PostgresLedger:
         with self._write_lock:
             conn = self._writer_connection()
             try:
-                with conn.transaction():
-                    conn.execute(_LOCK_SQL)
+                with _locked(conn):
                     counts = {table: 0 for table in TABLES}
                     dropped: list[Partition] = []
                     for suffix in sorted(self._existing_suffixes(conn)):
