@@ -27,23 +27,8 @@ from decision_trace.storage import EventFilters, Ledger, open_ledger
 @pytest.fixture(params=["sqlite", "postgres"])
 def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
     """An empty ledger of each backend."""
-    if request.param == "postgres":
-        import uuid
-
-        import psycopg
-
-        schema = "dt_" + uuid.uuid4().hex[:12]
-        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as c:
-            c.execute(f"CREATE SCHEMA {schema}")
-        opened = open_ledger(
-            f"postgresql://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
-        )
-        yield opened
-        opened.close()
-        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as c:
-            c.execute(f"DROP SCHEMA {schema} CASCADE")
-        return
-    opened = open_ledger(tmp_path / "contract.db")
+    target = request.getfixturevalue("pg_url") if request.param == "postgres" else None
+    opened = open_ledger(target or tmp_path / "contract.db")
     yield opened
     opened.close()
 

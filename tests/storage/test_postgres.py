@@ -7,8 +7,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 
 import psycopg
@@ -22,18 +20,11 @@ from decision_trace.storage import EventFilters, open_ledger
 from decision_trace.storage.postgres import PostgresLedger
 from decision_trace.storage.postgres.schema import partition_of, partitions_ahead
 
-SERVER = "postgresql://postgres@127.0.0.1:5432/test"
-
 
 @pytest.fixture
-def schema_url() -> Iterator[str]:
+def schema_url(pg_url: str) -> str:
     """A URL whose search_path is a new, empty schema (dropped afterwards)."""
-    schema = "dt_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(SERVER, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    yield f"{SERVER}?options=-csearch_path%3D{schema}"
-    with psycopg.connect(SERVER, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    return pg_url
 
 
 def _admin(url: str) -> psycopg.Connection:  # type: ignore[type-arg]
