@@ -153,6 +153,8 @@ SELECT count(*) FROM ins
 # and program limits (54: a value too big for an index entry).
 _ROW_CLASSES = ("22", "23", "54")
 _NO_PARTITION = "23514"  # check_violation: "no partition of relation ... found for row"
+_READ_WAIT_S = 10.0
+"""How long a read waits for a pooled connection (the server down: then StoreError)."""
 _TRANSIENT_RETRIES = 8
 """Times a batch aborted by a deadlock with another writer is tried again."""
 
@@ -504,7 +506,7 @@ class PostgresLedger:
                         kwargs=kwargs,
                         configure=configure,
                         open=True,
-                        timeout=30.0,
+                        timeout=_READ_WAIT_S,
                         name="decision-trace-readers",
                     )
                     self._pool = pool
