@@ -34,3 +34,23 @@ def test_the_recording_api_is_still_one_import_away() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "True"
+
+
+def test_a_sqlite_ledger_never_imports_psycopg(tmp_path: object) -> None:
+    code = (
+        "import sys\n"
+        "from decision_trace import DecisionTraceClient\n"
+        "from decision_trace.storage import open_ledger, EventFilters\n"
+        f"client = DecisionTraceClient(db_path={str(tmp_path) + '/t.db'!r})\n"
+        "client.trace('order.refunded', 'Refund').by_user('u').record()\n"
+        "client.close()\n"
+        f"ledger = open_ledger({str(tmp_path) + '/t.db'!r}, read_only=True)\n"
+        "assert ledger.count(EventFilters()) == 1\n"
+        "import decision_trace.cli\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('psycopg', 'psycopg_pool')))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
