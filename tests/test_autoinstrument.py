@@ -3,7 +3,8 @@
 ``OTEL_TRACES_EXPORTER=otlp,decision_trace opentelemetry-instrument python app.py`` must
 store an existing application's spans, so the request that led to a decision shows in
 ``get_chain``. Checked the way the SDK's auto-configuration loads exporters, and with a
-real ``opentelemetry-instrument`` run of a small stdlib HTTP app.
+real ``opentelemetry-instrument`` run of a small stdlib HTTP app. On every backend:
+``$DECISION_TRACE_DB`` holds the ledger's path or URL.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from contextlib import closing
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -25,6 +27,9 @@ from otlp_receiver import Received, Receiver, http_server, serve
 
 from decision_trace import ActorType, DecisionTraceClient
 from decision_trace.exporters import SQLiteSpanExporter
+from decision_trace.storage import open_ledger
+
+pytestmark = pytest.mark.usefixtures("ledger_target")
 
 INSTRUMENT = Path(sys.executable).with_name("opentelemetry-instrument")
 
@@ -53,16 +58,20 @@ def _spans_from_an_app(exporter: SpanExporter) -> dict[str, str]:
 
 
 def test_entry_point_loads_as_auto_configuration_loads_it(
-    db_path: Path, monkeypatch: pytest.MonkeyPatch
+    ledger_target: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("DECISION_TRACE_DB", str(db_path))
+    monkeypatch.setenv("DECISION_TRACE_DB", ledger_target)
     # What opentelemetry.sdk._configuration does for OTEL_TRACES_EXPORTER=decision_trace:
     (entry_point,) = entry_points(group="opentelemetry_traces_exporter", name="decision_trace")
     exporter_class = entry_point.load()
     assert exporter_class is SQLiteSpanExporter
     exporter = exporter_class()
     ids = _spans_from_an_app(exporter)  # shuts the exporter down with its provider
-    assert db_path.exists()
+    # The exporter wrote to the ledger $DECISION_TRACE_DB names (a URL not mangled into
+    # a file path), ...
+    with closing(open_ledger(ledger_target, create=False, read_only=True)) as named:
+        assert named.get_event(ids["POST /refunds"]) is not None
+    # ... and a client opened with no path reads it from there too.
     with DecisionTraceClient() as client:  # same $DECISION_TRACE_DB
         request = client.get_event(ids["POST /refunds"])
         assert request is not None
@@ -91,8 +100,8 @@ def test_sdk_auto_configuration_helper_finds_the_exporter() -> None:
     assert traces == {"decision_trace": SQLiteSpanExporter}
 
 
-def test_exporter_contract_after_shutdown(db_path: Path) -> None:
-    exporter = SQLiteSpanExporter(db_path)
+def test_exporter_contract_after_shutdown(ledger_target: str) -> None:
+    exporter = SQLiteSpanExporter(ledger_target)
     exporter.shutdown()
     exporter.shutdown()  # twice is fine
     provider = TracerProvider(shutdown_on_exit=False)
@@ -162,7 +171,7 @@ _APP = textwrap.dedent(
 
 @pytest.mark.parametrize("with_otlp", [False, True], ids=["decision_trace", "otlp+decision_trace"])
 def test_opentelemetry_instrument_run_stores_the_request_behind_a_decision(
-    tmp_path: Path, db_path: Path, with_otlp: bool
+    tmp_path: Path, ledger_target: str, with_otlp: bool
 ) -> None:
     assert INSTRUMENT.exists(), "install the test extra: pip install -e '.[test]'"
     script = tmp_path / "app.py"
@@ -170,7 +179,7 @@ def test_opentelemetry_instrument_run_stores_the_request_behind_a_decision(
     result_file = tmp_path / "result.json"
     env = {
         **os.environ,
-        "DECISION_TRACE_DB": str(db_path),
+        "DECISION_TRACE_DB": ledger_target,
         "OTEL_SERVICE_NAME": "shop-web",
         "OTEL_TRACES_EXPORTER": "console,decision_trace",
         "OTEL_METRICS_EXPORTER": "none",
@@ -197,7 +206,7 @@ def test_opentelemetry_instrument_run_stores_the_request_behind_a_decision(
     if not with_otlp:
         assert "POST /refunds" in done.stdout  # the console exporter ran too
 
-    with DecisionTraceClient(db_path=db_path) as client:
+    with DecisionTraceClient(db_path=ledger_target) as client:
         decision = client.get_event(result["event_id"])
         assert decision is not None
         assert decision.parent_event_id == result["request_id"]

@@ -1,4 +1,4 @@
-"""The fluent builder and span(): what is recorded is what was said."""
+"""The fluent builder and span(): what is recorded is what was said, on every backend."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from decision_trace import (
     Outcome,
     RiskLevel,
 )
+
+pytestmark = pytest.mark.usefixtures("ledger_target")
 
 
 def test_record_returns_span_id_and_stores_everything(client: DecisionTraceClient) -> None:

@@ -1,70 +1,72 @@
-"""Client lifecycle: durability modes, flush, close, context manager, exit paths."""
+"""Client lifecycle: durability modes, flush, close, context manager, exit paths, on
+every backend."""
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
 from decision_trace import DecisionTraceClient, InvalidInputError
+from decision_trace.storage import EventFilters, open_ledger
+
+pytestmark = pytest.mark.usefixtures("ledger_target")
 
 
-def count_rows(db_path: Path) -> int:
-    conn = sqlite3.connect(db_path)
+def count_rows(ledger_target: str) -> int:
+    """How many events a separate reader (its own connection) finds committed."""
+    ledger = open_ledger(ledger_target, create=False, read_only=True)
     try:
-        return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+        return ledger.count(EventFilters.build())
     finally:
-        conn.close()
+        ledger.close()
 
 
 def test_sync_record_is_committed_when_it_returns(
-    make_client: Callable[..., DecisionTraceClient], db_path: Path
+    make_client: Callable[..., DecisionTraceClient], ledger_target: str
 ) -> None:
     client = make_client(durability="sync")
     client.trace("t").record()
-    assert count_rows(db_path) == 1
+    assert count_rows(ledger_target) == 1
 
 
 def test_batch_flush_and_stats(
-    make_client: Callable[..., DecisionTraceClient], db_path: Path
+    make_client: Callable[..., DecisionTraceClient], ledger_target: str
 ) -> None:
     client = make_client(durability="batch")
     for _ in range(100):
         client.trace("t").record()
     assert client.flush() is True
-    assert count_rows(db_path) == 100
+    assert count_rows(ledger_target) == 100
     stats = client.stats()
     assert (stats.recorded, stats.written, stats.failed, stats.queued) == (100, 100, 0, 0)
 
 
-def test_close_is_idempotent_and_context_manager_flushes(db_path: Path) -> None:
-    with DecisionTraceClient(db_path=db_path) as client:
+def test_close_is_idempotent_and_context_manager_flushes(ledger_target: str) -> None:
+    with DecisionTraceClient(db_path=ledger_target) as client:
         for _ in range(10):
             client.trace("t").record()
     client.close()
     client.close()
-    assert count_rows(db_path) == 10
+    assert count_rows(ledger_target) == 10
 
 
-def test_unknown_durability_is_rejected(db_path: Path) -> None:
+def test_unknown_durability_is_rejected(ledger_target: str) -> None:
     with pytest.raises(InvalidInputError, match="durability"):
-        DecisionTraceClient(db_path=db_path, durability="eventually")  # type: ignore[arg-type]
+        DecisionTraceClient(db_path=ledger_target, durability="eventually")  # type: ignore[arg-type]
 
 
-def test_interpreter_exit_flushes_batch_mode(tmp_path: Path) -> None:
-    db_path = tmp_path / "exit.db"
+def test_interpreter_exit_flushes_batch_mode(ledger_target: str) -> None:
     script = (
         "from decision_trace import DecisionTraceClient\n"
-        f"client = DecisionTraceClient(db_path={str(db_path)!r})\n"
+        f"client = DecisionTraceClient(db_path={ledger_target!r})\n"
         "for i in range(500):\n"
         "    client.trace('t', str(i)).record()\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
-    assert count_rows(db_path) == 500
+    assert count_rows(ledger_target) == 500
 
 
 def test_span_limits_of_the_app_do_not_truncate(

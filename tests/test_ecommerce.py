@@ -1,4 +1,9 @@
-"""EcommerceClient: every method's stored event, money, errors, the spec snippets, the demo."""
+"""EcommerceClient: every method's stored event, money, errors, the spec snippets, the demo.
+
+Every test that records through ``shop``/``make_shop``, and the demo on a ledger named by
+``$DECISION_TRACE_DB``, runs on every backend (``ledger_target``); the tests of the
+spec's and the docs' snippets run on the default SQLite ledger they are written for.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import closing
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -32,6 +38,7 @@ from decision_trace.ecommerce import (
     EcommerceEventType,
     to_decimal,
 )
+from decision_trace.storage import is_url, open_ledger
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SPEC = REPO_ROOT / "docs" / "spec.md"
@@ -40,8 +47,11 @@ ECOMMERCE_DOC = REPO_ROOT / "docs" / "ecommerce.md"
 
 
 @pytest.fixture
-def make_shop(make_client: Callable[..., Any]) -> Callable[..., EcommerceClient]:
-    """Build EcommerceClients on ``db_path``; every one is closed after the test."""
+def make_shop(
+    ledger_target: str, make_client: Callable[..., Any]
+) -> Callable[..., EcommerceClient]:
+    """Build EcommerceClients on ``ledger_target`` (once per backend); every one is closed
+    after the test."""
 
     def make(**kwargs: Any) -> EcommerceClient:
         return make_client(EcommerceClient, **kwargs)
@@ -55,7 +65,7 @@ def shop(make_shop: Callable[..., EcommerceClient]) -> EcommerceClient:
 
 
 def stored(shop: EcommerceClient, builder: TraceBuilder) -> TraceEvent:
-    """Record the builder and read the event back from the SQLite file."""
+    """Record the builder and read the event back from the ledger."""
     event = shop.get_event(builder.record())
     assert event is not None
     return event
@@ -865,11 +875,11 @@ def test_spec_ecommerce_snippets_run_verbatim(tmp_path: Path) -> None:
 # --- the demo ------------------------------------------------------------------------
 
 
-def test_demo_runs_twice_on_the_default_ledger(tmp_path: Path) -> None:
-    ledger = tmp_path / "demo" / "traces.db"
+def test_demo_runs_twice_on_the_default_ledger(tmp_path: Path, ledger_target: str) -> None:
+    ledger = ledger_target if is_url(ledger_target) else str(tmp_path / "demo" / "traces.db")
     outputs = []
     for _ in range(2):
-        result = run_python([str(DEMO)], tmp_path, DECISION_TRACE_DB=str(ledger))
+        result = run_python([str(DEMO)], tmp_path, DECISION_TRACE_DB=ledger)
         assert result.returncode == 0, result.stderr
         outputs.append(result.stdout)
     first, second = outputs
@@ -918,7 +928,11 @@ def test_demo_runs_twice_on_the_default_ledger(tmp_path: Path) -> None:
         assert recommendation.actor is not None
         assert recommendation.actor.type is ActorType.AI_AGENT
         assert approval.actor is not None and approval.actor.type is ActorType.USER
-    assert sqlite3.connect(ledger).execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    if is_url(ledger):
+        with closing(open_ledger(ledger, create=False, read_only=True)) as stored_ledger:
+            assert stored_ledger.check() == []
+    else:
+        assert sqlite3.connect(ledger).execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 
 def test_readme_table_lists_every_method_and_event_type() -> None:

@@ -2,7 +2,8 @@
 
 Nesting under the application's current span (global SDK provider, the application's
 own provider, no SDK at all), sampling (every decision reaches the ledger; export and the
-sampled flag follow the application), and W3C ``traceparent`` in and out.
+sampled flag follow the application), and W3C ``traceparent`` in and out; on every
+backend.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from decision_trace import DecisionTraceClient
 from decision_trace import attributes as keys
 from decision_trace.errors import InvalidInputError
+from decision_trace.storage import is_url
+
+pytestmark = pytest.mark.usefixtures("ledger_target")
 
 MakeClient = Callable[..., DecisionTraceClient]
 
@@ -50,6 +54,18 @@ def _app_provider(sampler: Sampler) -> tuple[TracerProvider, InMemorySpanExporte
     provider = TracerProvider(sampler=sampler, shutdown_on_exit=False)
     provider.add_span_processor(SimpleSpanProcessor(exported))
     return provider, exported
+
+
+@pytest.fixture
+def other_ledger_target(
+    request: pytest.FixtureRequest, ledger_target: str, tmp_path: Path
+) -> Iterator[str]:
+    """Another service's ledger, separate from ``ledger_target``, on the same backend."""
+    if not is_url(ledger_target):
+        yield str(tmp_path / "other.db")
+        return
+    with request.getfixturevalue("pg_server").schema() as schema:
+        yield schema.url
 
 
 @pytest.fixture
@@ -173,12 +189,12 @@ _GLOBAL_PROVIDER_APP = textwrap.dedent(
 
 @pytest.mark.parametrize("sampler", ["always_on", "always_off"])
 def test_decision_nests_under_a_span_of_the_global_sdk_provider(
-    tmp_path: Path, db_path: Path, sampler: str
+    tmp_path: Path, ledger_target: str, sampler: str
 ) -> None:
     script = tmp_path / "app.py"
     script.write_text(_GLOBAL_PROVIDER_APP)
     done = subprocess.run(
-        [sys.executable, str(script), str(db_path), sampler],
+        [sys.executable, str(script), ledger_target, sampler],
         capture_output=True,
         text=True,
         timeout=120,
@@ -314,10 +330,10 @@ def test_decision_span_passes_the_sampled_flag_on_unchanged(
 
 
 def test_traceparent_round_trip_between_two_services(
-    make_client: MakeClient, tmp_path: Path
+    other_ledger_target: str, make_client: MakeClient
 ) -> None:
     upstream = make_client()
-    downstream = make_client(db_path=tmp_path / "other.db")
+    downstream = make_client(db_path=other_ledger_target)
     assert upstream.current_traceparent() is None
     with upstream.span("checkout.submitted", "Checkout") as trace:
         header = upstream.current_traceparent()
@@ -479,6 +495,9 @@ def test_a_renamed_sdk_internal_degrades_to_one_warning(
     OTEL_TRACES_SAMPLER, a client still records every decision and says what it lost."""
     from opentelemetry.sdk.trace import sampling
 
+    from decision_trace import _otel
+
+    monkeypatch.setattr(_otel, "_warned", set())  # as in a fresh process (warned once each)
     monkeypatch.delattr(sampling, "_get_from_env_or_default")
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
     client = make_client(durability="sync")

@@ -4,7 +4,8 @@ The receivers decode what arrives with the official ``opentelemetry-proto`` mess
 check what a collector would see: ``service.name``, span ids equal to event ids, the
 reasoning, ``user.*`` on users, ``gen_ai.*`` on AI agents, no deprecated keys. Also:
 headers, compression and TLS come from the standard environment variables, and an
-unreachable collector neither slows ``record()`` much nor touches the ledger.
+unreachable collector neither slows ``record()`` much nor touches the ledger. On every
+backend.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from otlp_receiver import Received, Receiver, http_server, serve
 from decision_trace import DecisionTraceClient
 from decision_trace import attributes as keys
 from decision_trace.errors import InvalidInputError
+
+pytestmark = pytest.mark.usefixtures("ledger_target")
 
 MakeClient = Callable[..., DecisionTraceClient]
 
