@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import importlib.util
 import json
 import threading
 import time
@@ -28,7 +29,8 @@ from decision_trace import attributes as keys
 from decision_trace.errors import StoreError
 from decision_trace.record import EventRecord
 from decision_trace.server import BearerToken, create_app
-from decision_trace.server._service import IngestService
+from decision_trace.server._otlp import decode_request
+from decision_trace.server._service import IngestService, IngestUnavailable
 from decision_trace.server.grpc_ingest import start_grpc_server
 from decision_trace.storage import EventFilters, Ledger, open_ledger
 
@@ -654,3 +656,88 @@ def test_grpc_overload_is_retryable_with_retry_info(ledger: Ledger) -> None:
     retry = RetryInfo()
     retry.ParseFromString(trailing["google.rpc.retryinfo-bin"])
     assert retry.retry_delay.seconds == 5
+
+
+# --- the application factory --------------------------------------------------------------------
+
+
+async def lifespan(app: Starlette) -> list[str]:
+    """Run the app's lifespan: startup, then shutdown; the message types sent back."""
+    incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent: list[str] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message["type"])
+
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+    return sent
+
+
+def test_a_ledger_the_app_opened_is_closed_at_shutdown_after_its_writes(db_path: Path) -> None:
+    app = create_app(str(db_path), token="")
+    assert run(app, request_of(0xF00, 3)).status == 200
+    assert asyncio.run(lifespan(app)) == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    with pytest.raises(StoreError, match="closed"):
+        app.state.ledger.count(EventFilters())
+    with pytest.raises(IngestUnavailable, match="shutting down"):
+        app.state.ingest.submit(decode_request(make_request([make_span(0xF01)])))
+    reopened = open_ledger(db_path)
+    try:
+        assert stored_ids(reopened) == hex_ids(0xF00, 3)
+    finally:
+        reopened.close()
+
+
+def test_a_ledger_given_to_the_app_stays_open(ledger: Ledger) -> None:
+    app = create_app(ledger, token="")
+    asyncio.run(lifespan(app))
+    assert ledger.count(EventFilters()) == 0  # still usable
+
+
+def test_the_read_api_module_is_mounted_with_the_shared_ledger_and_token_check(
+    ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The contract with decision_trace.server.api: ``routes(ledger, token_check)``."""
+    from decision_trace.server import app as app_module
+
+    (tmp_path / "fake_read_api.py").write_text(
+        "from starlette.responses import JSONResponse\n"
+        "from starlette.routing import Route\n"
+        "seen = []\n"
+        "def routes(ledger, token_check):\n"
+        "    seen.append((ledger, token_check))\n"
+        "    async def count(request):\n"
+        "        if not token_check(request):\n"
+        "            return JSONResponse({'status': 401}, status_code=401)\n"
+        "        return JSONResponse({'count': ledger.count(__import__('decision_trace')"
+        ".storage.EventFilters())})\n"
+        "    return [Route('/api/v1/count', count)]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(app_module, "_READ_API", "fake_read_api")
+    import fake_read_api  # type: ignore[import-not-found]
+
+    app = create_app(ledger, token="s3cret")
+    try:
+        assert fake_read_api.seen == [(ledger, app.state.token_check)]
+        assert isinstance(app.state.token_check, BearerToken)
+        auth = {"authorization": "Bearer s3cret"}
+        run(app, request_of(0xF10, 2), headers=auth)
+        assert run(app, method="GET", path="/api/v1/count", content_type=None).status == 401
+        answer = run(app, method="GET", path="/api/v1/count", content_type=None, headers=auth)
+        assert json.loads(answer.body) == {"count": 2}
+    finally:
+        app.state.ingest.close()
+
+
+def test_without_the_read_api_module_only_ingest_is_served(ledger: Ledger, make_app: Any) -> None:
+    from decision_trace.server import app as app_module
+
+    app = make_app()
+    has_api = importlib.util.find_spec(app_module._READ_API) is not None
+    assert app.state.read_api is has_api
+    if not has_api:
+        assert run(app, method="GET", path="/api/v1/events", content_type=None).status == 404
