@@ -553,12 +553,17 @@ def test_a_write_slower_than_the_timeout_is_503_and_is_not_made_later(ledger: Le
     assert stored_ids(ledger) == hex_ids(0xA00, 2)
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [StoreError("database is locked"), RuntimeError("database is locked (a driver error)")],
+    ids=["store-error", "unwrapped-error"],
+)
 def test_a_failing_ledger_is_503_and_one_log_line(
-    ledger: Ledger, caplog: pytest.LogCaptureFixture
+    ledger: Ledger, caplog: pytest.LogCaptureFixture, failure: Exception
 ) -> None:
     slow = SlowLedger(ledger)
     slow.gate.set()
-    slow.fail = StoreError("database is locked")
+    slow.fail = failure
     service = IngestService(slow)  # type: ignore[arg-type]
     app = create_app(ledger, token="", ingest=service)
     try:

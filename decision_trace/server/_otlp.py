@@ -29,7 +29,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags, TraceState
+from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.status import Status, StatusCode
 
 from .._decode import record_from_span
@@ -195,15 +195,6 @@ def _sdk_attributes(pairs: Iterable[KeyValue]) -> dict[str, Any]:
     return {pair.key: _value(pair.value) for pair in pairs if pair.key}
 
 
-def _trace_state(text: str) -> TraceState | None:
-    if not text:
-        return None
-    try:
-        return TraceState.from_header([text])
-    except Exception:
-        return None
-
-
 def _span_id(raw: bytes, size: int, what: str) -> int:
     if len(raw) != size:
         raise ValueError(f"{what} must be {size} bytes, got {len(raw)}")
@@ -223,13 +214,9 @@ def _readable_span(
         raise ValueError("start or end time after 2262-04-11 (beyond 64-bit nanoseconds)")
     flags = span.flags
     trace_flags = TraceFlags(flags & 0xFF)
-    context = SpanContext(
-        trace_id,
-        span_id,
-        is_remote=False,
-        trace_flags=trace_flags,
-        trace_state=_trace_state(span.trace_state),
-    )
+    # The W3C trace state is left out: no ledger column holds it, and parsing a hostile
+    # one makes the SDK log a warning per entry.
+    context = SpanContext(trace_id, span_id, is_remote=False, trace_flags=trace_flags)
     parent = None
     if span.parent_span_id:
         if len(span.parent_span_id) != 8:
@@ -260,7 +247,6 @@ def _readable_span(
                 int.from_bytes(link.span_id, "big"),
                 is_remote=True,
                 trace_flags=TraceFlags(link.flags & 0xFF),
-                trace_state=_trace_state(link.trace_state),
             ),
             _attributes(link.attributes),
         )

@@ -205,11 +205,6 @@ class IngestService:
                     size += len(job.records)
             try:
                 self._write([job for job in batch if job.future.set_running_or_notify_cancel()])
-            except BaseException as exc:  # never let the writer die silently
-                logger.exception("the ingest writer failed: %s", exc)
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
             finally:
                 with self._cond:
                     self._pending -= size
@@ -223,7 +218,10 @@ class IngestService:
             self._ledger.write(records)
         except RejectedRecordsError as exc:
             refused = frozenset(exc.rejected)
-        except StoreError as exc:
+        except Exception as exc:
+            # StoreError: nothing was written. Anything else (a driver error a backend did
+            # not wrap) is taken the same way: the client retries, rather than losing the
+            # spans to a 500.
             self._store_failed(exc)
             error = IngestUnavailable(
                 "the ledger cannot be written now; retry later",
@@ -240,14 +238,17 @@ class IngestService:
                 rejected = rejected + [(r.id, _REFUSED) for r in job.records if r.id in refused]
             job.future.set_result(rejected)
 
-    def _store_failed(self, exc: StoreError) -> None:
+    def _store_failed(self, exc: Exception) -> None:
         """One log line when writes start failing, none for each failure after it."""
         self._failing += 1
         if self._failing == 1:
+            what = " ".join(str(exc).split())
+            if not isinstance(exc, StoreError):
+                what = f"{type(exc).__name__}: {what}"
             logger.error(
                 "cannot write to the ledger (%s); answering 'unavailable, retry later' "
                 "until it recovers",
-                " ".join(str(exc).split()),
+                what,
             )
 
     def _store_recovered(self) -> None:

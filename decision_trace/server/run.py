@@ -103,12 +103,21 @@ class _GuardedH11Protocol(H11Protocol):
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server; a stop signal also stops the gRPC receiver at once."""
+    """uvicorn's server; a stop signal also stops the gRPC receiver at once, and one that
+    came before uvicorn took over the signals (``stop``) stops it too."""
 
-    def __init__(self, config: uvicorn.Config, grpc_receiver: GrpcReceiver | None) -> None:
+    def __init__(
+        self, config: uvicorn.Config, grpc_receiver: GrpcReceiver | None, stop: threading.Event
+    ) -> None:
         super().__init__(config)
         self._grpc = grpc_receiver
+        self._stop = stop
         self.stopping_grpc: Any = None
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._stop.is_set():
+            return True
+        return await super().on_tick(counter)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
@@ -184,16 +193,20 @@ def _grpc_credentials(options: ServeOptions) -> Any:
 
 
 @contextlib.contextmanager
-def _quiet_signals() -> Iterator[None]:
-    """SIGTERM and SIGINT only stop the server (uvicorn installs its own handlers while
-    it runs and raises the caught signal again after its shutdown; with these in place
-    that second delivery is a no-op and the process exits 0)."""
-    previous = {
-        sig: signal.signal(sig, lambda signum, frame: None)
-        for sig in (signal.SIGTERM, signal.SIGINT)
-    }
+def _stop_signals() -> Iterator[threading.Event]:
+    """SIGTERM and SIGINT set the event instead of ending the process, from the start to
+    the end of :func:`serve`: a signal during start-up skips serving, one during the
+    final writes lets them finish. (uvicorn installs its own handlers while it serves,
+    and raises the caught signal again after its shutdown: with these in place, that
+    second delivery only sets the event, and the process exits 0.)"""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        yield
+        yield stop
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -208,6 +221,11 @@ def serve(options: ServeOptions) -> None:
         ValueError: the token holds characters a header cannot carry.
     """
     _configure_logging()
+    with _stop_signals() as stop:
+        _serve(options, stop)
+
+
+def _serve(options: ServeOptions, stop: threading.Event) -> None:
     token_check = BearerToken(options.token)
     scheme = "https" if options.ssl_certfile else "http"
     ledger: Ledger = open_ledger(options.db, durability="sync")
@@ -249,7 +267,7 @@ def serve(options: ServeOptions) -> None:
             ssl_certfile=options.ssl_certfile,
             ssl_keyfile=options.ssl_keyfile,
         )
-        server = _Server(config, grpc_receiver)
+        server = _Server(config, grpc_receiver, stop)
         http_port = http_socket.getsockname()[1]
         grpc_text = (
             f"OTLP/gRPC on {options.host}:{grpc_receiver.port}"
@@ -273,7 +291,7 @@ def serve(options: ServeOptions) -> None:
             where,
             "required" if token_check.required else "not required",
         )
-        with _quiet_signals():
+        if not stop.is_set():
             server.run(sockets=[http_socket])
         if server.stopping_grpc is not None:
             server.stopping_grpc.wait(_SHUTDOWN_GRACE + 5)
