@@ -18,12 +18,15 @@ import time
 import zlib
 from pathlib import Path
 
+import grpc
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
     OTLPSpanExporter as GrpcSpanExporter,
 )
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as HttpSpanExporter,
 )
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
@@ -187,6 +190,22 @@ def test_hostile_traffic_is_answered_and_only_valid_spans_are_stored(ledger_targ
         assert server.alive()
         assert post(server.traces_url, request_of(0x400, 1)).status == 200
         valid += 1
+
+        # The gRPC port: garbage, and a connection that never says anything; a real
+        # export still goes through.
+        silent = socket.create_connection(("127.0.0.1", server.grpc_port))
+        with socket.create_connection(("127.0.0.1", server.grpc_port)) as rude:
+            rude.sendall(b"\x00garbage, not HTTP/2" * 100)
+        channel = grpc.insecure_channel(server.grpc_endpoint)
+        try:
+            stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+            request = ExportTraceServiceRequest.FromString(request_of(0x500, 3))
+            response = stub.Export(request, timeout=30)
+            assert not response.HasField("partial_success")
+        finally:
+            channel.close()
+            silent.close()
+        valid += 3
         assert server.stop() == 0, server.output()
     assert count(ledger_target) == valid
     assert "Traceback" not in server.output()
