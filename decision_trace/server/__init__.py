@@ -9,12 +9,14 @@ Needs the ``server`` extra: ``pip install 'decision-trace-otel[server]'``.
 
     app = create_app("traces.db", token="s3cret")   # uvicorn module:app --port 4318
 
-:class:`BearerToken` is the token check every route uses.
+:class:`BearerToken` is the token check every route uses; :class:`IngestService` the
+decoder and writer that the HTTP and gRPC receivers share.
 """
 
 from __future__ import annotations
 
 from ._auth import TOKEN_ENV_VAR, BearerToken
+from ._service import IngestService, IngestUnavailable
 from .app import create_app
 
-__all__ = ["TOKEN_ENV_VAR", "BearerToken", "create_app"]
+__all__ = ["TOKEN_ENV_VAR", "BearerToken", "IngestService", "IngestUnavailable", "create_app"]

@@ -74,9 +74,9 @@ def create_app(
             503 with ``Retry-After``.
         max_pending_spans: Spans that may wait to be written before exports are
             answered 503 with ``Retry-After``.
-        ingest: A running :class:`~decision_trace.server._service.IngestService` to
-            share (``decision-trace serve`` shares one with the gRPC receiver); the
-            caller closes it. By default the app makes its own on the ledger.
+        ingest: A running :class:`~decision_trace.server.IngestService` to share
+            (``decision-trace serve`` shares one with the gRPC receiver); the caller
+            closes it. By default the app makes its own on the ledger.
 
     Raises:
         StoreError: the ledger cannot be opened.
