@@ -1948,3 +1948,128 @@ def _copy_records(src: Ledger, dst: Ledger, batch_size: int, report: _CopyReport
             report.write(dst, batch)
             if bar is not None:
                 bar.update(len(batch))
+
+
+# --- the ledger service -------------------------------------------------------------------
+
+_SERVER_EXTRA = "pip install 'decision-trace-otel[server]'"
+_SERVER_MODULES = ("starlette", "uvicorn", "h11", "anyio", "grpc", "google", "opentelemetry")
+
+
+@main.command(short_help="Run the ledger service: OTLP ingest and the read API.")
+@_db_option
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; 0.0.0.0 (or ::) for every interface.",
+)
+@click.option(
+    "--port",
+    default=4318,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="OTLP/HTTP and read API port (0: any free port, printed at start).",
+)
+@click.option(
+    "--grpc-port",
+    default=4317,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="OTLP/gRPC port (0: any free port).",
+)
+@click.option("--no-grpc", is_flag=True, help="Do not listen for OTLP/gRPC.")
+@click.option(
+    "--token",
+    envvar="DECISION_TRACE_TOKEN",
+    default=None,
+    metavar="TOKEN",
+    help="Require 'Authorization: Bearer TOKEN' on every request. Default: "
+    "$DECISION_TRACE_TOKEN (prefer it: a command line is visible to other users).",
+)
+@click.option(
+    "--max-body-mb",
+    default=16.0,
+    show_default=True,
+    type=click.FloatRange(min=0.001, max=1024),
+    metavar="MB",
+    help="Largest OTLP request, compressed or not, in MiB (413 past it).",
+)
+@click.option(
+    "--request-timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1, max=3600),
+    metavar="SECONDS",
+    help="Time a client has to send a request's headers, and its body (408 past it).",
+)
+@click.option(
+    "--ssl-certfile",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="TLS certificate (PEM) for HTTP and gRPC; with --ssl-keyfile.",
+)
+@click.option(
+    "--ssl-keyfile",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="TLS private key (PEM, unencrypted).",
+)
+def serve(
+    db: str | None,
+    host: str,
+    port: int,
+    grpc_port: int,
+    no_grpc: bool,
+    token: str | None,
+    max_body_mb: float,
+    request_timeout: float,
+    ssl_certfile: str | None,
+    ssl_keyfile: str | None,
+) -> None:
+    """Run the team's ledger service: OTLP ingest (HTTP on --port, gRPC on
+    --grpc-port) into the ledger, and the read API, until SIGTERM or Ctrl-C.
+
+    Any OpenTelemetry SDK or Collector can export to it: 4318 and 4317 are the
+    standard OTLP ports. Spans are stored as the local exporter stores them; the
+    same span sent twice is stored once. Listens on 127.0.0.1 unless told
+    otherwise (--host 0.0.0.0). Needs the server extra:
+    pip install 'decision-trace-otel[server]'. See docs/server.md.
+
+    \b
+    Examples:
+      decision-trace serve --db traces.db
+      decision-trace serve --db postgresql://db/ledger --host 0.0.0.0
+      decision-trace serve --db traces.db --port 0 --no-grpc
+    """
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise _UsageFail("--ssl-certfile and --ssl-keyfile go together")
+    try:
+        from .server import BearerToken
+        from .server.run import ServeOptions
+        from .server.run import serve as run_server
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in _SERVER_MODULES:
+            raise
+        raise _Fail(
+            f"decision-trace serve needs the server extra: {_SERVER_EXTRA} (missing: {exc.name})"
+        ) from None
+    try:
+        BearerToken(token)
+    except ValueError as exc:
+        raise _UsageFail(f"--token (or $DECISION_TRACE_TOKEN): {exc}") from None
+    target = _target(db)
+    if not is_url(target):
+        target = str(Path(target).expanduser())
+    options = ServeOptions(
+        db=target,
+        host=host,
+        port=port,
+        grpc_port=None if no_grpc else grpc_port,
+        token=token or None,
+        max_body_bytes=int(max_body_mb * 1024 * 1024),
+        request_timeout=request_timeout,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
+    )
+    run_server(options)

@@ -172,6 +172,7 @@ def test_wheel_and_sdist_build_and_the_wheel_works_installed(tmp_path: Path) -> 
         metadata = archive.read(metadata_name).decode()
     assert f"Name: {DIST_NAME}\n" in metadata
     assert {"decision_trace/py.typed", "decision_trace/exporters/sqlite.py"} <= in_wheel
+    assert {"decision_trace/server/app.py", "decision_trace/server/ingest.py"} <= in_wheel
     assert {name.split("/")[0] for name in in_wheel} == {
         "decision_trace",
         metadata_name.split("/")[0],

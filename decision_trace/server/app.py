@@ -1,0 +1,134 @@
+"""The ASGI application of the ledger service: :func:`create_app`.
+
+Routes:
+
+- ``POST /v1/traces``: OTLP/HTTP ingest (:mod:`decision_trace.server.ingest`).
+- The read API (``/api/v1/...``, ``/openapi.json``, ``/healthz``, ``/readyz``), from
+  :mod:`decision_trace.server.api` when that module is there. Its contract with this
+  factory is one function::
+
+      def routes(ledger: Ledger, token_check: BearerToken) -> list[starlette.routing.BaseRoute]
+
+  ``token_check(request)`` returns whether the request may go on (it carries
+  ``Authorization: Bearer <token>``, or the service has no token); the read API answers
+  401 itself when it returns False. The routes read ``ledger``, which the factory
+  shares with ingest and closes (when it opened it) after the last request.
+
+The application runs under any asyncio ASGI server (``uvicorn --factory
+decision_trace.server:create_app``); ``decision-trace serve`` runs it under uvicorn
+beside the OTLP/gRPC receiver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute, Route
+
+from ..storage import Ledger, open_ledger
+from ._auth import BearerToken
+from ._service import IngestService
+from .ingest import MIB, OtlpHttpReceiver
+
+__all__ = ["create_app"]
+
+_READ_API = "decision_trace.server.api"
+
+
+def create_app(
+    db: str | os.PathLike[str] | Ledger | None = None,
+    *,
+    token: str | None = None,
+    max_body_bytes: int = 16 * MIB,
+    request_timeout: float = 30.0,
+    write_timeout: float = 5.0,
+    max_pending_spans: int = 50_000,
+    ingest: IngestService | None = None,
+) -> Starlette:
+    """The ledger service as a Starlette application.
+
+    Usable under any asyncio ASGI server; ``decision-trace serve`` is this app under
+    uvicorn plus the gRPC receiver. For example::
+
+        from decision_trace.server import create_app
+
+        app = create_app("postgresql://ledger@db/ledger", token="s3cret")
+
+    Args:
+        db: The ledger: a path (SQLite), a ``postgresql://`` URL, or an open
+            :class:`~decision_trace.storage.Ledger` (the caller closes it). None means
+            ``$DECISION_TRACE_DB``, else the default file. A ledger opened here commits
+            with ``durability="sync"`` (an acknowledged span survives power loss on
+            SQLite) and is closed when the application shuts down.
+        token: The bearer token every request must carry; None means
+            ``$DECISION_TRACE_TOKEN`` (unset or empty: no token).
+        max_body_bytes: Largest OTLP request body, compressed or not (413 past it).
+        request_timeout: Seconds a client has to send an export's body (408 past it).
+        write_timeout: Seconds an export waits for the ledger before it is answered
+            503 with ``Retry-After``.
+        max_pending_spans: Spans that may wait to be written before exports are
+            answered 503 with ``Retry-After``.
+        ingest: A running :class:`~decision_trace.server.IngestService` to share
+            (``decision-trace serve`` shares one with the gRPC receiver); the caller
+            closes it. By default the app makes its own on the ledger.
+
+    Raises:
+        StoreError: the ledger cannot be opened.
+        ValueError: the token holds characters a header cannot carry.
+    """
+    token_check = BearerToken.from_environment(token)
+    owns_ledger = not isinstance(db, Ledger)
+    ledger: Ledger
+    if isinstance(db, Ledger):
+        ledger = db
+    elif ingest is not None:
+        ledger = ingest.ledger
+        owns_ledger = False
+    else:
+        ledger = open_ledger(db, durability="sync")
+    owns_ingest = ingest is None
+    service = (
+        ingest
+        if ingest is not None
+        else IngestService(ledger, write_timeout=write_timeout, max_pending_spans=max_pending_spans)
+    )
+    receiver = OtlpHttpReceiver(
+        service,
+        token_check,
+        max_body_bytes=max_body_bytes,
+        body_timeout=request_timeout,
+    )
+    routes: list[BaseRoute] = [Route("/v1/traces", receiver.handle, methods=["POST"])]
+    read_api = _read_api_routes(ledger, token_check)
+    routes.extend(read_api)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if owns_ingest:
+                service.close()
+            if owns_ledger:
+                ledger.close()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.ledger = ledger
+    app.state.ingest = service
+    app.state.token_check = token_check
+    app.state.read_api = bool(read_api)
+    return app
+
+
+def _read_api_routes(ledger: Ledger, token_check: BearerToken) -> list[BaseRoute]:
+    """The read API's routes, when this installation has it (see the module docs)."""
+    if importlib.util.find_spec(_READ_API) is None:
+        return []
+    module: Any = importlib.import_module(_READ_API)
+    return list(module.routes(ledger, token_check))
