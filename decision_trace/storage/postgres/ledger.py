@@ -362,6 +362,7 @@ class PostgresLedger:
         self._pid = os.getpid()
         self._closed = False
         self._partitions: set[str] = set()
+        self._ahead_until = 0  # until when the partitions made ahead cover "next month"
         self._version = self._open(create)
 
     # -- connections ------------------------------------------------------------------
@@ -411,7 +412,7 @@ class PostgresLedger:
                 if self.read_only:
                     return version
             if version == SCHEMA_VERSION:
-                self._ensure_partitions(conn, partitions_ahead(time.time_ns()))
+                self._ensure_ahead(conn)
                 return version
             with _locked(conn):
                 version = self._schema_version(conn)  # another process may have done it
@@ -427,8 +428,7 @@ class PostgresLedger:
                         "(singleton) DO UPDATE SET version = excluded.version",
                         (number,),
                     )
-            now = time.time_ns()
-            self._ensure_partitions(conn, partitions_ahead(now))
+            self._ensure_ahead(conn)
             return SCHEMA_VERSION
         except psycopg.Error as exc:
             raise StoreError(f"cannot open {self._location}: {exc}") from None
@@ -558,6 +558,13 @@ class PostgresLedger:
                     existing.add(partition.suffix)
         self._partitions = existing
 
+    def _ensure_ahead(self, conn: psycopg.Connection[Any]) -> None:
+        """Make this month's partitions and the next month's; remember until when that
+        holds (the writer's first write of a new month makes the following one)."""
+        ahead = partitions_ahead(time.time_ns())
+        self._ensure_partitions(conn, ahead)
+        self._ahead_until = ahead[0].high if ahead[0].high is not None else MAX_NS
+
     @staticmethod
     def _existing_suffixes(conn: psycopg.Connection[Any]) -> set[str]:
         rows = conn.execute(
@@ -607,6 +614,8 @@ class PostgresLedger:
             repartitioned = False
             for attempt in range(_TRANSIENT_RETRIES + 1):
                 try:
+                    if time.time_ns() >= self._ahead_until:
+                        self._ensure_ahead(conn)
                     wanted = {partition_of(int(r.start_ns)) for r in batch}
                     self._ensure_partitions(conn, wanted)
                     return self._write_batch(conn, batch)

@@ -226,9 +226,10 @@ def partition_named(suffix: str) -> Partition | None:
     return None
 
 
-def partitions_ahead(now_ns: int, months: int = 3) -> list[Partition]:
-    """The partitions from the month of ``now_ns`` on, ``months`` of them: created when
-    a writer opens the ledger, so that the writes of the coming months find theirs."""
+def partitions_ahead(now_ns: int, months: int = 2) -> list[Partition]:
+    """The partitions from the month of ``now_ns`` on, ``months`` of them: made when a
+    writer opens the ledger and again by its first write of each month, so the month
+    after the current one always exists before anything is written to it."""
     found: list[Partition] = []
     ns = now_ns
     for _ in range(months):
