@@ -19,6 +19,7 @@ import pytest
 from read_api_support import BASE, Shop, get, record_shop, serve
 
 from decision_trace import DecisionTraceClient
+from decision_trace.models import Outcome, TraceEvent
 from decision_trace.record import ns_from_datetime
 from decision_trace.serialize import chain_to_json, event_to_json, summary_to_json
 from decision_trace.storage import EventFilters, Ledger, open_ledger
@@ -439,3 +440,62 @@ def test_reads_run_off_the_event_loop(ledger_target: str) -> None:
     finally:
         blocking.release.set()
         ledger.close()
+
+
+def test_answers_are_strict_json_even_for_a_nan_a_foreign_span_carried() -> None:
+    from decision_trace.server.api import JSONAnswer, json_error
+
+    answer = JSONAnswer({"metadata": {"ratio": float("nan"), "x": [float("-inf"), 1.5]}})
+    assert json.loads(answer.body, parse_constant=lambda name: pytest.fail(name)) == {
+        "metadata": {"ratio": "nan", "x": ["-inf", 1.5]}
+    }
+    assert answer.headers["cache-control"] == "no-store"
+    error = json_error(400, "limit: too big", field="limit")
+    assert (error.status_code, json.loads(error.body)) == (
+        400,
+        {"status": 400, "error": "limit: too big", "field": "limit"},
+    )
+
+
+def test_a_cursor_finds_its_place_again_after_inserts_and_deletes() -> None:
+    from read_api_support import BASE as when
+
+    from decision_trace.server import api as api_module
+
+    def events(*names: str) -> list[Any]:
+        return [
+            TraceEvent(
+                name.ljust(16, "0"),
+                when,
+                timedelta(0),
+                "t",
+                "",
+                None,
+                None,
+                (),
+                Outcome.SUCCESS,
+                None,
+                (),
+                {},
+                "0" * 32,
+                None,
+            )
+            for name in names
+        ]
+
+    stream = "abcdefgh"
+    # In place: the event after "c" (the 3rd) comes next.
+    page, before = api_module._resume(iter(events(*stream)), "c".ljust(16, "0"), 3, 2)
+    assert ([e.id[0] for e in page], before) == (["d", "e"], 3)
+    # Two stored in front of it meanwhile: found further on.
+    page, before = api_module._resume(iter(events("x", "y", *stream)), "c".ljust(16, "0"), 3, 2)
+    assert ([e.id[0] for e in page], before) == (["d", "e"], 5)
+    # Deleted: the page starts after the position it had.
+    page, before = api_module._resume(
+        iter(events("a", "b", "d", "e", "f")), "c".ljust(16, "0"), 3, 5
+    )
+    assert ([e.id[0] for e in page], before) == (["e", "f"], 3)
+    # A page as long as the window still fills when the event is gone.
+    many = [format(n, "x") for n in range(3000)]
+    page, _ = api_module._resume(iter(events(*many)), "z".ljust(16, "0"), 10, 1001)
+    assert len(page) == 1001

@@ -318,18 +318,18 @@ def _resume(
     ``seen`` (1-based), and how many events of the stream precede them.
 
     Events stored or deleted meanwhile may have moved it: it is looked for among the
-    first ``seen + _RESUME_WINDOW`` events. Not found (deleted), the page starts at
-    position ``seen`` instead.
+    first ``seen + _RESUME_WINDOW`` events. Not found (deleted), the page starts after
+    position ``seen`` instead. Memory holds at most the window, however deep the page.
     """
-    head = list(islice(stream, seen + _RESUME_WINDOW))
-    rest, before = head[seen:], seen
-    for index, event in enumerate(head):
+    after_seen: list[TraceEvent] = []  # the events past position `seen`, in case
+    for position, event in enumerate(stream, 1):
         if event.id == last_id:
-            rest, before = head[index + 1 :], index + 1
-            break
-    if len(rest) < want:
-        rest += islice(stream, want - len(rest))
-    return rest[:want], before
+            return list(islice(stream, want)), position
+        if position > seen:
+            after_seen.append(event)
+            if len(after_seen) >= _RESUME_WINDOW + want:
+                break
+    return after_seen[:want], seen
 
 
 def _event_page(
