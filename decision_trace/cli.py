@@ -44,7 +44,7 @@ from .models import (
     clean_text,
 )
 from .record import EventRecord, ns_from_datetime
-from .serialize import event_to_json
+from .serialize import chain_to_json, event_to_json, summary_to_json
 from .storage import EventFilters, Ledger, default_target, is_url, open_ledger
 
 __all__ = ["event_to_json", "main"]
@@ -1252,8 +1252,8 @@ def chain(db: str | None, as_json: bool, event_id: str, show_why: bool) -> None:
         event_id = _resolve_event_id(ledger, event_id)
         root = ledger.get_chain(event_id)
     if as_json:
-        for depth, event in root.walk():
-            _print_json({"depth": depth, **event_to_json(event)})
+        for row in chain_to_json(root):
+            _print_json(row)
         return
     g = _glyphs()
     width = _width()
@@ -1333,24 +1333,7 @@ def stats(db: str | None, as_json: bool, days: int) -> None:
         size, wal_size = ledger.size_bytes()
     if as_json:
         _print_json(
-            {
-                "db": location,
-                "size_bytes": size,
-                "wal_bytes": wal_size,
-                "schema_version": summary.schema_version,
-                "events": summary.events,
-                "objects": summary.objects,
-                "distinct_objects": summary.distinct_objects,
-                "first": summary.first.isoformat() if summary.first else None,
-                "last": summary.last.isoformat() if summary.last else None,
-                "span_seconds": (summary.last - summary.first).total_seconds()
-                if summary.first and summary.last
-                else None,
-                "by_event_type": dict(summary.by_event_type),
-                "by_actor_type": {k or "none": n for k, n in summary.by_actor_type},
-                "by_outcome": dict(summary.by_outcome),
-                "by_day": dict(summary.by_day),
-            }
+            summary_to_json(summary, location=location, size_bytes=size, wal_bytes=wal_size)
         )
         return
 

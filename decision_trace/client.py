@@ -41,12 +41,13 @@ from ._otel import (
     otlp_exporter,
 )
 from .builder import TraceBuilder
-from .errors import EventNotFoundError, InvalidInputError
+from .errors import EventNotFoundError, InvalidInputError, StoreError
 from .exporters import SQLiteSpanExporter
 from .models import ActorType, ChainNode, ObjectType, Outcome, TraceEvent
 from .processor import LedgerSpanProcessor, LedgerStats
 from .redaction import Redaction
 from .storage import Durability, EventFilters, Ledger, Order, default_target, open_ledger
+from .storage.http import HTTPLedger
 
 __all__ = ["DEFAULT_SHUTDOWN_TIMEOUT_S", "SHUTDOWN_TIMEOUT_ENV", "DecisionTraceClient"]
 
@@ -117,6 +118,13 @@ class DecisionTraceClient:
             counted in ``stats()`` and logged. Default ``$DECISION_TRACE_SHUTDOWN_TIMEOUT``,
             else 10 s.
 
+    A client opened on the ``http(s)://`` URL of a ledger service (``decision-trace
+    serve``) is read-only: its query methods read the service, and ``trace()`` and
+    ``span()`` raise :class:`~decision_trace.errors.StoreError`, because events reach a
+    service over OTLP or by shipping, never through its read API. To record and send to
+    the service, open the client on a local ledger and pass the service as
+    ``otlp_endpoint=``.
+
     A client is held (and flushed at exit) until ``close()``, even when the application
     keeps no reference to it.
     """
@@ -146,6 +154,7 @@ class DecisionTraceClient:
         self.durability: Durability = durability
         target = db_path if db_path is not None else default_target()
         self._storage: Ledger = open_ledger(target, durability=durability)
+        self._read_only = isinstance(self._storage, HTTPLedger)
         self._exporter = SQLiteSpanExporter(ledger=self._storage)
         self._ledger = LedgerSpanProcessor(
             self._exporter, durability=durability, max_queue_size=max_queue_size
@@ -193,8 +202,17 @@ class DecisionTraceClient:
 
     @property
     def db_path(self) -> str:
-        """The path of the SQLite ledger."""
+        """Where the ledger is: the SQLite file's path, or the URL it was opened on."""
         return self._storage.location
+
+    def _check_writable(self) -> None:
+        if self._read_only:
+            raise StoreError(
+                f"this client reads the ledger service {self._storage.location} and cannot "
+                "record: open the client on a local ledger (db_path=a file or postgresql:// "
+                f"URL) and send events to the service with otlp_endpoint="
+                f"'{self._storage.location}', or ship them (decision-trace ship)"
+            )
 
     @property
     def tracer_provider(self) -> TracerProvider:
@@ -209,7 +227,12 @@ class DecisionTraceClient:
         Args:
             event_type: What happened, ``noun.verb`` style (``"order.cancelled"``).
             description: A sentence for humans.
+
+        Raises:
+            StoreError: the client was opened on a ledger service's ``http(s)://`` URL,
+                which is read-only.
         """
+        self._check_writable()
         return TraceBuilder(self._recorder, event_type, description)
 
     def span(self, event_type: str, description: str = "") -> TraceBuilder:
@@ -220,7 +243,11 @@ class DecisionTraceClient:
 
             with client.span("report.generation", "Monthly report") as trace:
                 trace.by_compute("report-service", "Report Generator")
+
+        Raises:
+            StoreError: the client is read-only (see :meth:`trace`).
         """
+        self._check_writable()
         return TraceBuilder(self._recorder, event_type, description, as_span=True)
 
     def _remember(self, span: Span) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import importlib.util
 import json
 import threading
 import time
@@ -702,47 +701,18 @@ def test_a_ledger_given_to_the_app_stays_open(ledger: Ledger) -> None:
     assert ledger.count(EventFilters()) == 0  # still usable
 
 
-def test_the_read_api_module_is_mounted_with_the_shared_ledger_and_token_check(
-    ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The contract with decision_trace.server.api: ``routes(ledger, token_check)``."""
-    from decision_trace.server import app as app_module
-
-    (tmp_path / "fake_read_api.py").write_text(
-        "from starlette.responses import JSONResponse\n"
-        "from starlette.routing import Route\n"
-        "seen = []\n"
-        "def routes(ledger, token_check):\n"
-        "    seen.append((ledger, token_check))\n"
-        "    async def count(request):\n"
-        "        if not token_check(request):\n"
-        "            return JSONResponse({'status': 401}, status_code=401)\n"
-        "        return JSONResponse({'count': ledger.count(__import__('decision_trace')"
-        ".storage.EventFilters())})\n"
-        "    return [Route('/api/v1/count', count)]\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(app_module, "_READ_API", "fake_read_api")
-    import fake_read_api  # type: ignore[import-not-found]
-
+def test_the_read_api_shares_the_ledger_and_the_token_with_ingest(ledger: Ledger) -> None:
     app = create_app(ledger, token="s3cret")
     try:
-        assert fake_read_api.seen == [(ledger, app.state.token_check)]
-        assert isinstance(app.state.token_check, BearerToken)
         auth = {"authorization": "Bearer s3cret"}
-        run(app, request_of(0xF10, 2), headers=auth)
-        assert run(app, method="GET", path="/api/v1/count", content_type=None).status == 401
-        answer = run(app, method="GET", path="/api/v1/count", content_type=None, headers=auth)
-        assert json.loads(answer.body) == {"count": 2}
+        assert run(app, request_of(0xF10, 2), headers=auth).status == 200
+        count = "/api/v1/events/count"
+        denied = run(app, method="GET", path=count, content_type=None)
+        assert denied.status == 401
+        assert json.loads(denied.body) == {"status": 401, "error": "missing or wrong bearer token"}
+        answer = run(app, method="GET", path=count, content_type=None, headers=auth)
+        assert answer.status == 200
+        assert json.loads(answer.body)["count"] == 2
+        assert run(app, method="GET", path="/healthz", content_type=None).status == 200
     finally:
         app.state.ingest.close()
-
-
-def test_without_the_read_api_module_only_ingest_is_served(ledger: Ledger, make_app: Any) -> None:
-    from decision_trace.server import app as app_module
-
-    app = make_app()
-    has_api = importlib.util.find_spec(app_module._READ_API) is not None
-    assert app.state.read_api is has_api
-    if not has_api:
-        assert run(app, method="GET", path="/api/v1/events", content_type=None).status == 404

@@ -1,5 +1,5 @@
 """The ledger service: OTLP ingest (HTTP and gRPC) in front of any ledger, and the read
-API, as one ASGI application (``decision-trace serve``; docs/server.md).
+API (``api.py``), as one ASGI application (``decision-trace serve``; docs/server.md).
 
 Needs the ``server`` extra: ``pip install 'decision-trace-otel[server]'``.
 

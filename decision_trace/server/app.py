@@ -3,16 +3,10 @@
 Routes:
 
 - ``POST /v1/traces``: OTLP/HTTP ingest (:mod:`decision_trace.server.ingest`).
-- The read API (``/api/v1/...``, ``/openapi.json``, ``/healthz``, ``/readyz``), from
-  :mod:`decision_trace.server.api` when that module is there. Its contract with this
-  factory is one function::
-
-      def routes(ledger: Ledger, token_check: BearerToken) -> list[starlette.routing.BaseRoute]
-
-  ``token_check(request)`` returns whether the request may go on (it carries
-  ``Authorization: Bearer <token>``, or the service has no token); the read API answers
-  401 itself when it returns False. The routes read ``ledger``, which the factory
-  shares with ingest and closes (when it opened it) after the last request.
+- The read API (``/api/v1/...``, ``/openapi.json``, ``/healthz``, ``/readyz``):
+  :func:`decision_trace.server.api.routes`, given the ledger (shared with ingest, and
+  closed by the factory, when it opened it, after the last request) and the token check
+  as the read API takes it (a JSON 401 answer, or None to go on).
 
 The application runs under any asyncio ASGI server (``uvicorn --factory
 decision_trace.server:create_app``); ``decision-trace serve`` runs it under uvicorn
@@ -22,23 +16,21 @@ beside the OTLP/gRPC receiver.
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
 import os
 from collections.abc import AsyncIterator
-from typing import Any
 
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from ..storage import Ledger, open_ledger
+from . import api
 from ._auth import BearerToken
 from ._service import IngestService
 from .ingest import MIB, OtlpHttpReceiver
 
 __all__ = ["create_app"]
-
-_READ_API = "decision_trace.server.api"
 
 
 def create_app(
@@ -105,8 +97,7 @@ def create_app(
         body_timeout=request_timeout,
     )
     routes: list[BaseRoute] = [Route("/v1/traces", receiver.handle, methods=["POST"])]
-    read_api = _read_api_routes(ledger, token_check)
-    routes.extend(read_api)
+    routes.extend(_read_api_routes(ledger, token_check))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -122,13 +113,17 @@ def create_app(
     app.state.ledger = ledger
     app.state.ingest = service
     app.state.token_check = token_check
-    app.state.read_api = bool(read_api)
     return app
 
 
 def _read_api_routes(ledger: Ledger, token_check: BearerToken) -> list[BaseRoute]:
-    """The read API's routes, when this installation has it (see the module docs)."""
-    if importlib.util.find_spec(_READ_API) is None:
-        return []
-    module: Any = importlib.import_module(_READ_API)
-    return list(module.routes(ledger, token_check))
+    """The read API's routes, its token check answering 401 in the API's JSON shape."""
+
+    def check(request: Request) -> Response | None:
+        if token_check(request):
+            return None
+        return api.json_error(
+            401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+        )
+
+    return list(api.routes(ledger, check))

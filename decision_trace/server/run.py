@@ -281,11 +281,11 @@ def _serve(options: ServeOptions, stop: threading.Event) -> None:
             + ("" if token_check.required else "; no token: anyone who reaches it can write")
         )
         logger.info(
-            "listening on %s://%s:%d (OTLP/HTTP /v1/traces%s), %s; ledger %s; %s; token %s",
+            "listening on %s://%s:%d (OTLP/HTTP /v1/traces, read API /api/v1), %s; ledger %s; "
+            "%s; token %s",
             scheme,
             options.host,
             http_port,
-            ", read API /api/v1" if app.state.read_api else "",
             grpc_text,
             ledger.location,
             where,

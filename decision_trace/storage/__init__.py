@@ -5,9 +5,11 @@ the CLI) talks to a :class:`Ledger`, never to a database connection. A backend i
 class that satisfies the protocol and passes the contract suite in ``tests/storage/``.
 
 Backends: SQLite (:class:`~decision_trace.storage.sqlite.SQLiteLedger`), chosen by a
-file path, and PostgreSQL (:class:`~decision_trace.storage.postgres.PostgresLedger`),
-chosen by a ``postgresql://`` URL. ``open_ledger`` picks the backend from the one string
-a user gives (``--db``, ``DECISION_TRACE_DB``, ``DecisionTraceClient(db_path=...)``)::
+file path, PostgreSQL (:class:`~decision_trace.storage.postgres.PostgresLedger`),
+chosen by a ``postgresql://`` URL, and the read-only view of a ledger service
+(:class:`~decision_trace.storage.http.HTTPLedger`), chosen by an ``http(s)://`` URL.
+``open_ledger`` picks the backend from the one string a user gives (``--db``,
+``DECISION_TRACE_DB``, ``DecisionTraceClient(db_path=...)``)::
 
     from decision_trace.storage import EventFilters, open_ledger
 
@@ -206,6 +208,10 @@ _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 """URL schemes that name a PostgreSQL ledger."""
 
+HTTP_SCHEMES = ("http", "https")
+"""URL schemes that name a ledger service (``decision-trace serve``), read through its read
+API (:class:`~decision_trace.storage.http.HTTPLedger`)."""
+
 
 def is_url(target: str | os.PathLike[str]) -> bool:
     """Whether ``target`` names a ledger by URL (``scheme://...``) rather than by file path.
@@ -240,9 +246,12 @@ def open_ledger(
     """Open the ledger that ``target`` names.
 
     Args:
-        target: A file path (SQLite), or a ``postgresql://`` / ``postgres://`` URL
-            (PostgreSQL; needs the ``[postgres]`` extra). None means the default ledger
-            (:func:`default_target`: ``$DECISION_TRACE_DB``, else the default path).
+        target: A file path (SQLite), a ``postgresql://`` / ``postgres://`` URL
+            (PostgreSQL; needs the ``[postgres]`` extra), or the ``http://`` /
+            ``https://`` URL of a ``decision-trace serve`` (read-only: its read API,
+            with the token from ``$DECISION_TRACE_TOKEN``; the other arguments do not
+            apply). None means the default ledger (:func:`default_target`:
+            ``$DECISION_TRACE_DB``, else the default path).
         durability: For backends that write: ``"sync"`` or ``"batch"`` (see
             :class:`~decision_trace.store.Store`).
         create: If false, a missing ledger is an error instead of being created.
@@ -260,10 +269,15 @@ def open_ledger(
     match = _URL.match(text)
     if match is not None:
         scheme = match.group(1).lower()
+        if scheme in HTTP_SCHEMES:
+            from .http import HTTPLedger
+
+            return HTTPLedger(text)
         if scheme not in POSTGRES_SCHEMES:
             raise StoreError(
-                f"cannot open a {match.group(1)}:// ledger: give a file path (SQLite) or a "
-                "postgresql:// URL (PostgreSQL)"
+                f"cannot open a {match.group(1)}:// ledger: give a file path (SQLite), a "
+                "postgresql:// URL (PostgreSQL) or the http(s):// URL of a ledger service "
+                "(decision-trace serve, read-only)"
             )
         try:
             from .postgres import PostgresLedger

@@ -2,6 +2,10 @@
 
 A backend joins the contract by adding a parameter to the ``ledger`` fixture that opens
 an empty ledger of its kind.
+
+``http`` is the read-only backend (a ``decision-trace serve`` read through its read API,
+here over an SQLite ledger): the contract's writes, prunes and compactions go to the
+ledger behind the service, and every read goes through HTTP (:class:`ReadThrough`).
 """
 
 from __future__ import annotations
@@ -11,10 +15,12 @@ from contextlib import closing
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from contract_support import BASE, Recorded
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from read_api_support import serve
 
 from decision_trace import DecisionTraceClient
 from decision_trace._decode import record_from_span
@@ -22,11 +28,46 @@ from decision_trace.errors import EventNotFoundError, InvalidInputError, StoreEr
 from decision_trace.models import ObjectType
 from decision_trace.record import ns_from_datetime
 from decision_trace.storage import EventFilters, Ledger, open_ledger
+from decision_trace.storage.http import HTTPLedger
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+class ReadThrough:
+    """The ``http`` backend as the contract uses it: what the contract writes (and prunes,
+    and compacts) goes to the ledger behind the service, as OTLP ingest and retention
+    would; everything else is the :class:`HTTPLedger`'s own."""
+
+    def __init__(self, behind: Ledger, remote: HTTPLedger) -> None:
+        self.behind = behind
+        self.remote = remote
+
+    def write(self, records: Any) -> int:
+        return self.behind.write(records)
+
+    def prune(self, older_than_ns: int, *, dry_run: bool = False) -> Any:
+        return self.behind.prune(older_than_ns, dry_run=dry_run)
+
+    def compact(self) -> bool:
+        return self.behind.compact()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.remote, name)
+
+
+@pytest.fixture(params=["sqlite", "postgres", "http"])
 def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
     """An empty ledger of each backend."""
+    if request.param == "http":
+        behind = open_ledger(tmp_path / "contract.db")
+        try:
+            with serve(behind) as url:
+                remote = open_ledger(url)
+                assert isinstance(remote, HTTPLedger)
+                through = ReadThrough(behind, remote)
+                yield through  # type: ignore[misc]
+                through.close()
+        finally:
+            behind.close()
+        return
     target = request.getfixturevalue("pg_url") if request.param == "postgres" else None
     opened = open_ledger(target or tmp_path / "contract.db")
     yield opened
@@ -410,7 +451,7 @@ def test_nul_in_text_is_stored_or_coerced_as_documented(
     assert event is not None and event.decision is not None
     # SQLite keeps U+0000; PostgreSQL text cannot hold it and stores U+FFFD
     # (docs/postgres.md), and looks filters up the same way.
-    nul = "\x00" if request.node.callspec.params["ledger"] == "sqlite" else "\ufffd"
+    nul = "\x00" if request.node.callspec.params["ledger"] in ("sqlite", "http") else "\ufffd"
     assert event.description == f"before{nul}after"
     assert event.decision.reasoning == f"why{nul}not"
     assert event.decision.context == {"k": f"v{nul}w"}
