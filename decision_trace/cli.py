@@ -19,9 +19,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import textwrap
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager, nullcontext
 from datetime import datetime, timedelta, timezone
@@ -1850,10 +1852,11 @@ def copy(source: str | None, destination: str, batch_size: int, as_json: bool) -
 
     Streams N events a batch, so memory stays bounded however large the ledger. An
     event the destination holds already is skipped: running the same copy again stores
-    nothing new, and a copy stopped with Ctrl-C (exit status 130, after reporting what
-    it copied) resumes when run again. An event the destination refuses is counted
-    and its id listed; the copy goes on and exits with status 1. A progress bar shows
-    when stderr is a terminal; the report is one line (one object with --json).
+    nothing new, and a copy stopped with Ctrl-C (once the batch in flight is written;
+    exit status 130, after reporting what it copied) resumes when run again. An event
+    the destination refuses is counted and its id listed; the copy goes on and exits
+    with status 1. A progress bar shows when stderr is a terminal; the report is one
+    line (one object with --json).
 
     \b
     Examples:
@@ -1908,16 +1911,56 @@ def _same_ledger(location: str) -> _UsageFail:
     )
 
 
+class _StopAfterBatch:
+    """Ctrl-C during ``copy`` takes effect once the batch being read or written is done,
+    so no statement is cut in the middle: a database driver interrupted inside a write
+    leaves its connection busy and complains on stderr (psycopg does). A second Ctrl-C
+    interrupts at once. Outside the main thread (no signals there) it does nothing."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> _StopAfterBatch:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._installed:  # None: a handler not set from Python; Python's own then
+            previous = self._previous
+            signal.signal(
+                signal.SIGINT, signal.default_int_handler if previous is None else previous
+            )
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        """Raise ``KeyboardInterrupt`` if Ctrl-C came since the copy began."""
+        if self.requested:
+            raise KeyboardInterrupt
+
+
 def _copy_records(src: Ledger, dst: Ledger, batch_size: int, report: _CopyReport) -> None:
     """Stream every record of ``src`` into ``dst``, ``batch_size`` at a time, counting in
-    ``report`` as each batch is written; a progress bar on stderr when it is a terminal."""
+    ``report`` as each batch is written; a progress bar on stderr when it is a terminal.
+    Ctrl-C stops the copy after the batch in flight is written (:class:`_StopAfterBatch`)."""
     show_progress = _is_tty(sys.stderr)
     progress = (
         click.progressbar(length=src.count(EventFilters()), label="Copying", file=sys.stderr)
         if show_progress
         else nullcontext()
     )
-    with progress as bar, closing(src.iter_records(batch_size=batch_size)) as records:
+    with (
+        _StopAfterBatch() as interrupt,
+        progress as bar,
+        closing(src.iter_records(batch_size=batch_size)) as records,
+    ):
         batch: list[EventRecord] = []
         for _, record in records:
             batch.append(record)
@@ -1927,6 +1970,7 @@ def _copy_records(src: Ledger, dst: Ledger, batch_size: int, report: _CopyReport
             if bar is not None:
                 bar.update(len(batch))
             batch = []
+            interrupt.check()
         if batch:
             report.write(dst, batch)
             if bar is not None:

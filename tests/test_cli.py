@@ -1,4 +1,11 @@
-"""The ``decision-trace`` command, through click's CliRunner and as a real subprocess."""
+"""The ``decision-trace`` command, through click's CliRunner and as a real subprocess.
+
+Every test that reads or writes a ledger runs on both backends (``ledger_target``: a
+SQLite file, then a ``postgresql://`` URL), with the same assertions; where the backends
+differ as docs/postgres.md says (the schema version, what ``stats`` reports of size, the
+file's own integrity check), the test asserts each backend's answer. Tests about the
+SQLite file itself are ``sqlite_only``; parsing and help tests touch no ledger.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +18,16 @@ import sqlite3
 import subprocess
 import sys
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import click
+import psycopg
 import pytest
 from click.testing import CliRunner, Result
 
@@ -27,7 +36,7 @@ from decision_trace.cli import main, parse_object_ref, parse_time
 from decision_trace.errors import StoreError
 from decision_trace.models import ObjectType
 from decision_trace.record import EventRecord
-from decision_trace.store import Store
+from decision_trace.storage import is_url, open_ledger
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = (
@@ -46,9 +55,23 @@ NOW = datetime.now(timezone.utc)
 HOSTILE_DESCRIPTION = "Note from customer: \x1b[2J\x1b[31mred\x1b[0m \u202eevil\u202c done"
 
 
+def on_postgres(target: str | Path) -> bool:
+    """Whether the ledger a test runs on is a PostgreSQL URL (else an SQLite file)."""
+    return is_url(str(target))
+
+
+def write_records(target: str | Path, records: list[EventRecord]) -> None:
+    """Store ``records`` straight into a ledger (as an OTLP ingest would)."""
+    ledger = open_ledger(target)
+    try:
+        ledger.write(records)
+    finally:
+        ledger.close()
+
+
 @dataclass
 class Ledger:
-    db: Path
+    db: str
     created: str
     workflow: str
     payment: str
@@ -60,8 +83,9 @@ class Ledger:
 
 
 @pytest.fixture
-def ledger(make_client: Callable[..., DecisionTraceClient], db_path: Path) -> Ledger:
-    """A small shop's ledger, recorded by the library (sync: committed on record())."""
+def ledger(make_client: Callable[..., DecisionTraceClient], ledger_target: str) -> Ledger:
+    """A small shop's ledger, recorded by the library (sync: committed on record()), once
+    per backend."""
     client = make_client(durability="sync")
     old = (
         client.trace("order.created", "Order placed long ago, archived later")
@@ -149,7 +173,7 @@ def ledger(make_client: Callable[..., DecisionTraceClient], db_path: Path) -> Le
     )
     client.close()
     return Ledger(
-        db=db_path,
+        db=ledger_target,
         created=created,
         workflow=workflow,
         payment=payment,
@@ -159,6 +183,29 @@ def ledger(make_client: Callable[..., DecisionTraceClient], db_path: Path) -> Le
         hostile=hostile,
         old=old,
     )
+
+
+@pytest.fixture
+def no_ledger(request: pytest.FixtureRequest, ledger_target: str, tmp_path: Path) -> Iterator[str]:
+    """A target on the same backend as ``ledger_target`` that holds no ledger: a file
+    that does not exist, or an empty schema of its own."""
+    if on_postgres(ledger_target):
+        with request.getfixturevalue("pg_server").schema() as schema:
+            yield schema.url
+    else:
+        yield str(tmp_path / "absent.db")
+
+
+def ledger_exists(target: str) -> bool:
+    """Whether anything was made at ``target``: the file, or a table in the schema."""
+    if not on_postgres(target):
+        return Path(target).exists()
+    with psycopg.connect(target) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"
+        ).fetchone()
+    assert row is not None
+    return bool(row[0])
 
 
 def run(*args: str, ok: bool = True, **kwargs: Any) -> Result:
@@ -354,6 +401,7 @@ def test_a_url_without_a_backend_is_one_line(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.sqlite_only  # a stand-in URL ledger over the SQLite file; test_stats shows a real one
 def test_stats_and_export_of_a_ledger_that_is_not_a_file(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -479,7 +527,7 @@ def test_why_other_objects_changes_are_labelled(ledger: Ledger) -> None:
 
 
 def test_why_alternatives_with_and_without_reasons(
-    make_client: Callable[..., DecisionTraceClient], db_path: Path
+    make_client: Callable[..., DecisionTraceClient], ledger_target: str
 ) -> None:
     client = make_client(durability="sync")
     client.trace("price.updated", "Price raised").by_ai_agent("pricing-ai").affecting_product(
@@ -489,7 +537,7 @@ def test_why_alternatives_with_and_without_reasons(
         alternatives=[{"action": "wait"}, {"name": "discount", "percent": 5}, {"odd": True}],
         rejection_reasons={"discount": "Margin too thin", "hold": "Stock is low"},
     ).record()
-    out = run("why", "product:SKU-1", "--db", str(db_path)).stdout
+    out = run("why", "product:SKU-1", "--db", ledger_target).stdout
     assert "rejected   wait: (no reason recorded)" in out
     assert "rejected   discount (percent=5): Margin too thin" in out
     assert 'rejected   {"odd": true}: (no reason recorded)' in out
@@ -594,19 +642,59 @@ def test_stats(ledger: Ledger) -> None:
     assert stats["first"] < stats["last"]
     span = datetime.fromisoformat(stats["last"]) - datetime.fromisoformat(stats["first"])
     assert stats["span_seconds"] == span.total_seconds() >= 100 * 86400
-    assert stats["size_bytes"] == ledger.db.stat().st_size > 0
-    assert stats["schema_version"] == 2
+    assert stats["db"] == ledger.db  # a URL as given (it holds no password)
+    if on_postgres(ledger.db):  # the three tables with their indexes; no separate log
+        assert stats["size_bytes"] > 0 and stats["wal_bytes"] == 0
+        assert stats["schema_version"] == 1
+    else:
+        assert stats["size_bytes"] == Path(ledger.db).stat().st_size > 0
+        assert stats["schema_version"] == 2
     human = run_db(ledger, "stats").stdout
     assert "order.created" in human and "By actor type" in human and "Size" in human
+    assert f"Ledger      {ledger.db}" in human.replace("\n" + " " * 12, "")  # wrapped
     assert re.search(r"Covers +(99|100) days", human)
     assert all(len(line) <= 80 for line in human.splitlines())
 
 
-def test_stats_on_an_empty_ledger(make_client: Callable[..., DecisionTraceClient]) -> None:
+def test_stats_on_an_empty_ledger(
+    make_client: Callable[..., DecisionTraceClient], ledger_target: str
+) -> None:
     client = make_client()
     client.close()
+    assert client.db_path == ledger_target
     stats = json_lines(run("stats", "--db", client.db_path, "--json"))[0]
     assert stats["events"] == 0 and stats["first"] is None and stats["by_day"] == {}
+
+
+def test_a_password_in_the_url_is_never_shown(
+    make_client: Callable[..., DecisionTraceClient], pg_url: str, tmp_path: Path
+) -> None:
+    """``--db postgresql://user:password@...``: stats, errors and copy's report name the
+    ledger by its URL without the password (PostgreSQL only: a file has none)."""
+    client = make_client(db_path=pg_url, durability="sync")
+    client.trace("order.created", "Order created").by_user("cust-1").record()
+    client.close()
+    parts = urlsplit(pg_url)
+    password = parts.password or "s3cret-pw"  # the test server trusts, or takes its own
+    user, host = parts.username or "", parts.netloc.rpartition("@")[2]
+    secret = urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
+    public = urlunsplit(parts._replace(netloc=f"{user}@{host}"))
+    results = [
+        run("stats", "--db", secret, "--json"),
+        run("stats", "--db", secret),
+        run("show", "0123456789abcdef", "--db", secret, ok=False),
+        run("why", "order:never", "--db", secret, ok=False),
+        run("copy", "--from", secret, "--to", str(tmp_path / "copy.db")),
+        run("copy", "--from", secret, "--to", secret, ok=False),
+    ]
+    for result in results:
+        assert password not in result.stdout + result.stderr
+    assert json_lines(results[0])[0]["db"] == public
+    assert f"Ledger      {public}" in results[1].stdout.replace("\n" + " " * 12, "")
+    assert f"no event with id '0123456789abcdef' in {public}" in results[2].stderr
+    assert f"no events about order 'never' in {public}" in results[3].stderr
+    assert results[4].stdout.startswith(f"Copied {public} to ")
+    fails(results[5], 2, f"same ledger ({public})")
 
 
 # --- export -----------------------------------------------------------------------------
@@ -647,7 +735,7 @@ def test_export_csv_to_file_with_filters(ledger: Ledger, tmp_path: Path) -> None
 
 @pytest.mark.parametrize("start", ["=", "+", "-", "@", "\t", "\r"])
 def test_export_csv_cells_never_run_as_spreadsheet_formulas(
-    make_client: Callable[..., DecisionTraceClient], db_path: Path, start: str
+    make_client: Callable[..., DecisionTraceClient], ledger_target: str, start: str
 ) -> None:
     client = make_client(durability="sync")
     formula = start + 'HYPERLINK("http://evil.example","refund")'
@@ -659,7 +747,7 @@ def test_export_csv_cells_never_run_as_spreadsheet_formulas(
     )
     rows = list(
         csv.DictReader(
-            io.StringIO(run("export", "--db", str(db_path), "--format", "csv").stdout, newline="")
+            io.StringIO(run("export", "--db", ledger_target, "--format", "csv").stdout, newline="")
         )
     )
     (row,) = rows
@@ -668,7 +756,7 @@ def test_export_csv_cells_never_run_as_spreadsheet_formulas(
     assert row["actor_name"] == "'" + start + "cmd|' /C calc'!A0"
     assert json.loads(row["context"]) == {"note": formula}  # a JSON cell starts with {
     # JSON lines keep the exact text.
-    (line,) = json_lines(run("export", "--db", str(db_path)))
+    (line,) = json_lines(run("export", "--db", ledger_target))
     assert line["description"] == formula
 
 
@@ -678,6 +766,7 @@ def test_export_has_no_progress_bar_when_not_a_terminal(ledger: Ledger, tmp_path
     assert result.stderr.strip() == f"Exported 8 events to {tmp_path / 'x.jsonl'}."
 
 
+@pytest.mark.sqlite_only  # about the output path: refused before the ledger is read
 def test_export_to_a_missing_folder(ledger: Ledger, tmp_path: Path) -> None:
     target = tmp_path / "no" / "such" / "folder.csv"
     fails(run_db(ledger, "export", "-o", str(target), ok=False), 1, "does not exist")
@@ -716,17 +805,15 @@ def _record(i: int, start_ns: int) -> EventRecord:
     )
 
 
-def test_export_streams_in_bounded_memory(db_path: Path, tmp_path: Path) -> None:
+def test_export_streams_in_bounded_memory(ledger_target: str, tmp_path: Path) -> None:
     count = 20_000
-    store = Store(db_path)
     start = int(NOW.timestamp()) * 1_000_000_000
     for chunk in range(0, count, 5000):
-        store.write([_record(i, start) for i in range(chunk, chunk + 5000)])
-    store.close()
+        write_records(ledger_target, [_record(i, start) for i in range(chunk, chunk + 5000)])
     out = tmp_path / "all.jsonl"
     tracemalloc.start()
     try:
-        run("export", "--db", str(db_path), "-o", str(out))
+        run("export", "--db", ledger_target, "-o", str(out))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -750,7 +837,7 @@ def test_export_progress_bar_on_a_terminal(ledger: Ledger, tmp_path: Path) -> No
                 "decision_trace",
                 "export",
                 "--db",
-                str(ledger.db),
+                ledger.db,
                 "-o",
                 str(out),
             ],
@@ -780,8 +867,16 @@ def test_export_progress_bar_on_a_terminal(ledger: Ledger, tmp_path: Path) -> No
 # --- prune ------------------------------------------------------------------------------
 
 
-def integrity(db: Path) -> str:
-    with closing(sqlite3.connect(db)) as conn:
+def integrity(target: str | Path) -> str:
+    """The ledger's integrity check, run outside the CLI: SQLite's own for a file, the
+    backend's consistency check for PostgreSQL (``ok``, or the problems found)."""
+    if on_postgres(target):
+        ledger = open_ledger(target, create=False, read_only=True)
+        try:
+            return "; ".join(ledger.check()) or "ok"
+        finally:
+            ledger.close()
+    with closing(sqlite3.connect(target)) as conn:
         return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
 
 
@@ -805,15 +900,24 @@ def test_prune_dry_run_then_for_real(ledger: Ledger) -> None:
 
 
 def test_prune_vacuum_removes_the_bytes(ledger: Ledger) -> None:
-    assert b"zanzibarword" in ledger.db.read_bytes() + _wal(ledger.db)
-    result = run_db(ledger, "prune", "--older-than", "2000h", "--vacuum")
-    assert "Deleted 1 event older than" in result.stdout
-    assert "File vacuumed: the deleted data is gone from disk." in result.stdout
-    assert b"zanzibarword" not in ledger.db.read_bytes() + _wal(ledger.db)
+    if on_postgres(ledger.db):
+        result = run_db(ledger, "prune", "--older-than", "2000h", "--vacuum")
+        assert "Deleted 1 event older than" in result.stdout
+        assert "Ledger compacted: the deleted data's space is given back." in result.stdout
+        assert "File" not in result.stdout and result.stderr == ""
+    else:
+        db = Path(ledger.db)
+        assert b"zanzibarword" in db.read_bytes() + _wal(db)
+        result = run_db(ledger, "prune", "--older-than", "2000h", "--vacuum")
+        assert "Deleted 1 event older than" in result.stdout
+        assert "File vacuumed: the deleted data is gone from disk." in result.stdout
+        assert b"zanzibarword" not in db.read_bytes() + _wal(db)
     assert integrity(ledger.db) == "ok"
     assert len(json_lines(run_db(ledger, "export"))) == 7
+    assert run_db(ledger, "search", "zanzibarword").stdout == ""
 
 
+@pytest.mark.sqlite_only  # an SQLite reader pinning the write-ahead log
 def test_prune_vacuum_while_another_process_reads(ledger: Ledger) -> None:
     with closing(sqlite3.connect(ledger.db, isolation_level=None)) as reader:
         reader.execute("BEGIN")
@@ -826,7 +930,7 @@ def test_prune_vacuum_while_another_process_reads(ledger: Ledger) -> None:
     assert integrity(ledger.db) == "ok"
     again = json_lines(run_db(ledger, "prune", "--older-than", "90d", "--vacuum", "--json"))
     assert again[0]["checkpointed"] is True
-    assert b"zanzibarword" not in ledger.db.read_bytes() + _wal(ledger.db)
+    assert b"zanzibarword" not in Path(ledger.db).read_bytes() + _wal(Path(ledger.db))
 
 
 def _wal(db: Path) -> bytes:
@@ -893,19 +997,19 @@ def test_unknown_event_id(ledger: Ledger) -> None:
     fails(run_db(ledger, "why", "order:never", ok=False), 1, "no events about order 'never'")
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        ("events",),
-        ("show", "0123456789abcdef"),
-        ("why", "order:ord-1"),
-        ("search", "refund"),
-        ("chain", "0123456789abcdef"),
-        ("stats",),
-        ("export",),
-        ("prune", "--older-than", "90d"),
-    ],
-)
+MISSING_LEDGER_COMMANDS = [
+    ("events",),
+    ("show", "0123456789abcdef"),
+    ("why", "order:ord-1"),
+    ("search", "refund"),
+    ("chain", "0123456789abcdef"),
+    ("stats",),
+    ("export",),
+    ("prune", "--older-than", "90d"),
+]
+
+
+@pytest.mark.parametrize("args", MISSING_LEDGER_COMMANDS)
 def test_missing_database_is_never_created(tmp_path: Path, args: tuple[str, ...]) -> None:
     missing = tmp_path / "nowhere" / "traces.db"
     fails(run(*args, "--db", str(missing), ok=False), 1, "no decision-trace database")
@@ -913,6 +1017,28 @@ def test_missing_database_is_never_created(tmp_path: Path, args: tuple[str, ...]
     default = tmp_path / "home" / ".local" / "share" / "decision-trace"
     fails(run(*args, ok=False), 1, "no decision-trace database")
     assert not default.exists()
+
+
+def test_a_schema_without_a_ledger_is_never_written(pg_url: str) -> None:
+    """The PostgreSQL side of the two tests around this one: a URL naming an empty schema,
+    or a schema whose ``events`` table belongs to another application, is one line, exit
+    status 1, for every command, and nothing is created or changed there."""
+    no_ledger = "no decision-trace ledger at " + pg_url
+    for args in MISSING_LEDGER_COMMANDS:
+        fails(run(*args, "--db", pg_url, ok=False), 1, no_ledger)
+    assert not ledger_exists(pg_url)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE events (x integer)")
+        conn.execute("INSERT INTO events VALUES (1)")
+    for args in MISSING_LEDGER_COMMANDS:
+        line = fails(run(*args, "--db", pg_url, ok=False), 1, pg_url, "left untouched")
+        assert "has an events table that is not a decision-trace ledger" in line
+    with psycopg.connect(pg_url) as conn:
+        tables = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+        ).fetchall()
+        assert tables == [("events",)]
+        assert conn.execute("SELECT x FROM events").fetchall() == [(1,)]
 
 
 def test_files_that_are_not_ledgers(tmp_path: Path) -> None:
@@ -931,9 +1057,13 @@ def test_files_that_are_not_ledgers(tmp_path: Path) -> None:
 
 
 def test_a_ledger_from_a_newer_release(ledger: Ledger) -> None:
-    with closing(sqlite3.connect(ledger.db)) as conn:
-        conn.execute("PRAGMA user_version = 99")
-        conn.commit()
+    if on_postgres(ledger.db):
+        with psycopg.connect(ledger.db, autocommit=True) as pg:
+            pg.execute("UPDATE decision_trace_schema SET version = 99")
+    else:
+        with closing(sqlite3.connect(ledger.db)) as conn:
+            conn.execute("PRAGMA user_version = 99")
+            conn.commit()
     fails(run_db(ledger, "stats", ok=False), 1, "schema version 99", "upgrade decision-trace")
 
 
@@ -1007,8 +1137,8 @@ def _console_script() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "decision_trace"]
 
 
-def test_installed_console_script_on_recorded_data(ledger: Ledger) -> None:
-    env = {**os.environ, "DECISION_TRACE_DB": str(ledger.db)}
+def test_installed_console_script_on_recorded_data(ledger: Ledger, no_ledger: str) -> None:
+    env = {**os.environ, "DECISION_TRACE_DB": ledger.db}
 
     def cli(*args: str, command: list[str] | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -1048,16 +1178,98 @@ def test_installed_console_script_on_recorded_data(ledger: Ledger) -> None:
     assert len(usage.stderr.strip().splitlines()) == 1
     assert "Traceback" not in usage.stderr
 
-    nowhere = ledger.db.parent / "absent.db"
-    absent = cli("stats", "--db", str(nowhere))
-    assert absent.returncode == 1 and not nowhere.exists()
+    absent = cli("stats", "--db", no_ledger)
+    assert absent.returncode == 1 and absent.stdout == ""
+    assert absent.stderr.startswith("Error: no decision-trace ")
+    assert not ledger_exists(no_ledger)
 
 
-def test_demo_data_through_a_real_process(tmp_path: Path) -> None:
-    """``make demo``'s script records a day; the command answers questions about it."""
+NEW_USER_PROGRAM = """
+import sys
+from decision_trace import DecisionTraceClient
+
+client = DecisionTraceClient(db_path=sys.argv[1])
+refund = (
+    client.trace("order.refunded", "Refund of 89.00 USD for order ord-123")
+    .by_ai_agent("support-bot", "Support Assistant", model="gpt-4o")
+    .affecting_order("ord-123", state_before={"status": "paid"}, state_after={"status": "refunded"})
+    .because(
+        "Parcel arrived crushed; the customer sent photos",
+        context={"photos": 3, "customer_tier": "gold"},
+        alternatives=[{"action": "replace"}],
+        rejection_reasons={"replace": "out of stock"},
+    )
+    .with_tags("refund", "damaged-in-transit")
+    .record()
+)
+note = (
+    client.trace("order.note", "Customer called back")
+    .child_of(refund)
+    .by_user("agent-7")
+    .affecting_order("ord-123")
+    .record()
+)
+client.close()
+print(refund, note)
+"""
+
+
+def test_a_new_user_records_and_asks_through_one_target(ledger_target: str, tmp_path: Path) -> None:
+    """What a new user does with a SQLite path or a ``postgresql://`` URL alike: record
+    from their own program (README's example, ``db_path=`` the target), then ask
+    ``python -m decision_trace ... --db <target>`` in another process."""
+    program = tmp_path / "shop.py"
+    program.write_text(NEW_USER_PROGRAM, encoding="utf-8")
+    env = {key: value for key, value in os.environ.items() if key != "DECISION_TRACE_DB"}
+
+    def python(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, *args],
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            env=env,
+            cwd=tmp_path,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, (args, done.stderr)
+        assert "Traceback" not in done.stderr
+        return done
+
+    refund, note = python(str(program), ledger_target).stdout.split()
+
+    def ask(*args: str) -> str:
+        return python("-m", "decision_trace", *args, "--db", ledger_target).stdout
+
+    listed = [json.loads(line) for line in ask("events", "--json").splitlines()]
+    assert [e["id"] for e in listed] == [note, refund]
+    assert listed[1]["actor"]["model"] == "gpt-4o"
+    assert listed[1]["decision"]["context"] == {"photos": 3, "customer_tier": "gold"}
+    assert listed[1]["objects"][0]["state_after"] == {"status": "refunded"}
+    assert listed[0]["parent_event_id"] == refund
+    story = ask("why", "order:ord-123")
+    assert story.startswith("order ord-123: 2 events")
+    assert "why        Parcel arrived crushed; the customer sent photos" in story
+    assert "rejected   replace: out of stock" in story
+    assert "changed    status: paid → refunded" in story
+    assert refund in ask("search", "crushed")
+    assert refund in ask("show", refund[:8]) and "damaged-in-transit" in ask("show", refund)
+    tree = ask("chain", note)
+    assert tree.index(refund) < tree.index(note)
+    (stats,) = [json.loads(line) for line in ask("stats", "--json").splitlines()]
+    assert (stats["db"], stats["events"]) == (ledger_target, 2)
+    assert stats["by_actor_type"] == {"ai_agent": 1, "user": 1}
+    exported = [json.loads(line) for line in ask("export").splitlines()]
+    assert [e["id"] for e in exported] == [refund, note]
+
+
+def test_demo_data_through_a_real_process(ledger_target: str) -> None:
+    """``make demo``'s script records a day; the command answers questions about it (the
+    ledger named by $DECISION_TRACE_DB for both)."""
     demo = REPO_ROOT / "examples" / "ecommerce_demo.py"
-    db = tmp_path / "demo.db"
-    env = {**os.environ, "DECISION_TRACE_DB": str(db)}
+    db = ledger_target
+    env = {**os.environ, "DECISION_TRACE_DB": db}
     recorded = subprocess.run(
         [sys.executable, str(demo)], capture_output=True, text=True, env=env, timeout=300
     )
@@ -1093,7 +1305,7 @@ def test_demo_data_through_a_real_process(tmp_path: Path) -> None:
 
 
 def test_why_and_search_stream_histories_longer_than_a_batch(
-    make_client: Callable[..., DecisionTraceClient], db_path: Path
+    make_client: Callable[..., DecisionTraceClient], ledger_target: str
 ) -> None:
     """``why`` and ``search --limit 0`` read 200 rows at a time; every event of a long
     history comes out, in order, with the title counting them all (or the limit)."""
@@ -1108,7 +1320,7 @@ def test_why_and_search_stream_histories_longer_than_a_batch(
         .record()
         for i in range(450)
     ]
-    db = str(db_path)
+    db = ledger_target
 
     story = run("why", "order:ord-long", "--db", db).stdout
     assert story.startswith("order ord-long: 450 events")
@@ -1186,15 +1398,14 @@ def test_show_and_chain_take_a_unique_id_prefix(ledger: Ledger) -> None:
     assert "◀ this event" in next(line for line in chained.splitlines() if ledger.adjusted in line)
 
     start = int(NOW.timestamp()) * 1_000_000_000
-    store = Store(ledger.db)
-    store.write(
+    write_records(
+        ledger.db,
         [
             _with_id("abcd000000000001", start),
             _with_id("abcd000000000002", start),
             *(_with_id(f"abce00000000000{i}", start) for i in range(7)),
-        ]
+        ],
     )
-    store.close()
     for command in ("show", "chain"):
         line = fails(run_db(ledger, command, "abcd", ok=False), 1)
         assert "'abcd' is ambiguous: 2 event ids start with it" in line
@@ -1223,7 +1434,7 @@ def test_events_by_trace(ledger: Ledger) -> None:
 
 
 def test_money_prints_with_its_currency_decimals(
-    make_client: Callable[..., Any], db_path: Path
+    make_client: Callable[..., Any], ledger_target: str
 ) -> None:
     from decision_trace.ecommerce import EcommerceClient
 
@@ -1239,12 +1450,17 @@ def test_money_prints_with_its_currency_decimals(
     shop.payment_captured("pay-9", "ord-9", 0.125, "card").record()
     repriced = shop.price_updated("MUG-1", 89, 94.5, "Supplier raised prices").record()
     shop.close()
-    db = str(db_path)
+    db = ledger_target
 
     story = run("why", "ord-9", "--db", db).stdout
     flat = " ".join(story.split())  # the items wrap to a second line
-    assert 'state status: created, total: 89.00 USD, items: [{"price": 89.00, "qty": 1,' in flat
-    assert "state      refund_amount: 30.00 USD, order_total: 89.00 USD" in story
+    if on_postgres(db):  # jsonb keeps no key order (docs/postgres.md): shortest key first
+        items = '[{"price": 89.00, "qty": 1, "sku": "MUG-1"}]'
+        assert f"state items: {items}, total: 89.00 USD, status: created" in flat
+        assert "state      order_total: 89.00 USD, refund_amount: 30.00 USD" in story
+    else:
+        assert 'state status: created, total: 89.00 USD, items: [{"price": 89.00, "qty": 1,' in flat
+        assert "state      refund_amount: 30.00 USD, order_total: 89.00 USD" in story
     assert "currency" not in story and "89.0," not in story and "30.0," not in story
     assert "1000 JPY" in run("why", "order:ord-jp", "--db", db).stdout
     assert "total: 12.500 KWD" in run("why", "ord-kw", "--db", db).stdout

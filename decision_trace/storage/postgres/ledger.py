@@ -12,8 +12,9 @@ A batch is one statement: its columns go in as arrays, ``unnest`` makes them row
 events that were new, in the same statement.
 
 Text: PostgreSQL cannot hold U+0000 in text or JSON, so the backend stores it as U+FFFD
-(and looks values up the same way); JSON is stored as ``jsonb``, which keeps values but
-not key order or number spelling (``1e+16`` reads back as ``10000000000000000``).
+(and looks values up the same way), as it does a lone surrogate escaped in JSON text
+(``jsonb`` refuses one). JSON is stored as ``jsonb``, which keeps values but not key
+order or number spelling (``1e+16`` reads back as ``10000000000000000``).
 """
 
 from __future__ import annotations
@@ -185,15 +186,28 @@ def _text(value: str | None) -> str | None:
     return value.replace("\x00", "\ufffd")
 
 
-_JSON_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+_JSON_ESCAPE = re.compile(
+    r"\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})|\\u([0-9a-f]{4})|\\.", re.IGNORECASE | re.DOTALL
+)
+"""One escape of JSON text, left to right: a surrogate pair, one ``\\uXXXX``, or any
+other (``\\\\`` among them, so an escaped backslash never starts a ``\\u``)."""
+
+
+def _jsonb_escape(match: re.Match[str]) -> str:
+    code = match.group(3)
+    if code is None:
+        return match.group(0)  # a surrogate pair, or not a \u escape
+    n = int(code, 16)
+    return "\\ufffd" if n == 0 or 0xD800 <= n <= 0xDFFF else match.group(0)
 
 
 def _json(value: str | None) -> str | None:
-    """JSON text ``jsonb`` accepts: an escaped (or raw) U+0000 becomes U+FFFD."""
+    """JSON text ``jsonb`` accepts: an escaped (or raw) U+0000 and an escaped lone
+    surrogate (JSON strings may hold one; ``jsonb`` refuses it) become U+FFFD."""
     if value is None:
         return None
-    if "\\u0000" in value:
-        value = _JSON_NUL.sub(lambda m: m.group(1) + "\\ufffd", value)
+    if "\\u" in value:
+        value = _JSON_ESCAPE.sub(_jsonb_escape, value)
     return _text(value)
 
 
