@@ -22,6 +22,8 @@ from hypothesis import strategies as st
 from decision_trace import DecisionTraceClient, InvalidInputError, TraceEvent
 from decision_trace._json import MAX_DEPTH
 
+pytestmark = pytest.mark.usefixtures("ledger_target")
+
 
 class Color(enum.Enum):
     RED = "red"

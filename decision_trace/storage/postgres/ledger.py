@@ -167,15 +167,28 @@ def _text(value: str | None) -> str | None:
     return value.replace("\x00", "\ufffd")
 
 
-_JSON_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+# The escapes of JSON text that matter to jsonb, left to right: an escaped backslash
+# (consumed whole, so the "u" after it is never read as an escape), a surrogate pair
+# (one character: kept), and what jsonb refuses: U+0000 and a lone surrogate.
+_JSON_ESCAPES = re.compile(
+    r"\\\\"
+    r"|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+    r"|\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})"
+)
+
+
+def _refused_escape(match: re.Match[str]) -> str:
+    escape = match.group(0)
+    return "\\ufffd" if len(escape) == 6 else escape
 
 
 def _json(value: str | None) -> str | None:
-    """JSON text ``jsonb`` accepts: an escaped (or raw) U+0000 becomes U+FFFD."""
+    """JSON text ``jsonb`` accepts: an escaped (or raw) U+0000 and an escaped lone
+    surrogate (which Python's JSON keeps, but ``jsonb`` refuses) become U+FFFD."""
     if value is None:
         return None
-    if "\\u0000" in value:
-        value = _JSON_NUL.sub(lambda m: m.group(1) + "\\ufffd", value)
+    if "\\u0000" in value or "\\ud" in value or "\\uD" in value:
+        value = _JSON_ESCAPES.sub(_refused_escape, value)
     return _text(value)
 
 
