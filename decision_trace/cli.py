@@ -1,7 +1,8 @@
 """The ``decision-trace`` command: ask the ledger "who did this, and why?" from a terminal.
 
-One click group, one function per command. Every command takes ``--db PATH`` (default:
-the library's default ledger) and ``--json`` (one JSON object per line for lists). Data
+One click group, one function per command. Every command takes ``--db PATH|URL``
+(default: the library's default ledger) and ``--json`` (one JSON object per line for
+lists); ``copy`` takes ``--from`` and ``--to`` instead of ``--db``. Data
 goes to stdout, messages to stderr; a user's mistake is one ``Error:`` line on stderr and
 a non-zero exit, never a traceback. Read commands never create a database.
 
@@ -31,7 +32,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from .errors import DecisionTraceError, InvalidInputError
+from .errors import DecisionTraceError, InvalidInputError, RejectedRecordsError
 from .models import (
     Actor,
     ActorType,
@@ -42,9 +43,9 @@ from .models import (
     TrackedObject,
     clean_text,
 )
-from .record import ns_from_datetime
+from .record import EventRecord, ns_from_datetime
 from .serialize import event_to_json
-from .storage import EventFilters, Ledger, default_db_path, open_ledger
+from .storage import EventFilters, Ledger, default_target, is_url, open_ledger
 
 __all__ = ["event_to_json", "main"]
 
@@ -318,11 +319,30 @@ class _TraceIdType(_ParamType):
         return text
 
 
+class _LedgerType(_ParamType):
+    """A ledger: a URL (``scheme://...``), passed on untouched, or a file path, checked as
+    ``click.Path(dir_okay=False)`` checks it (a directory is a usage error). Either way a
+    string: a URL must never go through :class:`~pathlib.Path`, which would turn
+    ``//`` into ``/``."""
+
+    name = "PATH|URL"
+
+    def __init__(self) -> None:
+        self._path = click.Path(dir_okay=False)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+        if is_url(text):
+            return text
+        return os.fspath(self._path.convert(text, param, ctx))
+
+
 TIME = _TimeType()
 OBJECT_REF = _ObjectRefType()
 OBJECT_TARGET = _ObjectTargetType()
 EVENT_ID = _EventIdType()
 TRACE_ID = _TraceIdType()
+LEDGER = _LedgerType()
 
 
 def _resolve_event_id(ledger: Ledger, text: str) -> str:
@@ -350,12 +370,13 @@ def _resolve_event_id(ledger: Ledger, text: str) -> str:
 def _db_option(f: F) -> F:
     return click.option(
         "--db",
-        "db_path",
-        type=click.Path(dir_okay=False, path_type=Path),
+        "db",
+        type=LEDGER,
         default=None,
-        metavar="PATH",
-        help="The ledger file. Default: $DECISION_TRACE_DB, else the library's default "
-        "(~/.local/share/decision-trace/traces.db, or under $XDG_DATA_HOME).",
+        metavar="PATH|URL",
+        help="The ledger: a file (SQLite), or a postgresql:// URL. Default: $DECISION_TRACE_DB, "
+        "else the library's default (~/.local/share/decision-trace/traces.db, or under "
+        "$XDG_DATA_HOME).",
     )(f)
 
 
@@ -452,26 +473,42 @@ def _filters(
     )
 
 
-@contextmanager
-def _open(db_path: Path | None, *, write: bool = False) -> Iterator[Ledger]:
-    """The existing ledger (never created here; opened read-only unless ``write``),
-    closed afterwards."""
-    if db_path is None:
+def _target(db: str | None) -> str:
+    """The ledger a command reads: its own ``--db``, else the group's ``--db`` (given
+    before the command name), else $DECISION_TRACE_DB or the default file."""
+    if db is None:
         context = click.get_current_context(silent=True)
-        db_path = context.obj if context is not None else None
-    path = (db_path or default_db_path()).expanduser()
-    if not path.exists():
-        raise _Fail(
-            f"no decision-trace database at {path} (record some events first, "
-            "or pass --db PATH / set DECISION_TRACE_DB)"
-        )
-    if path.is_file() and path.stat().st_size == 0:
-        raise _Fail(f"{path} is empty, not a decision-trace database")
-    ledger = open_ledger(path, create=False, read_only=not write)
+        db = context.obj if context is not None else None
+    return db if db is not None else default_target()
+
+
+@contextmanager
+def _open(db: str | None, *, write: bool = False, option: str = "--db PATH") -> Iterator[Ledger]:
+    """The existing ledger (never created here; opened read-only unless ``write``),
+    closed afterwards. A file path is checked here, so that a missing or empty file gets
+    a message naming ``option``; a URL goes to ``open_ledger`` untouched, which reports
+    a missing ledger itself."""
+    target = _target(db)
+    if not is_url(target):
+        path = Path(target).expanduser()
+        if not path.exists():
+            raise _Fail(
+                f"no decision-trace database at {path} (record some events first, "
+                f"or pass {option} / set DECISION_TRACE_DB)"
+            )
+        if path.is_file() and path.stat().st_size == 0:
+            raise _Fail(f"{path} is empty, not a decision-trace database")
+        target = str(path)
+    ledger = open_ledger(target, create=False, read_only=not write)
     try:
         yield ledger
     finally:
         ledger.close()
+
+
+def _ledger_file(ledger: Ledger) -> Path | None:
+    """The file the ledger is, or None when it is not one (a ledger named by URL)."""
+    return None if is_url(ledger.location) else Path(ledger.location)
 
 
 # --- output helpers ---------------------------------------------------------------------
@@ -875,7 +912,7 @@ _LIMIT_HELP = "Show at most this many (0 for all)."
 @click.version_option(package_name="decision-trace-otel", prog_name="decision-trace")
 @_db_option
 @click.pass_context
-def main(ctx: click.Context, db_path: Path | None) -> None:
+def main(ctx: click.Context, db: str | None) -> None:
     """Ask the decision-trace ledger who did what, to which object, and why.
 
     \b
@@ -886,10 +923,10 @@ def main(ctx: click.Context, db_path: Path | None) -> None:
       decision-trace search "price increase"
 
     Every command reads $DECISION_TRACE_DB (or the default ledger) unless given
-    --db PATH (before or after the command name), and prints JSON with --json.
+    --db PATH|URL (before or after the command name), and prints JSON with --json.
     Times are UTC.
     """
-    ctx.obj = db_path
+    ctx.obj = db
 
 
 @main.command(short_help="List events, newest first, with filters.")
@@ -904,7 +941,7 @@ def main(ctx: click.Context, db_path: Path | None) -> None:
 )
 @_common
 def events(
-    db_path: Path | None,
+    db: str | None,
     as_json: bool,
     limit: int,
     event_types: tuple[str, ...],
@@ -930,7 +967,7 @@ def events(
     filters = _filters(
         event_types, actor_types, actor_ids, object_ref, tags, outcome, since, until, trace_id
     )
-    with _open(db_path) as ledger:
+    with _open(db) as ledger:
         # Streamed: printing starts at once and memory stays bounded with --limit 0.
         with closing(ledger.iter_events(filters, order="desc")) as stream:
             shown = _print_list(islice(stream, _limit(limit)), as_json)
@@ -945,7 +982,7 @@ def events(
 @main.command(short_help="One event in full.")
 @click.argument("event_id", type=EVENT_ID)
 @_common
-def show(db_path: Path | None, as_json: bool, event_id: str) -> None:
+def show(db: str | None, as_json: bool, event_id: str) -> None:
     """Show one event in full: who, why, the alternatives, the objects it changed.
 
     EVENT_ID is the event's 16 hex characters, or a unique start of them (at least 4).
@@ -956,7 +993,7 @@ def show(db_path: Path | None, as_json: bool, event_id: str) -> None:
       decision-trace show 3f2a9c0d
       decision-trace show 3f2a9c0d1e2b4a5f --json
     """
-    with _open(db_path) as ledger:
+    with _open(db) as ledger:
         event_id = _resolve_event_id(ledger, event_id)
         event = ledger.get_event(event_id)
         path = ledger.location
@@ -1037,7 +1074,7 @@ def _print_event_full(event: TraceEvent) -> None:
 )
 @_common
 def why(
-    db_path: Path | None,
+    db: str | None,
     as_json: bool,
     target: tuple[ObjectType | None, str, str | None],
     limit: int,
@@ -1054,7 +1091,7 @@ def why(
       decision-trace why inventory:SKU-789
       decision-trace why customer:cust-456 --json
     """
-    with _open(db_path) as ledger:
+    with _open(db) as ledger:
         object_type, external_id = _resolve_object(ledger, target)
         with closing(ledger.iter_object_history(external_id, object_type)) as stream:
             _print_history(ledger, stream, object_type, external_id, as_json, limit)
@@ -1161,7 +1198,7 @@ def _print_story(
     help=_LIMIT_HELP,
 )
 @_common
-def search(db_path: Path | None, as_json: bool, text: tuple[str, ...], limit: int) -> None:
+def search(db: str | None, as_json: bool, text: tuple[str, ...], limit: int) -> None:
     """Full-text search of descriptions, reasoning and context; every word must match.
 
     Any text is safe to type: quotes, AND, OR, *, - and parentheses are searched for
@@ -1176,7 +1213,7 @@ def search(db_path: Path | None, as_json: bool, text: tuple[str, ...], limit: in
     """
     words = " ".join(text)
     with (
-        _open(db_path) as ledger,
+        _open(db) as ledger,
         closing(ledger.iter_search(words)) as stream,
     ):
         # Streamed, as for events: --limit 0 on a common word keeps memory bounded.
@@ -1198,7 +1235,7 @@ def search(db_path: Path | None, as_json: bool, text: tuple[str, ...], limit: in
     help="Under each step, its reasoning in full (and its error, if it failed).",
 )
 @_common
-def chain(db_path: Path | None, as_json: bool, event_id: str, show_why: bool) -> None:
+def chain(db: str | None, as_json: bool, event_id: str, show_why: bool) -> None:
     """Show the chain an event belongs to: its topmost stored ancestor and every
     descendant, as an indented tree with durations.
 
@@ -1211,7 +1248,7 @@ def chain(db_path: Path | None, as_json: bool, event_id: str, show_why: bool) ->
       decision-trace chain 3f2a9c0d --why
       decision-trace chain 3f2a9c0d1e2b4a5f --json
     """
-    with _open(db_path) as ledger:
+    with _open(db) as ledger:
         event_id = _resolve_event_id(ledger, event_id)
         root = ledger.get_chain(event_id)
     if as_json:
@@ -1273,7 +1310,7 @@ def chain(db_path: Path | None, as_json: bool, event_id: str, show_why: bool) ->
             )
 
 
-@main.command(short_help="Counts by type, actor, outcome and day; file size.")
+@main.command(short_help="Counts by type, actor, outcome and day; the ledger's size.")
 @click.option(
     "--days",
     default=14,
@@ -1282,22 +1319,22 @@ def chain(db_path: Path | None, as_json: bool, event_id: str, show_why: bool) ->
     help="Per-day counts for the newest N days with events (0: all).",
 )
 @_common
-def stats(db_path: Path | None, as_json: bool, days: int) -> None:
-    """Count events by type, actor type, outcome and day; the time span; the file size.
+def stats(db: str | None, as_json: bool, days: int) -> None:
+    """Count events by type, actor type, outcome and day; the time span; the ledger's size.
 
     \b
     Examples:
       decision-trace stats
       decision-trace stats --days 30 --json
     """
-    with _open(db_path) as ledger:
+    with _open(db) as ledger:
         summary = ledger.summary(days=_limit(days))
-        path = ledger.location
+        location = ledger.location
         size, wal_size = ledger.size_bytes()
     if as_json:
         _print_json(
             {
-                "db": str(path),
+                "db": location,
                 "size_bytes": size,
                 "wal_bytes": wal_size,
                 "schema_version": summary.schema_version,
@@ -1320,7 +1357,7 @@ def stats(db_path: Path | None, as_json: bool, days: int) -> None:
     def row(label: str, value: str) -> None:
         _out(_wrap(value, " " * 12, first=label.ljust(12), bold_first=True))
 
-    row("Ledger", str(path))
+    row("Ledger", location)
     row("Size", _size(size) + (f" (+ {_size(wal_size)} write-ahead log)" if wal_size else ""))
     row("Schema", f"version {summary.schema_version}")
     row("Events", f"{summary.events:,}")
@@ -1477,14 +1514,16 @@ def _check_not_ledger(target: Path, ledger: Path) -> None:
 
 
 @contextmanager
-def _output(path: str, ledger: Path) -> Iterator[IO[str]]:
+def _output(path: str, ledger: Path | None) -> Iterator[IO[str]]:
     """stdout for ``-``; otherwise a private (0600) temporary file beside ``path`` that
-    replaces it only when the export completes. Never the ledger or its companions."""
+    replaces it only when the export completes. Never the ledger file (``ledger``; None
+    when the ledger is not a file) or its companions."""
     if path == "-":
         yield sys.stdout
         return
     target = Path(path).expanduser()
-    _check_not_ledger(target, ledger)
+    if ledger is not None:
+        _check_not_ledger(target, ledger)
     if target.is_dir():
         raise _Fail(f"{target} is a directory")
     if not target.parent.is_dir():
@@ -1520,7 +1559,7 @@ def _output(path: str, ledger: Path) -> Iterator[IO[str]]:
 )
 @_common
 def export(
-    db_path: Path | None,
+    db: str | None,
     as_json: bool,
     fmt: str | None,
     output: str,
@@ -1555,8 +1594,8 @@ def export(
     show_progress = _is_tty(sys.stderr) and (to_file or not _is_tty(sys.stdout))
     written = 0
     with (
-        _open(db_path) as ledger,
-        _output(output, Path(ledger.location)) as stream,
+        _open(db) as ledger,
+        _output(output, _ledger_file(ledger)) as stream,
     ):
         total = ledger.count(filters) if show_progress else 0
         progress = (
@@ -1604,12 +1643,12 @@ def export(
 @click.option(
     "--vacuum",
     is_flag=True,
-    help="Afterwards rewrite the file, so the deleted data is gone from disk too "
-    "(not only unlinked) and the space is returned.",
+    help="Afterwards compact the ledger (rewrite the file), so the deleted data is gone "
+    "from disk too (not only unlinked) and the space is returned.",
 )
 @_common
 def prune(
-    db_path: Path | None,
+    db: str | None,
     as_json: bool,
     older_than: datetime,
     dry_run: bool,
@@ -1618,9 +1657,10 @@ def prune(
 ) -> None:
     """Delete old events with their objects, tags and search entries (retention).
 
-    After deleting, the file is checked with PRAGMA integrity_check and FTS5's own
-    check; a failed check is an error. A cutoff less than one day ago (15m is 15
-    minutes) is refused unless --force is given; --dry-run never needs it.
+    After deleting, the ledger's own integrity checks run (for a file: PRAGMA
+    integrity_check and FTS5's own check); a failed check is an error. A cutoff less
+    than one day ago (15m is 15 minutes) is refused unless --force is given; --dry-run
+    never needs it.
 
     \b
     Examples:
@@ -1638,7 +1678,8 @@ def prune(
             f"({_duration(now - older_than)} ago): it would delete today's events too; "
             "run with --dry-run to see how many, and add --force if you mean it"
         )
-    with _open(db_path, write=True) as ledger:
+    with _open(db, write=True) as ledger:
+        is_file = _ledger_file(ledger) is not None
         report = ledger.prune(ns_from_datetime(older_than, "--older-than"), dry_run=dry_run)
         problems: list[str] | None = None
         checkpointed: bool | None = None
@@ -1681,12 +1722,229 @@ def prune(
     if problems is not None:
         _out("Integrity check: ok.")
     if checkpointed:
-        _out("File vacuumed: the deleted data is gone from disk.")
+        _out(
+            "File vacuumed: the deleted data is gone from disk."
+            if is_file
+            else "Ledger compacted: the deleted data's space is given back."
+        )
     elif checkpointed is False:
         _err(
             _wrap(
                 "File vacuumed, but another process is reading it: the old pages leave the "
-                "file at its next checkpoint (or run prune --vacuum again).",
+                "file at its next checkpoint (or run prune --vacuum again)."
+                if is_file
+                else "The ledger could not finish compacting now: it finishes later (or "
+                "run prune --vacuum again).",
                 "",
             )
         )
+
+
+# --- copy -------------------------------------------------------------------------------
+
+_REJECTED_SHOWN = 10
+"""How many rejected event ids ``copy`` lists (the count is always complete)."""
+
+
+class _Interrupted(_Fail):
+    """Ctrl-C, after reporting what was done: exit status 130, as a shell reports SIGINT."""
+
+    exit_code = 130
+
+
+def _same_file(first: str, second: str) -> bool:
+    """Whether two ledger targets are file paths naming one file (through ``~``,
+    relative paths, symbolic or hard links)."""
+    if is_url(first) or is_url(second):
+        return False
+    a, b = Path(first).expanduser(), Path(second).expanduser()
+    try:
+        if os.path.samefile(a, b):
+            return True
+    except OSError:
+        pass
+    try:
+        return a.resolve() == b.resolve()
+    except (OSError, RuntimeError):  # a symbolic link loop
+        return a.absolute() == b.absolute()
+
+
+@contextmanager
+def _open_destination(target: str) -> Iterator[Ledger]:
+    """The ledger ``copy`` writes, created if missing, closed afterwards."""
+    ledger = open_ledger(
+        target if is_url(target) else str(Path(target).expanduser()), durability="batch"
+    )
+    try:
+        yield ledger
+    finally:
+        ledger.close()
+
+
+class _CopyReport:
+    """What ``copy`` did so far: events read and written (new, already there, rejected)."""
+
+    def __init__(self, source: str, destination: str) -> None:
+        self.source = source
+        self.destination = destination
+        self.read = 0
+        self.new = 0
+        self.rejected = 0
+        self.rejected_ids: list[str] = []
+        self.first_rejection = ""
+        self.complete = False
+
+    @property
+    def already_there(self) -> int:
+        return self.read - self.new - self.rejected
+
+    def write(self, ledger: Ledger, batch: Sequence[EventRecord]) -> None:
+        """Write one batch to ``ledger`` and count it; rejected events are counted, the
+        first few ids kept, and the copy goes on."""
+        try:
+            added = ledger.write(batch)
+            rejected: Sequence[str] = ()
+        except RejectedRecordsError as exc:
+            added, rejected = exc.written, exc.rejected
+            if not self.first_rejection:
+                self.first_rejection = _one_line(str(exc))
+        self.read += len(batch)
+        self.new += added
+        self.rejected += len(rejected)
+        room = _REJECTED_SHOWN - len(self.rejected_ids)
+        self.rejected_ids.extend(rejected[: max(0, room)])
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "from": self.source,
+            "to": self.destination,
+            "complete": self.complete,
+            "read": self.read,
+            "new": self.new,
+            "already_there": self.already_there,
+            "rejected": self.rejected,
+            "rejected_ids": self.rejected_ids,
+        }
+
+    def line(self) -> str:
+        verb = "Copied" if self.complete else "Stopped copying"
+        return (
+            f"{verb} {self.source} to {self.destination}: read {_count(self.read, 'event')}, "
+            f"{self.new:,} new, {self.already_there:,} already there, "
+            f"{self.rejected:,} rejected."
+        )
+
+
+@main.command(short_help="Copy every event of one ledger into another.")
+@click.option(
+    "--from",
+    "source",
+    type=LEDGER,
+    default=None,
+    help="The ledger to copy (only read). Default: the one other commands read "
+    "(--db before the command, $DECISION_TRACE_DB, else the default ledger).",
+)
+@click.option(
+    "--to",
+    "destination",
+    type=LEDGER,
+    required=True,
+    help="The ledger to copy into; created if missing. Events it holds already are skipped.",
+)
+@click.option(
+    "--batch",
+    "batch_size",
+    default=500,
+    show_default=True,
+    type=click.IntRange(min=1, max=100_000),
+    metavar="N",
+    help="Events read and written per transaction.",
+)
+@_json_option
+def copy(source: str | None, destination: str, batch_size: int, as_json: bool) -> None:
+    """Copy every event of one ledger into another, exactly as stored: ids, times and
+    every field, in the order the source stored them.
+
+    Streams N events a batch, so memory stays bounded however large the ledger. An
+    event the destination holds already is skipped: running the same copy again stores
+    nothing new, and a copy stopped with Ctrl-C (exit status 130, after reporting what
+    it copied) resumes when run again. An event the destination refuses is counted
+    and its id listed; the copy goes on and exits with status 1. A progress bar shows
+    when stderr is a terminal; the report is one line (one object with --json).
+
+    \b
+    Examples:
+      decision-trace copy --from traces.db --to archive.db
+      decision-trace copy --from ~/old.db --to traces.db --batch 2000
+      decision-trace --db traces.db copy --to backup.db --json
+    """
+    source_target = _target(source)
+    if _same_file(source_target, destination):
+        raise _same_ledger(source_target)
+    failure: DecisionTraceError | None = None
+    with (
+        _open(source, option="--from PATH|URL") as src,
+        _open_destination(destination) as dst,
+    ):
+        if src.location == dst.location:
+            raise _same_ledger(src.location)
+        report = _CopyReport(src.location, dst.location)
+        try:
+            _copy_records(src, dst, batch_size, report)
+            report.complete = True
+        except KeyboardInterrupt:
+            pass  # reported below; what is written stays written
+        except DecisionTraceError as exc:
+            failure = exc
+    if as_json:
+        _print_json(report.as_json())
+    else:
+        _out(_safe(report.line()))  # one line, never wrapped: scripts grep it
+        if report.rejected_ids:
+            more = report.rejected - len(report.rejected_ids)
+            listed = ", ".join(report.rejected_ids) + (f" and {more:,} more" if more else "")
+            _out(f"Rejected: {_safe(listed)}.")
+    again = "run the same copy again to copy the rest (events copied already are skipped)"
+    if failure is not None:
+        raise _Fail(
+            f"stopped after {_count(report.read, 'event')}: {_one_line(str(failure))}; {again}"
+        )
+    if not report.complete:
+        raise _Interrupted(f"interrupted after {_count(report.read, 'event')}; {again}")
+    if report.rejected:
+        raise _Fail(
+            f"{_count(report.rejected, 'event')} not copied: the destination refused "
+            f"them (first refusal: {report.first_rejection})"
+        )
+
+
+def _same_ledger(location: str) -> _UsageFail:
+    return _UsageFail(
+        f"--from and --to are the same ledger ({location}): copying a ledger onto itself "
+        "would change nothing"
+    )
+
+
+def _copy_records(src: Ledger, dst: Ledger, batch_size: int, report: _CopyReport) -> None:
+    """Stream every record of ``src`` into ``dst``, ``batch_size`` at a time, counting in
+    ``report`` as each batch is written; a progress bar on stderr when it is a terminal."""
+    show_progress = _is_tty(sys.stderr)
+    progress = (
+        click.progressbar(length=src.count(EventFilters()), label="Copying", file=sys.stderr)
+        if show_progress
+        else nullcontext()
+    )
+    with progress as bar, closing(src.iter_records(batch_size=batch_size)) as records:
+        batch: list[EventRecord] = []
+        for _, record in records:
+            batch.append(record)
+            if len(batch) < batch_size:
+                continue
+            report.write(dst, batch)
+            if bar is not None:
+                bar.update(len(batch))
+            batch = []
+        if batch:
+            report.write(dst, batch)
+            if bar is not None:
+                bar.update(len(batch))

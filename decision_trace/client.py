@@ -46,7 +46,7 @@ from .exporters import SQLiteSpanExporter
 from .models import ActorType, ChainNode, ObjectType, Outcome, TraceEvent
 from .processor import LedgerSpanProcessor, LedgerStats
 from .redaction import Redaction
-from .storage import Durability, EventFilters, Ledger, Order, default_db_path, open_ledger
+from .storage import Durability, EventFilters, Ledger, Order, default_target, open_ledger
 
 __all__ = ["DEFAULT_SHUTDOWN_TIMEOUT_S", "SHUTDOWN_TIMEOUT_ENV", "DecisionTraceClient"]
 
@@ -144,8 +144,8 @@ class DecisionTraceClient:
         self._redaction = redact
         self.shutdown_timeout_s = _shutdown_timeout(shutdown_timeout_s)
         self.durability: Durability = durability
-        path = db_path if db_path is not None else default_db_path()
-        self._storage: Ledger = open_ledger(path, durability=durability)
+        target = db_path if db_path is not None else default_target()
+        self._storage: Ledger = open_ledger(target, durability=durability)
         self._exporter = SQLiteSpanExporter(ledger=self._storage)
         self._ledger = LedgerSpanProcessor(
             self._exporter, durability=durability, max_queue_size=max_queue_size

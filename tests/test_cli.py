@@ -24,12 +24,13 @@ from click.testing import CliRunner, Result
 
 from decision_trace import DecisionTraceClient
 from decision_trace.cli import main, parse_object_ref, parse_time
+from decision_trace.errors import StoreError
 from decision_trace.models import ObjectType
 from decision_trace.record import EventRecord
 from decision_trace.store import Store
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = ("events", "show", "why", "search", "chain", "stats", "export", "prune")
+COMMANDS = ("events", "show", "why", "search", "chain", "stats", "export", "prune", "copy")
 NOW = datetime.now(timezone.utc)
 HOSTILE_DESCRIPTION = "Note from customer: \x1b[2J\x1b[31mred\x1b[0m \u202eevil\u202c done"
 
@@ -288,6 +289,95 @@ def test_db_option_before_the_command(ledger: Ledger) -> None:
 def test_db_from_environment(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DECISION_TRACE_DB", str(ledger.db))
     assert json_lines(run("show", ledger.created, "--json"))[0]["id"] == ledger.created
+
+
+URL = "nosuch+scheme://reader:s3cret@db.example:5432/ledger?sslmode=require"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("events",),
+        ("show", "0123456789abcdef"),
+        ("why", "order:ord-1"),
+        ("search", "refund"),
+        ("chain", "0123456789abcdef"),
+        ("stats",),
+        ("export",),
+        ("export", "-o", "out.jsonl"),
+        ("prune", "--older-than", "90d"),
+    ],
+)
+def test_db_takes_a_url_untouched(
+    args: tuple[str, ...], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A URL reaches the storage layer as typed, from --db after or before the command or
+    from $DECISION_TRACE_DB: not expanded, not checked as a file, no ``//`` turned into
+    ``/`` (as ``Path`` would), and no file or folder made of it."""
+    import decision_trace.cli as cli
+
+    opened: list[tuple[object, dict[str, Any]]] = []
+
+    def fake_open_ledger(target: object, **kwargs: Any) -> Any:
+        opened.append((target, kwargs))
+        raise StoreError("no such backend in this test")
+
+    monkeypatch.setattr(cli, "open_ledger", fake_open_ledger)
+    monkeypatch.chdir(tmp_path)
+    fails(run(*args, "--db", URL, ok=False), 1, "no such backend in this test")
+    fails(run("--db", URL, *args, ok=False), 1, "no such backend in this test")
+    monkeypatch.setenv("DECISION_TRACE_DB", URL)
+    fails(run(*args, ok=False), 1, "no such backend in this test")
+    write = args[0] == "prune"
+    assert opened == [(URL, {"create": False, "read_only": not write})] * 3
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_url_without_a_backend_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    fails(run("events", "--db", "nosuch://host/ledger", ok=False), 1, "nosuch://")
+    monkeypatch.setenv("DECISION_TRACE_DB", "nosuch://host/ledger")
+    fails(run("stats", ok=False), 1, "nosuch://")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stats_and_export_of_a_ledger_that_is_not_a_file(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A ledger named by URL has no file: stats shows its location and the sizes the
+    backend reports, export -o writes anywhere but stdout stays the default, and prune
+    --vacuum speaks of compacting, not of a file."""
+    import decision_trace.cli as cli
+    from decision_trace.storage import open_ledger
+
+    location = "nosuch://db.example/ledger"
+
+    class UrlLedger:
+        """The real SQLite ledger, but located at a URL (as a remote backend would be)."""
+
+        def __init__(self, **kwargs: Any) -> None:
+            self._ledger = open_ledger(ledger.db, **kwargs)
+
+        location = "nosuch://db.example/ledger"
+
+        def size_bytes(self) -> tuple[int, int]:
+            return 12345, 0
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._ledger, name)
+
+    monkeypatch.setattr(cli, "open_ledger", lambda target, **kwargs: UrlLedger(**kwargs))
+    stats = json_lines(run("stats", "--db", location, "--json"))[0]
+    assert (stats["db"], stats["size_bytes"], stats["wal_bytes"]) == (location, 12345, 0)
+    text = run("stats", "--db", location).stdout
+    assert f"Ledger      {location}" in text and "write-ahead" not in text
+    assert len(json_lines(run("export", "--db", location))) == 8
+    run("export", "--db", location, "-o", str(tmp_path / "out.jsonl"))
+    assert len((tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()) == 8
+    pruned = run("prune", "--db", location, "--older-than", "90d", "--vacuum").stdout
+    assert "Ledger compacted" in pruned and "File" not in pruned
 
 
 # --- show -------------------------------------------------------------------------------
@@ -874,7 +964,10 @@ def test_every_command_help_has_an_example(name: str) -> None:
     result = run(name, "--help")
     assert "Examples:" in result.stdout
     assert f"decision-trace {name} " in result.stdout
-    assert "--db PATH" in result.stdout and "--json" in result.stdout
+    ledger_options = ("--from PATH|URL", "--to PATH|URL") if name == "copy" else ("--db PATH|URL",)
+    for option in ledger_options:
+        assert option in result.stdout
+    assert "--json" in result.stdout
     assert all(len(line) <= 80 for line in result.stdout.splitlines())
 
 

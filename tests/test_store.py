@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from decision_trace import DecisionTraceClient, SchemaVersionError, StoreError
+from decision_trace.storage import default_target, is_url, open_ledger
 from decision_trace.store import SCHEMA_VERSION, Store, default_db_path
 
 
@@ -20,6 +21,35 @@ def test_default_path_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert default_db_path() == tmp_path / "xdg/decision-trace/traces.db"
     monkeypatch.setenv("DECISION_TRACE_DB", str(tmp_path / "explicit.db"))
     assert default_db_path() == tmp_path / "explicit.db"
+
+
+def test_default_target_keeps_a_url_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_target() == str(tmp_path / "home/.local/share/decision-trace/traces.db")
+    monkeypatch.setenv("DECISION_TRACE_DB", "~/ledgers/team.db")
+    assert default_target() == str(tmp_path / "home/ledgers/team.db")
+    url = "postgresql://writer@db.example:5432/audit?sslmode=require"
+    monkeypatch.setenv("DECISION_TRACE_DB", url)
+    assert default_target() == url  # default_db_path() would make it postgresql:/writer@...
+    assert is_url(url) and is_url("Nosuch+v2.x-y://h") and is_url(Path("a.db")) is False
+    for path in ("traces.db", "/tmp/x://y", "C:\\ledgers\\t.db", "1http://x", "://x"):
+        assert not is_url(path), path
+
+
+def test_everything_that_opens_the_default_ledger_keeps_a_url_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client, the exporter and ``open_ledger(None)`` give $DECISION_TRACE_DB's URL to
+    the storage layer as it is (which has no such backend): never an SQLite file at a
+    path made of the URL."""
+    from decision_trace.exporters import SQLiteSpanExporter
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DECISION_TRACE_DB", "nosuch://db.example/audit")
+    for open_default in (DecisionTraceClient, SQLiteSpanExporter, open_ledger):
+        with pytest.raises(StoreError, match="nosuch://"):
+            open_default()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_client_without_path_uses_default_and_creates_folders(tmp_path: Path) -> None:

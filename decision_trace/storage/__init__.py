@@ -27,7 +27,7 @@ from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ..errors import StoreError
-from ..store import Durability, default_db_path
+from ..store import DB_ENV_VAR, Durability, default_db_path
 from .filters import EventFilters, Order
 
 if TYPE_CHECKING:
@@ -36,7 +36,16 @@ if TYPE_CHECKING:
     from ..record import EventRecord
     from ..store import PruneReport
 
-__all__ = ["Durability", "EventFilters", "Ledger", "Order", "default_db_path", "open_ledger"]
+__all__ = [
+    "Durability",
+    "EventFilters",
+    "Ledger",
+    "Order",
+    "default_db_path",
+    "default_target",
+    "is_url",
+    "open_ledger",
+]
 
 
 @runtime_checkable
@@ -198,6 +207,29 @@ POSTGRES_SCHEMES = ("postgresql", "postgres")
 """URL schemes that name a PostgreSQL ledger."""
 
 
+def is_url(target: str | os.PathLike[str]) -> bool:
+    """Whether ``target`` names a ledger by URL (``scheme://...``) rather than by file path.
+
+    A URL is given to its backend as it is: never expanded (``~``), resolved or checked
+    for existence as a file would be.
+    """
+    return _URL.match(os.fspath(target)) is not None
+
+
+def default_target() -> str:
+    """The ledger used when none is given: ``$DECISION_TRACE_DB`` as it is when it holds a
+    URL, else the default file path (:func:`default_db_path`) as a string.
+
+    ``default_db_path`` alone would turn ``postgresql://host/db`` into the path
+    ``postgresql:/host/db``; everything that opens "the default ledger" (the client, the
+    exporter, the command line) goes through this function instead.
+    """
+    explicit = os.environ.get(DB_ENV_VAR)
+    if explicit and is_url(explicit):
+        return explicit
+    return str(default_db_path())
+
+
 def open_ledger(
     target: str | os.PathLike[str] | None = None,
     *,
@@ -209,8 +241,8 @@ def open_ledger(
 
     Args:
         target: A file path (SQLite), or a ``postgresql://`` / ``postgres://`` URL
-            (PostgreSQL; needs the ``[postgres]`` extra). None means the default path
-            (:func:`default_db_path`).
+            (PostgreSQL; needs the ``[postgres]`` extra). None means the default ledger
+            (:func:`default_target`: ``$DECISION_TRACE_DB``, else the default path).
         durability: For backends that write: ``"sync"`` or ``"batch"`` (see
             :class:`~decision_trace.store.Store`).
         create: If false, a missing ledger is an error instead of being created.
@@ -224,9 +256,7 @@ def open_ledger(
     """
     from .sqlite import SQLiteLedger
 
-    if target is None:
-        target = default_db_path()
-    text = os.fspath(target)
+    text = default_target() if target is None else os.fspath(target)
     match = _URL.match(text)
     if match is not None:
         scheme = match.group(1).lower()

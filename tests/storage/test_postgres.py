@@ -262,3 +262,51 @@ def test_duplicate_span_with_the_same_id_and_start_is_one_row(schema_url: str) -
             assert conn.execute("SELECT count(*) FROM event_tags").fetchone() == (1,)
     finally:
         ledger.close()
+
+
+def test_writers_racing_on_the_same_spans_store_each_once(schema_url: str) -> None:
+    # Each writer first leaves out what is stored, then COPYs the rest; a span another
+    # writer stored in between makes the COPY fail, and the batch goes in again with
+    # ON CONFLICT DO NOTHING. Four writers, the same 2,000 spans in different orders.
+    import random
+
+    start = ns_from_datetime(BASE, "t")
+    records = [_record(format(i + 1, "016x"), start + i) for i in range(2_000)]
+    ledgers = [open_ledger(schema_url) for _ in range(4)]
+    written: list[int] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(ledgers))
+
+    def write_all(ledger: object, seed: int) -> None:
+        mine = records[:]
+        random.Random(seed).shuffle(mine)
+        total = 0
+        try:
+            barrier.wait()
+            for i in range(0, len(mine), 100):
+                total += ledger.write(mine[i : i + 100])  # type: ignore[attr-defined]
+        except BaseException as exc:
+            errors.append(exc)
+        written.append(total)
+
+    threads = [
+        threading.Thread(target=write_all, args=(ledger, seed))
+        for seed, ledger in enumerate(ledgers)
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert sum(written) == 2_000
+        with _admin(schema_url) as conn:
+            assert conn.execute("SELECT count(*), count(DISTINCT id) FROM events").fetchone() == (
+                2_000,
+                2_000,
+            )
+            assert conn.execute("SELECT count(*) FROM event_objects").fetchone() == (2_000,)
+            assert conn.execute("SELECT count(*) FROM event_tags").fetchone() == (2_000,)
+    finally:
+        for ledger in ledgers:
+            ledger.close()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 import threading
 import time
@@ -104,32 +105,45 @@ _COLUMNS = ", ".join(
 )
 _SELECT = f"SELECT {_COLUMNS} FROM events AS e"
 
-# The columns a write sends, in EVENT_COLUMNS order without the rowid (seq is drawn
-# from the table's sequence), with their array types.
-_WRITE_COLUMNS = EVENT_COLUMNS[1:]
-_ARRAY_TYPES = {
-    "start_ns": "bigint[]",
-    "duration_ns": "bigint[]",
-}
-_UNNEST = ", ".join(f"%s::{_ARRAY_TYPES.get(c, 'text[]')}" for c in _WRITE_COLUMNS)
-_VALUES = ", ".join(f"u.{c}::jsonb" if c in _JSON_COLUMNS else f"u.{c}" for c in _WRITE_COLUMNS)
-_INSERT_BATCH = f"""
+# A batch is COPied into three temporary tables of the writer's session, then moved into
+# the ledger by one statement: new events (ON CONFLICT DO NOTHING) in batch order, and
+# the objects and tags of those that were new.
+_WRITE_COLUMNS = EVENT_COLUMNS[1:]  # without the rowid: seq comes from the sequence
+_STAGE_TYPES = {"start_ns": "bigint", "duration_ns": "bigint"}
+_CREATE_STAGE = (
+    "CREATE TEMPORARY TABLE IF NOT EXISTS dt_stage_events (n integer, "
+    + ", ".join(f"{c} {_STAGE_TYPES.get(c, 'text')}" for c in _WRITE_COLUMNS)
+    + ") ON COMMIT DELETE ROWS;"
+    "CREATE TEMPORARY TABLE IF NOT EXISTS dt_stage_objects (id text, start_ns bigint, "
+    "position integer, object_type text, external_id text) ON COMMIT DELETE ROWS;"
+    "CREATE TEMPORARY TABLE IF NOT EXISTS dt_stage_tags (id text, start_ns bigint, tag text) "
+    "ON COMMIT DELETE ROWS"
+)
+_COPY_EVENTS = f"COPY dt_stage_events (n, {', '.join(_WRITE_COLUMNS)}) FROM STDIN"
+_COPY_OBJECTS = (
+    "COPY dt_stage_objects (id, start_ns, position, object_type, external_id) FROM STDIN"
+)
+_COPY_TAGS = "COPY dt_stage_tags (id, start_ns, tag) FROM STDIN"
+_COPY_LEDGER_EVENTS = f"COPY events (seq, {', '.join(_WRITE_COLUMNS)}) FROM STDIN"
+_COPY_LEDGER_OBJECTS = (
+    "COPY event_objects (event_seq, position, object_type, external_id, start_ns) FROM STDIN"
+)
+_COPY_LEDGER_TAGS = "COPY event_tags (tag, event_seq, start_ns) FROM STDIN"
+_VALUES = ", ".join(f"s.{c}::jsonb" if c in _JSON_COLUMNS else f"s.{c}" for c in _WRITE_COLUMNS)
+_MOVE_BATCH = f"""
 WITH ins AS (
     INSERT INTO events ({", ".join(_WRITE_COLUMNS)})
-    SELECT {_VALUES} FROM unnest({_UNNEST}) AS u({", ".join(_WRITE_COLUMNS)})
+    SELECT {_VALUES} FROM dt_stage_events AS s ORDER BY s.n
     ON CONFLICT DO NOTHING
     RETURNING seq, id, start_ns
 ), objects AS (
     INSERT INTO event_objects (event_seq, position, object_type, external_id, start_ns)
     SELECT ins.seq, o.position, o.object_type, o.external_id, ins.start_ns
-    FROM ins JOIN unnest(%s::text[], %s::bigint[], %s::integer[], %s::text[], %s::text[])
-        AS o(id, start_ns, position, object_type, external_id)
-        ON o.id = ins.id AND o.start_ns = ins.start_ns
+    FROM ins JOIN dt_stage_objects AS o ON o.id = ins.id AND o.start_ns = ins.start_ns
 ), tags AS (
     INSERT INTO event_tags (tag, event_seq, start_ns)
     SELECT t.tag, ins.seq, ins.start_ns
-    FROM ins JOIN unnest(%s::text[], %s::bigint[], %s::text[]) AS t(id, start_ns, tag)
-        ON t.id = ins.id AND t.start_ns = ins.start_ns
+    FROM ins JOIN dt_stage_tags AS t ON t.id = ins.id AND t.start_ns = ins.start_ns
 )
 SELECT count(*) FROM ins
 """
@@ -139,6 +153,8 @@ SELECT count(*) FROM ins
 # and program limits (54: a value too big for an index entry).
 _ROW_CLASSES = ("22", "23", "54")
 _NO_PARTITION = "23514"  # check_violation: "no partition of relation ... found for row"
+_TRANSIENT_RETRIES = 8
+"""Times a batch aborted by a deadlock with another writer is tried again."""
 
 
 def _about_row(exc: BaseException) -> bool:
@@ -467,6 +483,14 @@ class PostgresLedger:
                 with suppress(psycopg.Error):
                     self._writer.close()
             self._writer = self._connect()
+            try:
+                # The staging tables live as long as the session, made outside any batch's
+                # transaction (a batch rolled back must not take them with it).
+                self._writer.execute(_CREATE_STAGE)
+                self._writer.commit()
+            except psycopg.Error as exc:
+                self._drop_writer()
+                raise StoreError(f"cannot write to {self._location}: {exc}") from None
         return self._writer
 
     def _drop_writer(self) -> None:
@@ -591,15 +615,23 @@ class PostgresLedger:
 
     def _write_or_reject(self, conn: psycopg.Connection[Any], batch: list[EventRecord]) -> int:
         try:
-            for attempt in range(2):
+            repartitioned = False
+            for attempt in range(_TRANSIENT_RETRIES + 1):
                 try:
                     wanted = {partition_of(int(r.start_ns)) for r in batch}
                     self._ensure_partitions(conn, wanted)
                     return self._write_batch(conn, batch)
                 except psycopg.errors.CheckViolation as exc:
-                    if exc.sqlstate != _NO_PARTITION or attempt:
+                    if exc.sqlstate != _NO_PARTITION or repartitioned:
                         raise
+                    repartitioned = True
                     self._partitions = set()  # pruned by another process: look again
+                except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                    # Writers racing on the same spans (replicated ingest, a re-sent
+                    # batch): the server aborted this one; the batch is whole again.
+                    if attempt == _TRANSIENT_RETRIES:
+                        raise
+                    time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
         except Exception as exc:
             if conn.broken or conn.closed or not _about_row(exc):
                 self._drop_writer()
@@ -614,87 +646,129 @@ class PostgresLedger:
         return written
 
     @staticmethod
-    def _batch_params(records: Sequence[EventRecord]) -> list[Any]:
-        columns: list[list[Any]] = [[] for _ in _WRITE_COLUMNS]
-        (
-            ids,
-            traces,
-            parents,
-            starts,
-            durations,
-            types,
-            descriptions,
-            actor_types,
-            actor_ids,
-            actor_names,
-            actor_json,
-            reasonings,
-            decisions,
-            objects_json,
-            tags_json,
-            outcomes,
-            errors,
-            metadata,
-            services,
-        ) = columns
-        o_ids: list[str] = []
-        o_starts: list[int] = []
-        o_positions: list[int] = []
-        o_types: list[str | None] = []
-        o_external: list[str | None] = []
-        t_ids: list[str] = []
-        t_starts: list[int] = []
-        t_tags: list[str | None] = []
-        for r in records:
-            ids.append(r.id)
-            traces.append(r.trace_id)
-            parents.append(r.parent_id)
-            starts.append(r.start_ns)
-            durations.append(r.duration_ns)
-            types.append(_text(r.event_type))
-            descriptions.append(_text(r.description))
-            actor_types.append(_text(r.actor_type))
-            actor_ids.append(_text(r.actor_id))
-            actor_names.append(_text(r.actor_name))
-            actor_json.append(_json(r.actor_json))
-            reasonings.append(_text(r.reasoning))
-            decisions.append(_json(r.decision_json))
-            objects_json.append(_json(r.objects_json))
-            tags_json.append(_tags_json(r.tags))
-            outcomes.append(_text(r.outcome))
-            errors.append(_text(r.error))
-            metadata.append(_json(r.metadata_json))
-            services.append(_text(r.service_name))
-            for position, (object_type, external_id) in enumerate(
-                zip(r.object_types, r.object_ids, strict=False)
-            ):
-                o_ids.append(r.id)
-                o_starts.append(r.start_ns)
-                o_positions.append(position)
-                o_types.append(_text(object_type))
-                o_external.append(_text(external_id))
+    def _rows(
+        records: Sequence[EventRecord], seqs: Sequence[int] | None
+    ) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]], list[tuple[object, ...]]]:
+        """The rows of ``records`` for COPY: events (led by ``seqs`` if given, else by the
+        batch position), objects and tags (keyed by the seq if given, else by id and
+        start time)."""
+        events: list[tuple[object, ...]] = []
+        objects: list[tuple[object, ...]] = []
+        tags: list[tuple[object, ...]] = []
+        for n, r in enumerate(records):
+            start = r.start_ns
+            lead = n if seqs is None else seqs[n]
+            events.append(
+                (
+                    lead,
+                    r.id,
+                    r.trace_id,
+                    r.parent_id,
+                    start,
+                    r.duration_ns,
+                    _text(r.event_type),
+                    _text(r.description),
+                    _text(r.actor_type),
+                    _text(r.actor_id),
+                    _text(r.actor_name),
+                    _json(r.actor_json),
+                    _text(r.reasoning),
+                    _json(r.decision_json),
+                    _json(r.objects_json),
+                    _tags_json(r.tags),
+                    _text(r.outcome),
+                    _text(r.error),
+                    _json(r.metadata_json),
+                    _text(r.service_name),
+                )
+            )
+            if r.object_types:
+                for position, (object_type, external_id) in enumerate(
+                    zip(r.object_types, r.object_ids, strict=False)
+                ):
+                    if seqs is None:
+                        objects.append(
+                            (r.id, start, position, _text(object_type), _text(external_id))
+                        )
+                    else:
+                        objects.append(
+                            (lead, position, _text(object_type), _text(external_id), start)
+                        )
             if r.tags:
                 for tag in dict.fromkeys(r.tags):
-                    t_ids.append(r.id)
-                    t_starts.append(r.start_ns)
-                    t_tags.append(_text(tag))
-        return [
-            *columns,
-            o_ids,
-            o_starts,
-            o_positions,
-            o_types,
-            o_external,
-            t_ids,
-            t_starts,
-            t_tags,
+                    tags.append(
+                        (r.id, start, _text(tag)) if seqs is None else (_text(tag), lead, start)
+                    )
+        return events, objects, tags
+
+    @staticmethod
+    def _copy(
+        conn: psycopg.Connection[Any], statement: str, rows: list[tuple[object, ...]]
+    ) -> None:
+        if rows:
+            with conn.cursor().copy(statement) as copy:
+                write_row = copy.write_row
+                for row in rows:
+                    write_row(row)
+
+    def _copy_batch(self, conn: psycopg.Connection[Any], records: Sequence[EventRecord]) -> None:
+        """COPY ``records`` into the session's staging tables (in the open transaction)."""
+        events, objects, tags = self._rows(records, None)
+        self._copy(conn, _COPY_EVENTS, events)
+        self._copy(conn, _COPY_OBJECTS, objects)
+        self._copy(conn, _COPY_TAGS, tags)
+
+    def _copy_new(
+        self, conn: psycopg.Connection[Any], records: Sequence[EventRecord]
+    ) -> int | None:
+        """The fast path of a batch: leave out the records already stored, and COPY the
+        rest straight into the ledger (in the open transaction). None if another writer
+        stored one of them meanwhile (a unique violation): the caller then rolls back
+        and moves the batch through the staging tables, ``ON CONFLICT DO NOTHING``."""
+        stored = {
+            (event_id, start)
+            for event_id, start in conn.execute(
+                "SELECT id, start_ns FROM events WHERE id = ANY(%s)", ([r.id for r in records],)
+            )
+        }
+        if stored:
+            records = [r for r in records if (r.id, r.start_ns) not in stored]
+            if not records:
+                return 0
+        seqs = [
+            int(row[0])
+            for row in conn.execute(
+                "SELECT nextval('events_seq') FROM generate_series(1, %s)", (len(records),)
+            )
         ]
+        events, objects, tags = self._rows(records, seqs)
+        try:
+            with conn.transaction():  # a savepoint: a unique violation undoes only this
+                self._copy(conn, _COPY_LEDGER_EVENTS, events)
+                self._copy(conn, _COPY_LEDGER_OBJECTS, objects)
+                self._copy(conn, _COPY_LEDGER_TAGS, tags)
+        except psycopg.errors.UniqueViolation:
+            return None
+        return len(records)
+
+    def _move_batch(
+        self, conn: psycopg.Connection[Any], records: Sequence[EventRecord], *, clear: bool = False
+    ) -> int:
+        """Stage ``records`` and move the new ones into the ledger (in the open
+        transaction); return how many were new. The staging tables empty themselves at
+        commit; ``clear`` empties them now (for several moves in one transaction)."""
+        self._copy_batch(conn, records)
+        row = conn.execute(_MOVE_BATCH).fetchone()
+        if clear:
+            conn.execute("TRUNCATE dt_stage_events, dt_stage_objects, dt_stage_tags")
+        return int(row[0]) if row is not None else 0
 
     def _write_batch(self, conn: psycopg.Connection[Any], records: Sequence[EventRecord]) -> int:
-        params = self._batch_params(records)
         with conn.transaction():
-            row = conn.execute(_INSERT_BATCH, params).fetchone()
-        return int(row[0]) if row is not None else 0
+            written = self._copy_new(conn, records)
+            if written is None:
+                written = self._move_batch(conn, records)
+            return written
 
     def _write_each(
         self, conn: psycopg.Connection[Any], records: Sequence[EventRecord]
@@ -707,15 +781,14 @@ class PostgresLedger:
             with conn.transaction():
                 for record in records:
                     try:
-                        params = self._batch_params([record])
                         with conn.transaction():  # a savepoint
-                            row = conn.execute(_INSERT_BATCH, params).fetchone()
+                            new = self._move_batch(conn, [record], clear=True)
                     except Exception as exc:
                         if conn.broken or not _about_row(exc):
                             raise
                         rejected.append((str(record.id), f"{type(exc).__name__}: {exc}"))
                         continue
-                    written += int(row[0]) if row is not None else 0
+                    written += new
         except psycopg.Error as exc:
             self._drop_writer()
             raise StoreError(f"cannot write to {self._location}: {exc}") from None

@@ -178,8 +178,21 @@ def _month(year: int, month: int) -> Partition:
     )
 
 
+_last: list[Partition] = []
+
+
 def partition_of(start_ns: int) -> Partition:
     """The range that holds an event that started at ``start_ns``."""
+    if _last:
+        last = _last[0]  # most events of a batch fall in the month of the one before
+        if last.low is not None and last.high is not None and last.low <= start_ns < last.high:
+            return last
+    found = _partition_of(start_ns)
+    _last[:] = [found]
+    return found
+
+
+def _partition_of(start_ns: int) -> Partition:
     if start_ns < _FIRST_NS:
         return _BEFORE
     if start_ns >= _END_NS:
