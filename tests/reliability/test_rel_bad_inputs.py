@@ -456,9 +456,6 @@ def test_query_entry_points_take_any_id_and_count(client: DecisionTraceClient) -
         client.get_chain("abc\udfff")
 
 
-# The command line on this branch takes --db as a file path only (a URL is mangled by
-# click.Path): opt this test in to PostgreSQL once --db takes a URL.
-@pytest.mark.sqlite_only
 @pytest.mark.parametrize(
     "args",
     [

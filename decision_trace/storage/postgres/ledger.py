@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from json.decoder import scanstring as _scanstring
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -183,28 +184,44 @@ def _text(value: str | None) -> str | None:
     return value.replace("\x00", "\ufffd")
 
 
-# The escapes of JSON text that matter to jsonb, left to right: an escaped backslash
-# (consumed whole, so the "u" after it is never read as an escape), a surrogate pair
-# (one character: kept), and what jsonb refuses: U+0000 and a lone surrogate.
-_JSON_ESCAPES = re.compile(
-    r"\\\\"
-    r"|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
-    r"|\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})"
-)
+_NOT_IN_JSONB = re.compile("[\x00\ud800-\udfff]")
+"""What a decoded JSON string may hold and ``jsonb`` cannot: U+0000, lone surrogates."""
 
 
-def _refused_escape(match: re.Match[str]) -> str:
-    escape = match.group(0)
-    return "\\ufffd" if len(escape) == 6 else escape
+def _jsonb_strings(value: str) -> str:
+    """``value`` (JSON text) with U+0000 and lone surrogates in its strings (keys and
+    values, escaped or not) replaced by U+FFFD; numbers and everything else untouched.
+
+    Each string is read by the ``json`` module's own scanner, which joins surrogate
+    pairs: whatever surrogate is left in what it decoded is a lone one. Outside strings
+    valid JSON has no quotes, so the next quote always opens the next string.
+    """
+    parts: list[str] = []
+    done = 0
+    start = value.find('"')
+    while start != -1:
+        try:
+            text, end = _scanstring(value, start + 1, False)
+        except ValueError:
+            break  # not JSON: the server says what is wrong with it
+        if _NOT_IN_JSONB.search(text) is not None:
+            parts.append(value[done:start])
+            parts.append(json.dumps(_NOT_IN_JSONB.sub("\ufffd", text)))
+            done = end
+        start = value.find('"', end)
+    if not parts:
+        return value
+    parts.append(value[done:])
+    return "".join(parts)
 
 
 def _json(value: str | None) -> str | None:
     """JSON text ``jsonb`` accepts: an escaped (or raw) U+0000 and an escaped lone
-    surrogate (which Python's JSON keeps, but ``jsonb`` refuses) become U+FFFD."""
+    surrogate (which Python's JSON keeps, and ``jsonb`` refuses) become U+FFFD."""
     if value is None:
         return None
     if "\\u0000" in value or "\\ud" in value or "\\uD" in value:
-        value = _JSON_ESCAPES.sub(_refused_escape, value)
+        value = _jsonb_strings(value)
     return _text(value)
 
 
@@ -303,14 +320,29 @@ def _where(filters: EventFilters) -> tuple[str, list[Any]]:
 _WORD = re.compile(r"\S+")
 
 
-def _search_text(text: str) -> str | None:
-    """User text for ``plainto_tsquery``: every word, ANDed, no operators; None when
-    there is no word (as :func:`decision_trace.query.fts_query`)."""
+_WORDS_PER_QUERY = 1000
+"""Words in one ``plainto_tsquery``: its AND tree is as deep as it has words, and the
+server's stack gives out somewhere past 20,000 (100 kB of one-letter words is 50,000)."""
+
+
+def _search_text(text: str) -> list[str] | None:
+    """User text for ``plainto_tsquery``: every word, ANDed, no operators, in pieces of
+    at most ``_WORDS_PER_QUERY`` distinct words (each a query, all ANDed); None when there
+    is no word (as :func:`decision_trace.query.fts_query`)."""
     if not isinstance(text, str):
         raise InvalidInputError("text", f"must be a string, got {type(text).__name__}")
     cleaned = clean_text(text.replace("\x00", " "))
-    words = _WORD.findall(cleaned)
-    return " ".join(words) if words else None
+    words = list(dict.fromkeys(_WORD.findall(cleaned)))  # a word twice asks nothing more
+    if not words:
+        return None
+    return [
+        " ".join(words[i : i + _WORDS_PER_QUERY]) for i in range(0, len(words), _WORDS_PER_QUERY)
+    ]
+
+
+def _matches(pieces: Sequence[str]) -> str:
+    """``events AS e`` matching every piece of :func:`_search_text`, as SQL."""
+    return " AND ".join(["e.search @@ plainto_tsquery('simple', %s)"] * len(pieces))
 
 
 def _object_links(external_id: str, object_type: ObjectType | str | None, params: list[Any]) -> str:
@@ -760,7 +792,10 @@ class PostgresLedger:
         self._copy_batch(conn, records)
         row = conn.execute(_MOVE_BATCH).fetchone()
         if clear:
-            conn.execute("TRUNCATE dt_stage_events, dt_stage_objects, dt_stage_tags")
+            # DELETE, not TRUNCATE: a TRUNCATE per record (new files, catalog updates)
+            # made a 600-event batch with one refused record take a minute to write.
+            for table in ("dt_stage_events", "dt_stage_objects", "dt_stage_tags"):
+                conn.execute(f"DELETE FROM {table}")
         return int(row[0]) if row is not None else 0
 
     def _write_batch(self, conn: psycopg.Connection[Any], records: Sequence[EventRecord]) -> int:
@@ -927,23 +962,23 @@ class PostgresLedger:
         if words is None:
             return []
         return self._select(
-            f"{_SELECT} WHERE e.search @@ plainto_tsquery('simple', %s) "
-            "ORDER BY e.seq DESC LIMIT %s",
-            [words, sql_limit],
+            f"{_SELECT} WHERE {_matches(words)} ORDER BY e.seq DESC LIMIT %s",
+            [*words, sql_limit],
         )
 
     def iter_search(self, text: str) -> Generator[TraceEvent, None, None]:
         words = _search_text(text)
 
-        def page(after: tuple[int, int] | None, size: int) -> tuple[str, list[Any]]:
-            return (
-                f"{_SELECT} WHERE e.search @@ plainto_tsquery('simple', %s) AND e.seq < %s "
-                "ORDER BY e.seq DESC LIMIT %s",
-                [words, _MAX_INT64 if after is None else after[1], size],
-            )
-
         if words is None:
             return _nothing()
+        match = _matches(words)
+
+        def page(after: tuple[int, int] | None, size: int) -> tuple[str, list[Any]]:
+            return (
+                f"{_SELECT} WHERE {match} AND e.seq < %s ORDER BY e.seq DESC LIMIT %s",
+                [*words, _MAX_INT64 if after is None else after[1], size],
+            )
+
         return self._paged(page)
 
     def get_event(self, event_id: str) -> TraceEvent | None:
