@@ -27,7 +27,6 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from json.decoder import scanstring as _scanstring
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -184,6 +183,9 @@ def _text(value: str | None) -> str | None:
     return value.replace("\x00", "\ufffd")
 
 
+_scanstring: Callable[[str, int, bool], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
+"""The ``json`` module's own string scanner (C): decodes one JSON string, joining
+surrogate pairs, and says where it ended."""
 _NOT_IN_JSONB = re.compile("[\x00\ud800-\udfff]")
 """What a decoded JSON string may hold and ``jsonb`` cannot: U+0000, lone surrogates."""
 
