@@ -423,7 +423,9 @@ class PostgresLedger:
         return conn
 
     def _forked(self) -> None:
-        """Forget (without closing) the connections a forked child inherited."""
+        """Forget (without closing) the connections a forked child inherited, and the
+        locks: another thread of the parent may have held one at the fork. Call it before
+        taking a lock."""
         if self._pid != os.getpid():
             _INHERITED.extend(x for x in (self._writer, self._pool) if x is not None)
             self._writer = None
@@ -635,6 +637,9 @@ class PostgresLedger:
         for record in records:
             unique.setdefault((record.id, record.start_ns), record)
         batch = list(unique.values())
+        # Before the lock: a child forked while another thread of the parent was writing
+        # inherits the lock held, by a thread it does not have (sync mode deadlocked).
+        self._forked()
         with self._write_lock:
             for attempt in range(2):
                 conn = self._writer_connection()
@@ -1141,6 +1146,7 @@ class PostgresLedger:
         deleted from row by row.
         """
         cutoff = int(older_than_ns)
+        self._forked()  # before the lock, as in write()
         with self._write_lock:
             conn = self._writer_connection()
             try:
