@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
+from reliability_support import is_postgres, table_counts
 
 from decision_trace import processor as processor_module
 from decision_trace.errors import StoreError
@@ -18,11 +18,13 @@ from decision_trace.exporters import SQLiteSpanExporter
 from decision_trace.processor import LedgerSpanProcessor
 from decision_trace.record import EventRecord
 
+pytestmark = pytest.mark.usefixtures("ledger_target")
+
 
 class SlowDiskExporter(SQLiteSpanExporter):
     """The real exporter on a simulated slow disk: every commit takes ``delay_s`` longer."""
 
-    def __init__(self, db_path: Path, delay_s: float) -> None:
+    def __init__(self, db_path: str | Path, delay_s: float) -> None:
         super().__init__(db_path)
         self.delay_s = delay_s
 
@@ -34,7 +36,7 @@ class SlowDiskExporter(SQLiteSpanExporter):
 class BrokenDiskExporter(SQLiteSpanExporter):
     """The real exporter on a disk that fails every write until ``healed`` is set."""
 
-    def __init__(self, db_path: Path) -> None:
+    def __init__(self, db_path: str | Path) -> None:
         super().__init__(db_path)
         self.healed = False
 
@@ -51,18 +53,14 @@ def provider() -> Iterator[TracerProvider]:
     provider.shutdown()
 
 
-def _stored(db: Path) -> int:
-    conn = sqlite3.connect(db)
-    try:
-        return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
-    finally:
-        conn.close()
+def _stored(db: str) -> int:
+    return table_counts(db)[0]
 
 
 def test_slow_disk_applies_back_pressure_and_loses_nothing(
-    db_path: Path, provider: TracerProvider
+    ledger_target: str, provider: TracerProvider
 ) -> None:
-    exporter = SlowDiskExporter(db_path, delay_s=0.02)
+    exporter = SlowDiskExporter(ledger_target, delay_s=0.02)
     ledger = LedgerSpanProcessor(
         exporter, durability="batch", max_queue_size=50, max_batch_size=10, schedule_delay_s=0.01
     )
@@ -88,19 +86,19 @@ def test_slow_disk_applies_back_pressure_and_loses_nothing(
     assert ledger.force_flush()
     stats = ledger.stats()
     assert (stats.recorded, stats.written, stats.failed, stats.queued) == (600, 600, 0, 0)
-    assert _stored(db_path) == 600
+    assert _stored(ledger_target) == 600
     # The queue filled up and was held at its bound (plus the batch being written).
     assert 50 // 2 <= peak <= 50 + 10
 
 
 def test_failed_writes_are_counted_logged_once_and_fail_flush(
-    db_path: Path,
+    ledger_target: str,
     provider: TracerProvider,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setattr(processor_module, "RETRY_DELAYS_S", (0.01, 0.01))
-    exporter = BrokenDiskExporter(db_path)
+    exporter = BrokenDiskExporter(ledger_target)
     ledger = LedgerSpanProcessor(exporter, durability="batch", schedule_delay_s=0.01)
     provider.add_span_processor(ledger)
     tracer = provider.get_tracer("test")
@@ -138,34 +136,41 @@ def test_failed_writes_are_counted_logged_once_and_fail_flush(
     assert ledger.force_flush() is True
     stats = ledger.stats()
     assert (stats.recorded, stats.written, stats.failed) == (65, 10, 55)
-    assert _stored(db_path) == 10
+    assert _stored(ledger_target) == 10
 
 
-def test_client_flush_and_stats_expose_the_counters(db_path: Path) -> None:
+def test_client_flush_and_stats_expose_the_counters(ledger_target: str) -> None:
     from decision_trace import DecisionTraceClient
 
-    with DecisionTraceClient(db_path=db_path, max_queue_size=5) as client:
+    with DecisionTraceClient(db_path=ledger_target, max_queue_size=5) as client:
         ids = [client.trace("a.b", f"event {i}").by_system("s").record() for i in range(200)]
         assert client.flush() is True
         stats = client.stats()
         assert (stats.recorded, stats.written, stats.failed, stats.queued) == (200, 200, 0, 0)
-    assert _stored(db_path) == len(set(ids)) == 200
+    assert _stored(ledger_target) == len(set(ids)) == 200
 
 
 @pytest.mark.parametrize("durability", ["batch", "sync"])
-def test_one_unstorable_span_costs_only_itself(db_path: Path, durability: str) -> None:
+def test_one_unstorable_span_costs_only_itself(ledger_target: str, durability: str) -> None:
     """A span made by hand with our attribute keys but a broken JSON value (SQLite's JSON
     functions refuse it) is counted as failed; the events batched with it are written."""
     from decision_trace import DecisionTraceClient
 
-    with DecisionTraceClient(db_path=db_path, durability=durability) as client:
+    with DecisionTraceClient(db_path=ledger_target, durability=durability) as client:
         ids = [client.trace("ok.before", str(i)).by_system("s").record() for i in range(10)]
         hand_made = client.tracer_provider.get_tracer("app").start_span(
             "hand.made",
             attributes={"decision_trace.event_type": "x", "decision_trace.context": "{oops"},
         )
         if durability == "sync":
-            with pytest.raises(StoreError, match="malformed JSON"):
+            # The error is the database's own: SQLite's JSON functions, or the jsonb
+            # input of PostgreSQL.
+            refused = (
+                "invalid input syntax for type json"
+                if is_postgres(ledger_target)
+                else "malformed JSON"
+            )
+            with pytest.raises(StoreError, match=refused):
                 hand_made.end()
         else:
             hand_made.end()
@@ -176,12 +181,12 @@ def test_one_unstorable_span_costs_only_itself(db_path: Path, durability: str) -
             stats = client.stats()
             assert (stats.recorded, stats.written, stats.failed) == (21, 20, 1)
         assert {e.id for e in client.query(limit=None)} == set(ids)
-    assert _stored(db_path) == 20
+    assert _stored(ledger_target) == 20
 
 
 @pytest.mark.parametrize("durability", ["batch", "sync"])
 def test_a_span_that_cannot_be_decoded_is_counted_never_raised(
-    db_path: Path, durability: str, caplog: pytest.LogCaptureFixture
+    ledger_target: str, durability: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Spans are decoded in ``on_end``, in the application's thread: one that cannot be
     (our keys with a value of the wrong type) is logged and counted as failed, and
@@ -189,7 +194,7 @@ def test_a_span_that_cannot_be_decoded_is_counted_never_raised(
     from decision_trace import DecisionTraceClient
 
     caplog.set_level(logging.ERROR, logger="decision_trace")
-    with DecisionTraceClient(db_path=db_path, durability=durability) as client:
+    with DecisionTraceClient(db_path=ledger_target, durability=durability) as client:
         first = client.trace("ok.before", "1").by_system("s").record()
         client.tracer_provider.get_tracer("app").start_span(
             "hand.made",

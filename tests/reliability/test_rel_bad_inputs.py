@@ -21,6 +21,7 @@ from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from reliability_support import is_postgres, ledger_bytes
 
 from decision_trace import (
     DecisionTraceClient,
@@ -30,6 +31,8 @@ from decision_trace import (
 )
 from decision_trace.cli import main
 from decision_trace.ecommerce import EcommerceClient
+
+pytestmark = pytest.mark.usefixtures("ledger_target")
 
 UTC = timezone.utc
 FIRST = datetime(1970, 1, 1, tzinfo=UTC)
@@ -250,11 +253,15 @@ def test_service_name_is_plain_text_and_costs_no_event(
     assert event is not None and event.service_name == "shop-\ufffd"
 
 
-def test_service_name_of_the_wrong_type_raises_naming_the_field(db_path: Path) -> None:
+def test_service_name_of_the_wrong_type_raises_naming_the_field(ledger_target: str) -> None:
     with pytest.raises(InvalidInputError) as info:
-        DecisionTraceClient(db_path=db_path, service_name=42)  # type: ignore[arg-type]
+        DecisionTraceClient(db_path=ledger_target, service_name=42)  # type: ignore[arg-type]
     assert info.value.field == "service_name"
-    assert not db_path.exists()  # refused before the ledger was touched
+    # Refused before the ledger was touched: no file, or no table in the schema.
+    if is_postgres(ledger_target):
+        assert ledger_bytes(ledger_target) == b""
+    else:
+        assert not Path(ledger_target).exists()
 
 
 @pytest.fixture(params=["batch", "sync"])
@@ -461,12 +468,12 @@ def test_query_entry_points_take_any_id_and_count(client: DecisionTraceClient) -
     ],
 )
 def test_cli_times_beyond_the_storable_range_never_fail_untyped(
-    make_client: Callable[..., DecisionTraceClient], db_path: Path, args: list[str]
+    make_client: Callable[..., DecisionTraceClient], ledger_target: str, args: list[str]
 ) -> None:
     client = make_client(durability="sync")
     event_id = client.trace("t.one").by_system("s").record()
     client.close()
-    result = CliRunner().invoke(main, [*args, "--db", str(db_path)])
+    result = CliRunner().invoke(main, [*args, "--db", ledger_target])
     output = result.stdout + result.stderr
     assert "unexpected" not in output and "Traceback" not in output, output
     assert not isinstance(result.exception, (OverflowError, UnicodeError))

@@ -1,18 +1,29 @@
-"""Concurrency: many processes and threads writing one ledger at once lose nothing."""
+"""Concurrency: many processes and threads writing one ledger at once lose nothing.
+
+Every test runs on both backends (``ledger_target``), except the 8 x 5,000 one: its
+PostgreSQL counterpart, which also checks every event id, is in ``test_rel_postgres.py``.
+"""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from reliability_support import CHILD_TIMEOUT_S, started_python, write_script
+from reliability_support import (
+    CHILD_TIMEOUT_S,
+    started_python,
+    stored_ids,
+    table_counts,
+    write_script,
+)
 
 from decision_trace import DecisionTraceClient
+
+pytestmark = pytest.mark.usefixtures("ledger_target")
 
 # A writer's flush() waits for its whole backlog. With 8 writer processes on a loaded 2-core
 # machine the default 30 s was not enough (3,700 of 5,000 written when it gave up), so the
@@ -47,19 +58,8 @@ WRITER = """
 """
 
 
-def _snapshot(db: Path) -> tuple[int, int, int]:
-    """Counts of events, object links and tags, read in one transaction."""
-    conn = sqlite3.connect(db, timeout=60)
-    try:
-        conn.execute("BEGIN")
-        counts = tuple(
-            conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-            for table in ("events", "event_objects", "event_tags")
-        )
-        conn.execute("COMMIT")
-        return counts  # type: ignore[return-value]
-    finally:
-        conn.close()
+_snapshot = table_counts
+"""Counts of events, object links and tags, read in one transaction."""
 
 
 def _run_writers(
@@ -70,13 +70,13 @@ def _run_writers(
     workers: int,
     count: int,
 ) -> None:
-    db = Path(reader.db_path)
+    db = reader.db_path
     script = write_script(tmp_path, "writer.py", WRITER)
     go = tmp_path / "go"
     procs = []
     try:
         for worker in range(workers):
-            args = (str(db), durability, str(worker), str(count), str(go))
+            args = (db, durability, str(worker), str(count), str(go))
             ctx = started_python(script, *args, str(WRITER_FLUSH_TIMEOUT_S))
             procs.append((ctx, ctx.__enter__()))
         go.touch()
@@ -110,6 +110,7 @@ def _run_writers(
             ctx.__exit__(None, None, None)
 
 
+@pytest.mark.sqlite_only  # on PostgreSQL: test_rel_postgres.py::test_eight_processes_...
 def test_eight_processes_times_5000_events_are_exactly_40000(
     tmp_path: Path, make_client: Callable[..., DecisionTraceClient]
 ) -> None:
@@ -117,7 +118,7 @@ def test_eight_processes_times_5000_events_are_exactly_40000(
     "database is locked" reaching a caller, readers consistent throughout."""
     reader = make_client()
     _run_writers(tmp_path, reader, durability="batch", workers=8, count=5000)
-    assert _snapshot(Path(reader.db_path)) == (40_000, 40_000, 40_000)
+    assert _snapshot(reader.db_path) == (40_000, 40_000, 40_000)
     for worker in range(8):
         events = reader.query(tags=[f"w{worker}"], limit=None)
         assert sorted(e.decision.context["i"] for e in events) == list(range(5000))  # type: ignore[union-attr]
@@ -129,7 +130,7 @@ def test_sync_writers_in_parallel_processes_lose_nothing(
     """The same with durability="sync": every commit contends for the write lock."""
     reader = make_client()
     _run_writers(tmp_path, reader, durability="sync", workers=4, count=400)
-    assert _snapshot(Path(reader.db_path)) == (1600, 1600, 1600)
+    assert _snapshot(reader.db_path) == (1600, 1600, 1600)
 
 
 @pytest.mark.parametrize(("durability", "count"), [("batch", 5000), ("sync", 300)])
@@ -167,13 +168,9 @@ def test_eight_threads_through_one_client(
     assert client.stats().failed == 0
     all_ids = {event_id for worker_ids in ids for event_id in worker_ids}
     assert len(all_ids) == 8 * count
-    conn = sqlite3.connect(client.db_path)
-    try:
-        assert {row[0] for row in conn.execute("SELECT id FROM events")} == all_ids
-    finally:
-        conn.close()
+    assert stored_ids(client.db_path) == all_ids
     assert len(client.query(tags=["w3"], limit=None)) == count
-    assert _snapshot(Path(client.db_path)) == (8 * count,) * 3
+    assert _snapshot(client.db_path) == (8 * count,) * 3
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts /proc/self/fd")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from otlp_receiver import Received, Receiver, http_server, serve
-from reliability_support import CHILD_TIMEOUT_S, child_env, run_python, write_script
+from reliability_support import CHILD_TIMEOUT_S, check_intact, child_env, run_python, write_script
 
 from decision_trace import DecisionTraceClient
 
@@ -147,20 +146,16 @@ def _serve_requests_then_sigterm(
     return answers, elapsed, err
 
 
-def _stored(db: Path) -> dict[str, tuple[str, str | None]]:
+def _stored(db: str | Path) -> dict[str, tuple[str, str | None]]:
     """``{id: (event_type, parent_event_id)}`` of every stored event."""
-    conn = sqlite3.connect(db)
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    finally:
-        conn.close()
+    check_intact(db)
     with DecisionTraceClient(db_path=db) as client:
         events = client.query(limit=None)
     return {event.id: (event.event_type, event.parent_event_id) for event in events}
 
 
 def _assert_every_request_and_decision_stored(
-    db: Path, answers: list[dict[str, str]], decision_type: str
+    db: str, answers: list[dict[str, str]], decision_type: str
 ) -> None:
     stored = _stored(db)
     requests = [answer["request_id"] for answer in answers]
@@ -183,15 +178,15 @@ def _assert_every_request_and_decision_stored(
     ids=["client-decision_trace", "client-otlp+decision_trace", "exporter-only"],
 )
 def test_sigterm_after_requests_keeps_every_request_span(
-    tmp_path: Path, mode: str, exporters: str
+    tmp_path: Path, ledger_target: str, mode: str, exporters: str
 ) -> None:
     """SIGTERM right after 5 requests: the ledger holds the 5 request spans and the 5
     decisions, each decision under its request; with OTLP the collector got them all too;
-    the process still ends by SIGTERM."""
-    db = tmp_path / "traces.db"
+    the process still ends by SIGTERM. On both backends, named by DECISION_TRACE_DB."""
+    db = ledger_target
     received: list[Received] = []
     server = http_server(received)
-    env = {"DECISION_TRACE_DB": str(db), "OTEL_TRACES_EXPORTER": exporters}
+    env = {"DECISION_TRACE_DB": db, "OTEL_TRACES_EXPORTER": exporters}
     if "otlp" in exporters:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{server.server_address[1]}"
         env["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/protobuf"  # the distro defaults to grpc
@@ -217,20 +212,20 @@ def _collector_that_never_answers() -> Iterator[int]:
 
 
 def test_sigterm_with_a_collector_that_never_answers_ends_within_the_deadline(
-    tmp_path: Path,
+    tmp_path: Path, ledger_target: str
 ) -> None:
     """``otlp,decision_trace`` against a collector that never answers: the OTLP processor
     (first in the application's provider) hangs in its flush, yet the ledger still gets
     every request span, and the process ends by SIGTERM within the shutdown deadline
     rather than the OTLP exporter's 120 s timeout."""
-    db = tmp_path / "traces.db"
+    db = ledger_target
     deadline_s = 3
     with _collector_that_never_answers() as port:
         answers, elapsed, err = _serve_requests_then_sigterm(
             tmp_path,
             "client",
             {
-                "DECISION_TRACE_DB": str(db),
+                "DECISION_TRACE_DB": db,
                 "DECISION_TRACE_SHUTDOWN_TIMEOUT": str(deadline_s),
                 "OTEL_TRACES_EXPORTER": "otlp,decision_trace",
                 "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",

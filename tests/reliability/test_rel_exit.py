@@ -7,12 +7,11 @@ from __future__ import annotations
 import logging
 import re
 import signal
-import sqlite3
 import time
 from pathlib import Path
 
 import pytest
-from reliability_support import run_python, started_python, write_script
+from reliability_support import run_python, started_python, stored_ids, write_script, writes_blocked
 
 from decision_trace import DecisionTraceClient
 
@@ -20,25 +19,20 @@ _ID = re.compile(r"^[0-9a-f]{16}$")
 _NOT_WRITTEN = re.compile(r"(\d+) event\(s\) were not written to .* before the shutdown deadline")
 
 
-def _stored_ids(db: Path) -> set[str]:
-    conn = sqlite3.connect(db)
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        return {row[0] for row in conn.execute("SELECT id FROM events")}
-    finally:
-        conn.close()
+_stored_ids = stored_ids
+"""The ids in the ledger (SQLite file or PostgreSQL schema), after checking it is intact."""
 
 
 def _printed_ids(text: str) -> list[str]:
     return [line for line in text.splitlines() if _ID.match(line)]
 
 
-def test_one_line_script_keeps_its_event(tmp_path: Path) -> None:
+def test_one_line_script_keeps_its_event(tmp_path: Path, ledger_target: str) -> None:
     """The client is never referenced after record(): its event is still written at exit."""
-    db = tmp_path / "r.db"
+    db = ledger_target
     code = (
         "from decision_trace import DecisionTraceClient as C; "
-        f"print(C(db_path={str(db)!r}).trace('job.ran').by_system('cron').record())"
+        f"print(C(db_path={db!r}).trace('job.ran').by_system('cron').record())"
     )
     script = write_script(tmp_path, "one_line.py", code)
     result = run_python(script)
@@ -48,9 +42,11 @@ def test_one_line_script_keeps_its_event(tmp_path: Path) -> None:
     assert _stored_ids(db) == set(printed)
 
 
-def test_client_made_inside_a_function_is_flushed_at_exit(tmp_path: Path) -> None:
+def test_client_made_inside_a_function_is_flushed_at_exit(
+    tmp_path: Path, ledger_target: str
+) -> None:
     """A client that only a returned-from function ever held: all 3,000 events written."""
-    db = tmp_path / "traces.db"
+    db = ledger_target
     script = write_script(
         tmp_path,
         "in_function.py",
@@ -70,7 +66,7 @@ def test_client_made_inside_a_function_is_flushed_at_exit(tmp_path: Path) -> Non
         print("queued at return", queued, file=sys.stderr)
         """,
     )
-    result = run_python(script, str(db))
+    result = run_python(script, db)
     assert result.returncode == 0, result.stderr
     printed = _printed_ids(result.stdout)
     assert len(printed) == 3000
@@ -102,14 +98,16 @@ WORKER_RECORDER = """
 
 
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
-def test_signal_flushes_a_client_made_in_a_worker_thread(tmp_path: Path, signame: str) -> None:
+def test_signal_flushes_a_client_made_in_a_worker_thread(
+    tmp_path: Path, ledger_target: str, signame: str
+) -> None:
     """SIGTERM or SIGHUP while a worker thread records through a client it made: every
     printed id is stored, and the process still dies of that signal."""
     signum = getattr(signal, signame)
-    db = tmp_path / "traces.db"
+    db = ledger_target
     script = write_script(tmp_path, "worker.py", WORKER_RECORDER)
     printed: list[str] = []
-    with started_python(script, str(db)) as proc:
+    with started_python(script, db) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
             if _ID.match(line.strip()):
@@ -174,24 +172,16 @@ def test_signal_hooks_respect_the_host_and_can_be_switched_off(tmp_path: Path) -
     assert handlers("plain", {"DECISION_TRACE_SIGNAL_HOOKS": "0"}) == "default default"
 
 
-def _hold_write_lock(db: Path) -> sqlite3.Connection:
-    """Another process's long write transaction: the writer cannot commit until released."""
-    conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
-    conn.execute("BEGIN IMMEDIATE")
-    return conn
-
-
 def test_close_past_its_deadline_says_exactly_how_many_were_not_written(
-    db_path: Path, caplog: pytest.LogCaptureFixture
+    ledger_target: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The ledger cannot be written (another writer holds it): close() returns at its
     deadline, logs the exact count not written, stats() and flush() say it too; every
-    event is then either in the file or counted as failed."""
-    client = DecisionTraceClient(db_path=db_path, shutdown_timeout_s=2)
+    event is then either in the ledger or counted as failed."""
+    client = DecisionTraceClient(db_path=ledger_target, shutdown_timeout_s=2)
     client.trace("job.started").by_system("cron").record()
     assert client.flush()
-    lock = _hold_write_lock(db_path)
-    try:
+    with writes_blocked(ledger_target):
         for i in range(1000):
             client.trace("job.step", f"step {i}").by_system("cron").record()
         started = time.monotonic()
@@ -206,23 +196,22 @@ def test_close_past_its_deadline_says_exactly_how_many_were_not_written(
         assert stats.recorded == 1001
         assert stats.written == 1
         assert stats.failed + stats.queued == 1000  # dropped + still in the blocked write
-    finally:
-        lock.rollback()
-        lock.close()
     deadline = time.monotonic() + 60
     while client.stats().queued and time.monotonic() < deadline:
         time.sleep(0.05)
     stats = client.stats()
     assert stats.queued == 0
     assert stats.written + stats.failed == stats.recorded
-    assert len(_stored_ids(db_path)) == stats.written
+    assert len(_stored_ids(ledger_target)) == stats.written
     assert client.flush(timeout_s=5) is False
 
 
-def test_exit_past_its_deadline_says_exactly_how_many_were_not_written(tmp_path: Path) -> None:
+def test_exit_past_its_deadline_says_exactly_how_many_were_not_written(
+    tmp_path: Path, ledger_target: str
+) -> None:
     """Normal exit while the ledger cannot be written: the process ends within its
-    deadline and its log names exactly the number of events missing from the file."""
-    db = tmp_path / "traces.db"
+    deadline and its log names exactly the number of events missing from the ledger."""
+    db = ledger_target
     go = tmp_path / "go"
     script = write_script(
         tmp_path,
@@ -241,18 +230,12 @@ def test_exit_past_its_deadline_says_exactly_how_many_were_not_written(tmp_path:
             print(client.trace("job.step", f"step {i}").by_system("cron").record())
         """,
     )
-    with started_python(
-        script, str(db), str(go), env={"DECISION_TRACE_SHUTDOWN_TIMEOUT": "2"}
-    ) as proc:
+    with started_python(script, db, str(go), env={"DECISION_TRACE_SHUTDOWN_TIMEOUT": "2"}) as proc:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
-        lock = _hold_write_lock(db)
-        try:
+        with writes_blocked(db):
             go.touch()
             out, err = proc.communicate(timeout=90)
-        finally:
-            lock.rollback()
-            lock.close()
     assert proc.returncode == 0, err
     printed = _printed_ids(out)
     assert len(printed) == 1000

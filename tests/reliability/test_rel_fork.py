@@ -1,13 +1,16 @@
 """Fork: a client created before os.fork() (the gunicorn preload pattern) keeps working
-in the parent and every child, without deadlock and without losing events."""
+in the parent and every child, without deadlock and without losing events. On both
+backends: a child must neither use nor close the parent's SQLite connections or
+PostgreSQL sessions."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
-from reliability_support import run_python, write_script
+from reliability_support import run_python, stored_ids, write_script
+
+pytestmark = pytest.mark.usefixtures("ledger_target")
 
 PRELOAD = """
     import os, sys, threading, time
@@ -109,24 +112,19 @@ def _ids(out: Path) -> set[str]:
     return ids
 
 
-def _stored(db: Path) -> set[str]:
-    conn = sqlite3.connect(db)
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        return {row[0] for row in conn.execute("SELECT id FROM events")}
-    finally:
-        conn.close()
+_stored = stored_ids
+"""The ids in the ledger, after checking it is intact."""
 
 
 @pytest.mark.parametrize("durability", ["batch", "sync"])
 def test_client_created_before_fork_works_in_parent_and_children(
-    tmp_path: Path, durability: str
+    tmp_path: Path, ledger_target: str, durability: str
 ) -> None:
-    db = tmp_path / "traces.db"
+    db = ledger_target
     out = tmp_path / "out"
     out.mkdir()
     script = write_script(tmp_path, "preload.py", PRELOAD)
-    result = run_python(script, str(db), durability, str(out))
+    result = run_python(script, db, durability, str(out))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[0, 0, 0, 0]", result.stderr
     recorded = _ids(out)
@@ -135,14 +133,16 @@ def test_client_created_before_fork_works_in_parent_and_children(
 
 
 @pytest.mark.parametrize("durability", ["batch", "sync"])
-def test_multiprocessing_fork_children_lose_nothing(tmp_path: Path, durability: str) -> None:
+def test_multiprocessing_fork_children_lose_nothing(
+    tmp_path: Path, ledger_target: str, durability: str
+) -> None:
     """multiprocessing's fork children end with os._exit(), skipping atexit: their
     events must still reach the ledger."""
-    db = tmp_path / "traces.db"
+    db = ledger_target
     out = tmp_path / "out"
     out.mkdir()
     script = write_script(tmp_path, "mp.py", MULTIPROCESSING)
-    result = run_python(script, str(db), durability, str(out))
+    result = run_python(script, db, durability, str(out))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[0, 0, 0]", result.stdout
     recorded = _ids(out)

@@ -5,13 +5,15 @@ take new events for duplicates of stored ones."""
 from __future__ import annotations
 
 import random
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from reliability_support import run_python, write_script
+import pytest
+from reliability_support import run_python, stored_column, write_script
 
 from decision_trace import DecisionTraceClient
+
+pytestmark = pytest.mark.usefixtures("ledger_target")
 
 SEEDED_JOB = """
     import random, sys
@@ -36,15 +38,10 @@ def test_reseeding_random_in_process_loses_no_event(
     assert len(client.query(limit=None)) == 20
 
 
-def test_same_seeded_job_run_twice_stores_both_runs(tmp_path: Path) -> None:
-    db = tmp_path / "traces.db"
+def test_same_seeded_job_run_twice_stores_both_runs(tmp_path: Path, ledger_target: str) -> None:
     script = write_script(tmp_path, "job.py", SEEDED_JOB)
     for _ in range(2):
-        result = run_python(script, str(db))
+        result = run_python(script, ledger_target)
         assert result.returncode == 0, result.stderr
-    conn = sqlite3.connect(db)
-    try:
-        assert conn.execute("SELECT count(DISTINCT id) FROM events").fetchone()[0] == 10
-        assert conn.execute("SELECT count(DISTINCT trace_id) FROM events").fetchone()[0] == 10
-    finally:
-        conn.close()
+    assert len(set(stored_column(ledger_target, "id"))) == 10
+    assert len(set(stored_column(ledger_target, "trace_id"))) == 10

@@ -1,5 +1,6 @@
-"""Personal data: with redact=..., the plaintext is nowhere in the ledger file, its
-write-ahead log, or what a real OTLP/HTTP receiver gets."""
+"""Personal data: with redact=..., the plaintext is nowhere in the ledger (the SQLite
+file and its write-ahead log; every row of the PostgreSQL schema), or in what a real
+OTLP/HTTP receiver gets. The tests that record run on both backends (``ledger_target``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from reliability_support import is_postgres, ledger_bytes
 
 from decision_trace import DecisionTraceClient, InvalidInputError, Redaction
 
@@ -108,13 +110,14 @@ def _record_personal_data(client: DecisionTraceClient) -> list[str]:
     return ids
 
 
-def _ledger_bytes(db: Path) -> bytes:
-    data = b""
-    for suffix in ("", "-wal", "-shm"):
-        path = Path(str(db) + suffix)
-        if path.exists():
-            data += path.read_bytes()
-    return data
+_ledger_bytes = ledger_bytes
+"""The SQLite file with its -wal and -shm, or every row of the PostgreSQL schema."""
+
+
+def _wal_exists(target: str) -> bool:
+    """SQLite: the write-ahead log is there, so the checks read it too (PostgreSQL's own
+    log is the server's: what the ledger holds is its rows)."""
+    return is_postgres(target) or Path(f"{target}-wal").exists()
 
 
 def _leaks(data: bytes) -> list[bytes]:
@@ -122,21 +125,21 @@ def _leaks(data: bytes) -> list[bytes]:
 
 
 def test_without_redaction_the_plaintext_is_there(
-    make_client: Callable[..., DecisionTraceClient], db_path: Path, receiver: Receiver
+    make_client: Callable[..., DecisionTraceClient], ledger_target: str, receiver: Receiver
 ) -> None:
     """The control: the checks below would see the plaintext if it were stored."""
     client = make_client(otlp_endpoint=receiver.endpoint)
     _record_personal_data(client)
     assert client.flush()
-    assert Path(str(db_path) + "-wal").exists()
-    assert _leaks(_ledger_bytes(db_path))
+    assert _wal_exists(ledger_target)
+    assert _leaks(_ledger_bytes(ledger_target))
     assert _leaks(b"".join(receiver.bodies))
 
 
 @pytest.mark.parametrize("durability", ["batch", "sync"])
 def test_hashed_personal_data_reaches_neither_the_file_nor_otlp(
     make_client: Callable[..., DecisionTraceClient],
-    db_path: Path,
+    ledger_target: str,
     receiver: Receiver,
     durability: str,
 ) -> None:
@@ -144,8 +147,8 @@ def test_hashed_personal_data_reaches_neither_the_file_nor_otlp(
     client = make_client(durability=durability, otlp_endpoint=receiver.endpoint, redact=redact)
     order_id, refund_id = _record_personal_data(client)
     assert client.flush()
-    assert Path(str(db_path) + "-wal").exists()  # checked before any checkpoint...
-    assert _leaks(_ledger_bytes(db_path)) == []
+    assert _wal_exists(ledger_target)  # checked before any checkpoint...
+    assert _leaks(_ledger_bytes(ledger_target)) == []
     assert _leaks(b"".join(receiver.bodies)) == []
 
     hashed_email, hashed_name = redact.pseudonym(EMAIL), redact.pseudonym(NAME)
@@ -173,7 +176,7 @@ def test_hashed_personal_data_reaches_neither_the_file_nor_otlp(
     assert refund.actor.email == hashed_email
 
     client.close()  # ...and after the checkpoint
-    assert _leaks(_ledger_bytes(db_path)) == []
+    assert _leaks(_ledger_bytes(ledger_target)) == []
     spans = receiver.attributes()
     assert {s["@name"] for s in spans} == {"order.created", "refund.requested"}
     for span in spans:
@@ -182,12 +185,12 @@ def test_hashed_personal_data_reaches_neither_the_file_nor_otlp(
 
 
 def test_dropping_personal_data_by_default_drops_email_only(
-    make_client: Callable[..., DecisionTraceClient], db_path: Path, receiver: Receiver
+    make_client: Callable[..., DecisionTraceClient], ledger_target: str, receiver: Receiver
 ) -> None:
     client = make_client(otlp_endpoint=receiver.endpoint, redact=Redaction())
     order_id, _ = _record_personal_data(client)
     assert client.flush()
-    for data in (_ledger_bytes(db_path), b"".join(receiver.bodies)):
+    for data in (_ledger_bytes(ledger_target), b"".join(receiver.bodies)):
         assert b"Example.org" not in data and b"example" not in data
         assert b"Annabelle" in data  # names are kept unless asked for
     order = client.get_event(order_id)
@@ -257,7 +260,7 @@ def _plaintexts() -> list[bytes]:
 @pytest.mark.parametrize("durability", ["batch", "sync"])
 def test_camel_snake_dotted_keys_lists_and_rejection_reasons_are_hashed(
     make_client: Callable[..., DecisionTraceClient],
-    db_path: Path,
+    ledger_target: str,
     receiver: Receiver,
     durability: str,
 ) -> None:
@@ -265,7 +268,7 @@ def test_camel_snake_dotted_keys_lists_and_rejection_reasons_are_hashed(
     client = make_client(durability=durability, otlp_endpoint=receiver.endpoint, redact=redact)
     event_id = _record_key_spellings(client)
     assert client.flush()
-    for data in (_ledger_bytes(db_path), b"".join(receiver.bodies)):
+    for data in (_ledger_bytes(ledger_target), b"".join(receiver.bodies)):
         assert [p for p in _plaintexts() if p in data] == []
         assert b"visible-token" in data  # what is not matched is kept
 
@@ -287,16 +290,16 @@ def test_camel_snake_dotted_keys_lists_and_rejection_reasons_are_hashed(
     assert h(NESTED).startswith("hmac-sha256:") and len(h(NESTED)) == 12 + 64
 
     client.close()
-    assert [p for p in _plaintexts() if p in _ledger_bytes(db_path)] == []
+    assert [p for p in _plaintexts() if p in _ledger_bytes(ledger_target)] == []
 
 
 def test_without_a_key_every_spelling_is_dropped(
-    make_client: Callable[..., DecisionTraceClient], db_path: Path, receiver: Receiver
+    make_client: Callable[..., DecisionTraceClient], ledger_target: str, receiver: Receiver
 ) -> None:
     client = make_client(otlp_endpoint=receiver.endpoint, redact=Redaction())
     event_id = _record_key_spellings(client)
     assert client.flush()
-    for data in (_ledger_bytes(db_path), b"".join(receiver.bodies)):
+    for data in (_ledger_bytes(ledger_target), b"".join(receiver.bodies)):
         assert [p for p in _plaintexts() if p in data] == []
     event = client.get_event(event_id)
     assert event is not None and event.actor is not None and event.decision is not None

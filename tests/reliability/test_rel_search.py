@@ -1,5 +1,6 @@
-"""Hostile queries: any text to search() returns results or [], never an sqlite3 error;
-filter values with SQL meta-characters match literally."""
+"""Hostile queries: any text to search() returns results or [], never a database error
+(SQLite's FTS5, PostgreSQL's tsquery); filter values with SQL meta-characters match
+literally. On both backends."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from decision_trace import DecisionTraceClient, TraceEvent
+
+pytestmark = pytest.mark.usefixtures("ledger_target")
 
 HOSTILE = [
     "",

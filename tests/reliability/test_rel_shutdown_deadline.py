@@ -13,7 +13,6 @@ import contextlib
 import re
 import signal
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from reliability_support import started_python, write_script
+from reliability_support import started_python, stored_ids, write_script
 
 from decision_trace import DecisionTraceClient, InvalidInputError
 
@@ -107,21 +106,18 @@ def _record(client: DecisionTraceClient, count: int) -> list[str]:
     ]
 
 
-def _stored_ids(db: Path) -> set[str]:
-    conn = sqlite3.connect(db)
-    try:
-        return {row[0] for row in conn.execute("SELECT id FROM events")}
-    finally:
-        conn.close()
+def _stored_ids(db: str | Path) -> set[str]:
+    return stored_ids(db, intact=False)
 
 
 def test_flush_and_close_keep_their_deadline_against_a_stalled_collector(
-    db_path: Path, stalled_collector: str
+    ledger_target: str, stalled_collector: str
 ) -> None:
     """flush(timeout_s=3) returns False within its deadline (+ slack), close() within
-    shutdown_timeout_s; the ledger has every event; stats() shows the collector's misses."""
+    shutdown_timeout_s (closing the ledger's connections included); the ledger has every
+    event; stats() shows the collector's misses. On both backends."""
     client = DecisionTraceClient(
-        db_path=db_path, otlp_endpoint=stalled_collector, shutdown_timeout_s=3
+        db_path=ledger_target, otlp_endpoint=stalled_collector, shutdown_timeout_s=3
     )
     try:
         ids = _record(client, 50)
@@ -145,7 +141,7 @@ def test_flush_and_close_keep_their_deadline_against_a_stalled_collector(
     [otlp] = stats.exporters
     assert otlp.exported == 0
     assert otlp.failed + otlp.dropped + otlp.queued == 50
-    assert _stored_ids(db_path) == set(ids)
+    assert _stored_ids(ledger_target) == set(ids)
 
 
 # Records, prints "recorded", then leaves as the test says: normal exit, or waits for
@@ -166,15 +162,15 @@ STALLED_CHILD = """
 
 @pytest.mark.parametrize("how", ["exit", "sigterm"])
 def test_process_exits_within_its_deadline_against_a_stalled_collector(
-    tmp_path: Path, stalled_collector: str, how: str
+    tmp_path: Path, ledger_target: str, stalled_collector: str, how: str
 ) -> None:
     """A normal exit, and SIGTERM, end the process within DECISION_TRACE_SHUTDOWN_TIMEOUT
     (+ slack) whatever the collector does; every event is in the ledger; the log says
-    what the collector did not get."""
-    db = tmp_path / "traces.db"
+    what the collector did not get. On both backends."""
+    db = ledger_target
     script = write_script(tmp_path, "stalled.py", STALLED_CHILD)
     env = {"DECISION_TRACE_SHUTDOWN_TIMEOUT": "3"}
-    with started_python(script, str(db), stalled_collector, how, env=env) as proc:
+    with started_python(script, db, stalled_collector, how, env=env) as proc:
         assert proc.stdout is not None
         printed = []
         for line in proc.stdout:

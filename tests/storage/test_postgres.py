@@ -4,6 +4,7 @@ openers, connections, and the extra it needs. What both backends share is in
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -330,5 +331,56 @@ def test_the_first_write_of_a_month_makes_the_next_month_ahead(schema_url: str) 
                 found = conn.execute("SELECT to_regclass(%s)", (next_month.name(table),))
                 assert found.fetchone() == (next_month.name(table),)
         assert this_month.suffix != next_month.suffix
+    finally:
+        ledger.close()
+
+
+def test_nul_and_lone_surrogates_in_json_are_stored_as_u_fffd(schema_url: str) -> None:
+    """jsonb refuses U+0000 and a lone surrogate, both of which Python's JSON escapes and
+    keeps: they are stored as U+FFFD (keys too), a surrogate pair stays one character,
+    an escaped backslash before "u" is text, and numbers keep their value."""
+    context = {
+        "lone": "a\ud800b \udc00",
+        "pair": "\U0001f600 \ud83d\ude00",
+        "nul": "x\x00y",
+        "\udfffkey": 1,
+        "text": "\\ud800 \\u0000",
+        "numbers": [2.5, -0.125, 10**30],
+    }
+    decision = json.dumps({"context": context})
+    assert "\\ud800" in decision and "\\u0000" in decision
+    ledger = open_ledger(schema_url)
+    try:
+        record = replace(_record("a" * 16, ns_from_datetime(BASE, "t")), decision_json=decision)
+        assert ledger.write([record]) == 1
+        event = ledger.get_event("a" * 16)
+        assert event is not None and event.decision is not None
+        assert event.decision.context == {
+            "lone": "a\ufffdb \ufffd",
+            "pair": "\U0001f600 \U0001f600",
+            "nul": "x\ufffdy",
+            "\ufffdkey": 1,
+            "text": "\\ud800 \\u0000",
+            "numbers": [2.5, -0.125, 10**30],
+        }
+    finally:
+        ledger.close()
+
+
+def test_search_with_thousands_of_words_requires_every_one(schema_url: str) -> None:
+    """A query of more words than one tsquery takes (the server's stack ran out at 50,000
+    one-letter words) is split into queries that must all match: still every word."""
+    words = [f"w{i}" for i in range(2_500)]
+    ledger = open_ledger(schema_url)
+    try:
+        record = replace(
+            _record("a" * 16, ns_from_datetime(BASE, "t")), description=" ".join(words)
+        )
+        ledger.write([record, _record("b" * 16, ns_from_datetime(BASE, "t"))])
+        assert [e.id for e in ledger.search(" ".join(words))] == ["a" * 16]
+        assert [e.id for e in ledger.iter_search(" ".join(reversed(words)))] == ["a" * 16]
+        assert ledger.search(" ".join([*words, "absent"])) == []
+        assert ledger.search(" ".join(["absent", *words])) == []
+        assert ledger.search(("x " * 50_000)[:100_000]) == []
     finally:
         ledger.close()

@@ -186,28 +186,47 @@ def _text(value: str | None) -> str | None:
     return value.replace("\x00", "\ufffd")
 
 
-_JSON_ESCAPE = re.compile(
-    r"\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})|\\u([0-9a-f]{4})|\\.", re.IGNORECASE | re.DOTALL
-)
-"""One escape of JSON text, left to right: a surrogate pair, one ``\\uXXXX``, or any
-other (``\\\\`` among them, so an escaped backslash never starts a ``\\u``)."""
+_scanstring: Callable[[str, int, bool], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
+"""The ``json`` module's own string scanner (C): decodes one JSON string, joining
+surrogate pairs, and says where it ended."""
+_NOT_IN_JSONB = re.compile("[\x00\ud800-\udfff]")
+"""What a decoded JSON string may hold and ``jsonb`` cannot: U+0000, lone surrogates."""
 
 
-def _jsonb_escape(match: re.Match[str]) -> str:
-    code = match.group(3)
-    if code is None:
-        return match.group(0)  # a surrogate pair, or not a \u escape
-    n = int(code, 16)
-    return "\\ufffd" if n == 0 or 0xD800 <= n <= 0xDFFF else match.group(0)
+def _jsonb_strings(value: str) -> str:
+    """``value`` (JSON text) with U+0000 and lone surrogates in its strings (keys and
+    values, escaped or not) replaced by U+FFFD; numbers and everything else untouched.
+
+    Each string is read by the ``json`` module's own scanner, which joins surrogate
+    pairs: whatever surrogate is left in what it decoded is a lone one. Outside strings
+    valid JSON has no quotes, so the next quote always opens the next string.
+    """
+    parts: list[str] = []
+    done = 0
+    start = value.find('"')
+    while start != -1:
+        try:
+            text, end = _scanstring(value, start + 1, False)
+        except ValueError:
+            break  # not JSON: the server says what is wrong with it
+        if _NOT_IN_JSONB.search(text) is not None:
+            parts.append(value[done:start])
+            parts.append(json.dumps(_NOT_IN_JSONB.sub("\ufffd", text)))
+            done = end
+        start = value.find('"', end)
+    if not parts:
+        return value
+    parts.append(value[done:])
+    return "".join(parts)
 
 
 def _json(value: str | None) -> str | None:
     """JSON text ``jsonb`` accepts: an escaped (or raw) U+0000 and an escaped lone
-    surrogate (JSON strings may hold one; ``jsonb`` refuses it) become U+FFFD."""
+    surrogate (which Python's JSON keeps, and ``jsonb`` refuses) become U+FFFD."""
     if value is None:
         return None
-    if "\\u" in value:
-        value = _JSON_ESCAPE.sub(_jsonb_escape, value)
+    if "\\u0000" in value or "\\ud" in value or "\\uD" in value:
+        value = _jsonb_strings(value)
     return _text(value)
 
 
@@ -306,14 +325,29 @@ def _where(filters: EventFilters) -> tuple[str, list[Any]]:
 _WORD = re.compile(r"\S+")
 
 
-def _search_text(text: str) -> str | None:
-    """User text for ``plainto_tsquery``: every word, ANDed, no operators; None when
-    there is no word (as :func:`decision_trace.query.fts_query`)."""
+_WORDS_PER_QUERY = 1000
+"""Words in one ``plainto_tsquery``: its AND tree is as deep as it has words, and the
+server's stack gives out somewhere past 20,000 (100 kB of one-letter words is 50,000)."""
+
+
+def _search_text(text: str) -> list[str] | None:
+    """User text for ``plainto_tsquery``: every word, ANDed, no operators, in pieces of
+    at most ``_WORDS_PER_QUERY`` distinct words (each a query, all ANDed); None when there
+    is no word (as :func:`decision_trace.query.fts_query`)."""
     if not isinstance(text, str):
         raise InvalidInputError("text", f"must be a string, got {type(text).__name__}")
     cleaned = clean_text(text.replace("\x00", " "))
-    words = _WORD.findall(cleaned)
-    return " ".join(words) if words else None
+    words = list(dict.fromkeys(_WORD.findall(cleaned)))  # a word twice asks nothing more
+    if not words:
+        return None
+    return [
+        " ".join(words[i : i + _WORDS_PER_QUERY]) for i in range(0, len(words), _WORDS_PER_QUERY)
+    ]
+
+
+def _matches(pieces: Sequence[str]) -> str:
+    """``events AS e`` matching every piece of :func:`_search_text`, as SQL."""
+    return " AND ".join(["e.search @@ plainto_tsquery('simple', %s)"] * len(pieces))
 
 
 def _object_links(external_id: str, object_type: ObjectType | str | None, params: list[Any]) -> str:
@@ -393,7 +427,9 @@ class PostgresLedger:
         return conn
 
     def _forked(self) -> None:
-        """Forget (without closing) the connections a forked child inherited."""
+        """Forget (without closing) the connections a forked child inherited, and the
+        locks: another thread of the parent may have held one at the fork. Call it before
+        taking a lock."""
         if self._pid != os.getpid():
             _INHERITED.extend(x for x in (self._writer, self._pool) if x is not None)
             self._writer = None
@@ -611,6 +647,9 @@ class PostgresLedger:
         for record in records:
             unique.setdefault((record.id, record.start_ns), record)
         batch = list(unique.values())
+        # Before the lock: a child forked while another thread of the parent was writing
+        # inherits the lock held, by a thread it does not have (sync mode deadlocked).
+        self._forked()
         with self._write_lock:
             for attempt in range(2):
                 conn = self._writer_connection()
@@ -772,7 +811,10 @@ class PostgresLedger:
         self._copy_batch(conn, records)
         row = conn.execute(_MOVE_BATCH).fetchone()
         if clear:
-            conn.execute("TRUNCATE dt_stage_events, dt_stage_objects, dt_stage_tags")
+            # DELETE, not TRUNCATE: a TRUNCATE per record (new files, catalog updates)
+            # made a 600-event batch with one refused record take a minute to write.
+            for table in ("dt_stage_events", "dt_stage_objects", "dt_stage_tags"):
+                conn.execute(f"DELETE FROM {table}")
         return int(row[0]) if row is not None else 0
 
     def _write_batch(self, conn: psycopg.Connection[Any], records: Sequence[EventRecord]) -> int:
@@ -939,23 +981,23 @@ class PostgresLedger:
         if words is None:
             return []
         return self._select(
-            f"{_SELECT} WHERE e.search @@ plainto_tsquery('simple', %s) "
-            "ORDER BY e.seq DESC LIMIT %s",
-            [words, sql_limit],
+            f"{_SELECT} WHERE {_matches(words)} ORDER BY e.seq DESC LIMIT %s",
+            [*words, sql_limit],
         )
 
     def iter_search(self, text: str) -> Generator[TraceEvent, None, None]:
         words = _search_text(text)
 
-        def page(after: tuple[int, int] | None, size: int) -> tuple[str, list[Any]]:
-            return (
-                f"{_SELECT} WHERE e.search @@ plainto_tsquery('simple', %s) AND e.seq < %s "
-                "ORDER BY e.seq DESC LIMIT %s",
-                [words, _MAX_INT64 if after is None else after[1], size],
-            )
-
         if words is None:
             return _nothing()
+        match = _matches(words)
+
+        def page(after: tuple[int, int] | None, size: int) -> tuple[str, list[Any]]:
+            return (
+                f"{_SELECT} WHERE {match} AND e.seq < %s ORDER BY e.seq DESC LIMIT %s",
+                [*words, _MAX_INT64 if after is None else after[1], size],
+            )
+
         return self._paged(page)
 
     def get_event(self, event_id: str) -> TraceEvent | None:
@@ -1116,6 +1158,7 @@ class PostgresLedger:
         deleted from row by row.
         """
         cutoff = int(older_than_ns)
+        self._forked()  # before the lock, as in write()
         with self._write_lock:
             conn = self._writer_connection()
             try:
