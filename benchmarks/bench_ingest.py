@@ -167,7 +167,8 @@ def pg_available() -> str | None:
         print("   postgresql: skipped: psycopg is not installed (pip install '.[postgres]')")
         return None
     try:
-        with psycopg.connect(PG_SERVER, connect_timeout=5) as conn:
+        # Under the restart lock: a test restarting the shared server finishes first.
+        with restart_lock_shared(), psycopg.connect(PG_SERVER, connect_timeout=5) as conn:
             row = conn.execute("SHOW server_version").fetchone()
     except psycopg.Error as exc:
         print(f"   postgresql: skipped: no server at {PG_SERVER}: {exc}".rstrip())
