@@ -3,9 +3,10 @@
 No timing is asserted here (the machine is shared and the sizes are tiny); the numbers
 that count are in benchmarks/RESULTS.md.
 
-The PostgreSQL benchmarks (``bench_pg_*.py``) need the server at
-``$DECISION_TRACE_BENCH_PG`` (default ``postgresql://postgres@127.0.0.1:5432/test``); without
-one they are skipped here, except under ``CI=true``, where the server must be there.
+The PostgreSQL benchmarks (``bench_pg_*.py``) run against the tests' server (the
+``pg_server`` fixture: ``$DECISION_TRACE_TEST_PG``, the local server, or a throwaway
+cluster), given to them as ``$DECISION_TRACE_BENCH_PG``; without one they are skipped,
+except under ``CI=true``, where they fail.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 SCRIPTS = sorted((REPO_ROOT / "benchmarks").glob("bench_*.py"))
-PG_SERVER = os.environ.get("DECISION_TRACE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def test_every_benchmark_is_found() -> None:
@@ -30,25 +30,13 @@ def test_every_benchmark_is_found() -> None:
     assert {"bench_pg_write", "bench_pg_end_to_end", "bench_pg_queries"} <= names
 
 
-def _postgres_reachable() -> bool:
-    try:
-        import psycopg
-    except ImportError:
-        return False
-    try:
-        psycopg.connect(PG_SERVER, connect_timeout=5).close()
-    except psycopg.Error:
-        return False
-    return True
-
-
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
-def test_benchmark_runs_in_quick_mode(script: Path, tmp_path: Path) -> None:
-    if script.stem.startswith("bench_pg_") and not _postgres_reachable():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"no PostgreSQL server at {PG_SERVER} under CI")
-        pytest.skip(f"no PostgreSQL server at {PG_SERVER}")
+def test_benchmark_runs_in_quick_mode(
+    script: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     env = dict(os.environ)
+    if script.stem.startswith("bench_pg_"):
+        env["DECISION_TRACE_BENCH_PG"] = request.getfixturevalue("pg_server").url
     env["DECISION_TRACE_BENCH_CACHE"] = str(tmp_path / "cache")
     # The PostgreSQL benchmarks hold the test suite's server-restart lock, kept in the
     # temporary folder the tests use, not in the one TMPDIR names for the benchmark.
