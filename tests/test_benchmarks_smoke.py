@@ -6,6 +6,11 @@ that count are in benchmarks/RESULTS.md.
 ``bench_ingest.py`` measures SQLite and PostgreSQL: it is given the tests' PostgreSQL
 server (the ``pg_server`` fixture) as ``$DECISION_TRACE_BENCH_PG`` and must then report
 both; without a server (outside CI) it reports SQLite only.
+
+The PostgreSQL benchmarks (``bench_pg_*.py``) run against the tests' server (the
+``pg_server`` fixture: ``$DECISION_TRACE_TEST_PG``, the local server, or a throwaway
+cluster), given to them as ``$DECISION_TRACE_BENCH_PG``; without one they are skipped,
+except under ``CI=true``, where they fail.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ REQUIRED = {"bench_ingest": ("ratio ingest/write sqlite", "sqlite: server peak R
 
 
 def test_every_benchmark_is_found() -> None:
-    assert len(SCRIPTS) >= 7
+    assert len(SCRIPTS) >= 10
+    names = {script.stem for script in SCRIPTS}
+    assert {"bench_pg_write", "bench_pg_end_to_end", "bench_pg_queries"} <= names
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
@@ -38,6 +45,8 @@ def test_benchmark_runs_in_quick_mode(
 ) -> None:
     env = dict(os.environ)
     required = list(REQUIRED.get(script.stem, ()))
+    if script.stem.startswith("bench_pg_"):
+        env["DECISION_TRACE_BENCH_PG"] = request.getfixturevalue("pg_server").url
     if script.stem in WITH_POSTGRES:
         try:
             env["DECISION_TRACE_BENCH_PG"] = request.getfixturevalue("pg_server").url
@@ -45,10 +54,10 @@ def test_benchmark_runs_in_quick_mode(
             env["DECISION_TRACE_BENCH_PG"] = "postgresql://nobody@127.0.0.1:1/none"
         else:
             required += WITH_POSTGRES[script.stem]
-        # It holds the test suite's server-restart lock, kept in the temporary folder the
-        # tests use, not in the one TMPDIR names for the benchmark.
-        env["DECISION_TRACE_PG_LOCK_DIR"] = tempfile.gettempdir()
     env["DECISION_TRACE_BENCH_CACHE"] = str(tmp_path / "cache")
+    # The PostgreSQL benchmarks hold the test suite's server-restart lock, kept in the
+    # temporary folder the tests use, not in the one TMPDIR names for the benchmark.
+    env["DECISION_TRACE_PG_LOCK_DIR"] = tempfile.gettempdir()
     env["TMPDIR"] = str(tmp_path)
     result = subprocess.run(
         [sys.executable, str(script), "--quick"],
