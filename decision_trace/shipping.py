@@ -47,9 +47,11 @@ from .errors import DecisionTraceError, InvalidInputError, StoreError
 from .models import clean_text
 from .record import EventRecord
 from .storage import Ledger
-from .storage.outbox import Outbox, Rejection
+from .storage.outbox import SHIP_TO_ENV_VAR, SHIP_TOKEN_ENV_VAR, Outbox, Rejection
 
 __all__ = [
+    "SHIP_TOKEN_ENV_VAR",
+    "SHIP_TO_ENV_VAR",
     "BackgroundShipper",
     "ShipLockedError",
     "ShipReport",
@@ -60,10 +62,6 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-SHIP_TO_ENV_VAR = "DECISION_TRACE_SHIP_TO"
-"""Environment variable naming the destination of in-process shipping."""
-SHIP_TOKEN_ENV_VAR = "DECISION_TRACE_SHIP_TOKEN"
-"""Environment variable holding the destination's bearer token."""
 
 DEFAULT_BATCH = 512
 """Events per request (the ingest benchmark's client sends 512 spans a request)."""

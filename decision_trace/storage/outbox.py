@@ -17,7 +17,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["DestinationStatus", "Outbox", "Rejection"]
+__all__ = ["SHIP_TOKEN_ENV_VAR", "SHIP_TO_ENV_VAR", "DestinationStatus", "Outbox", "Rejection"]
+
+SHIP_TO_ENV_VAR = "DECISION_TRACE_SHIP_TO"
+"""Environment variable naming where a client ships its ledger (``ship_to``)."""
+SHIP_TOKEN_ENV_VAR = "DECISION_TRACE_SHIP_TOKEN"
+"""Environment variable holding the bearer token of that destination (``ship_token``)."""
 
 
 @dataclass(frozen=True)
