@@ -585,6 +585,8 @@ def outbox_status(conn: sqlite3.Connection) -> list[DestinationStatus]:
     try:
         if own_transaction:
             conn.execute("BEGIN")
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'outbox'").fetchone():
+            return []  # a ledger of schema version 2, opened read-only (not migrated)
         rows = conn.execute(
             "SELECT destination, position, shipped, rejected, last_error, last_error_ns, "
             "updated_ns FROM outbox ORDER BY destination"

@@ -345,7 +345,8 @@ class _Progress:
 
 StateListener = Callable[[str, str], None]
 """Called with ``("down", reason)`` when the destination stops answering and with
-``("up", "")`` when it answers again; ``("progress", "")`` after each acknowledged batch."""
+``("up", "after N s")`` when it answers again; ``("progress", "N")`` after each batch of
+N events acknowledged."""
 
 
 class Shipper:
@@ -512,7 +513,7 @@ class Shipper:
             progress.shipped += len(batch)
             progress.rejected.extend(rejected)
             last_ack = time.monotonic()
-            self._tell("progress", "")
+            self._tell("progress", str(len(batch)))
         remaining = self._remaining()
         return ShipReport(
             destination=self.destination,
