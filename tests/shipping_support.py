@@ -18,6 +18,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ class Seen:
     span_ids: tuple[str, ...]
     names: tuple[str, ...]
     """The spans' names (a decision's event type), in the same order."""
+    attributes: tuple[dict[str, Any], ...]
+    """The spans' attributes, in the same order (arrays as lists)."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,9 @@ class ScriptedReceiver:
             headers=headers,
             span_ids=tuple(span.span_id.hex() for span in spans),
             names=tuple(span.name for span in spans),
+            attributes=tuple(
+                {pair.key: _value(pair.value) for pair in span.attributes} for span in spans
+            ),
         )
         with self._lock:
             number = len(self.seen)
@@ -97,6 +103,13 @@ class ScriptedReceiver:
             with self._lock:
                 self.accepted.extend(seen.span_ids)
         return reply
+
+
+def _value(value: AnyValue) -> Any:
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return [_value(item) for item in value.array_value.values]
+    return getattr(value, kind) if kind else None
 
 
 @contextmanager
