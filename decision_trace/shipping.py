@@ -799,7 +799,8 @@ class BackgroundShipper:
 
     def close(self, timeout: float = 5.0) -> None:
         """Ship what can be shipped within ``timeout`` seconds, then stop; what is left
-        is shipped by the next start. Returns within about ``timeout`` seconds."""
+        is shipped by the next start. Returns within ``timeout`` seconds plus at most half
+        a second."""
         deadline = time.monotonic() + max(0.0, timeout)
         self._close_deadline = deadline
         self._closing.set()
@@ -807,13 +808,15 @@ class BackgroundShipper:
             shipper = self._shipper
         if shipper is not None:
             shipper.finish_by(deadline)
-        self._thread.join(max(0.0, deadline - time.monotonic()) + 0.5)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
+            # A request still in flight at the deadline is abandoned (its socket shut
+            # down); its batch ships at the next start.
             with self._guard:
                 shipper = self._shipper
             if shipper is not None:
                 shipper.stop()
-            self._thread.join(1.0)
+            self._thread.join(0.5)
 
     def iter_reports(self) -> Iterator[ShipReport]:
         """The reports of the shippers this one ran (one, once closed)."""
