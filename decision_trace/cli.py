@@ -2194,7 +2194,7 @@ def ship(
     \b
     Examples:
       decision-trace ship --db traces.db --to http://ledger.internal:4318
-      DECISION_TRACE_SHIP_TOKEN=s3cret decision-trace ship --to https://ledger:4318 --follow
+      decision-trace ship --to https://ledger:4318 --follow
       decision-trace ship --to http://localhost:4318 --json
     """
     from .shipping import ShipLockedError, Shipper, ShippingError, destination_url
