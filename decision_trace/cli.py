@@ -1349,10 +1349,18 @@ def stats(db: str | None, as_json: bool, days: int) -> None:
         location = ledger.location
         size, wal_size = ledger.size_bytes()
         shipping = ledger.outbox_status() if isinstance(ledger, Outbox) else []
+        refused = {
+            status.destination: ledger.rejections(status.destination, limit=_REJECTED_SHOWN)
+            for status in shipping
+            if status.rejected and isinstance(ledger, Outbox)
+        }
     now_ns = time.time_ns()
     if as_json:
         data = summary_to_json(summary, location=location, size_bytes=size, wal_bytes=wal_size)
-        data["shipping"] = [destination_status_to_json(s, now_ns=now_ns) for s in shipping]
+        data["shipping"] = [
+            destination_status_to_json(s, now_ns=now_ns, rejections=refused.get(s.destination, []))
+            for s in shipping
+        ]
         _print_json(data)
         return
 
@@ -1397,6 +1405,8 @@ def stats(db: str | None, as_json: bool, days: int) -> None:
             backlog += f", the oldest from {_duration(age)} ago"
         row("Backlog", backlog)
         row("Rejected", f"{status.rejected:,}")
+        for item in refused.get(status.destination, [])[:3]:
+            row("", _safe(f"{item.event_id}: {item.message}"))
         if status.last_error is not None:
             when = (
                 f" ({_when(datetime_from_ns(status.last_error_ns))})"
@@ -2184,7 +2194,7 @@ def ship(
     \b
     Examples:
       decision-trace ship --db traces.db --to http://ledger.internal:4318
-      DECISION_TRACE_SHIP_TOKEN=s3cret decision-trace ship --to https://ledger:4318 --follow
+      decision-trace ship --to https://ledger:4318 --follow
       decision-trace ship --to http://localhost:4318 --json
     """
     from .shipping import ShipLockedError, Shipper, ShippingError, destination_url

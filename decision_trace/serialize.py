@@ -11,7 +11,7 @@ backend reads these shapes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -30,7 +30,7 @@ from .models import (
 )
 from .query import LedgerSummary
 from .record import datetime_from_ns
-from .storage.outbox import DestinationStatus
+from .storage.outbox import DestinationStatus, Rejection
 
 __all__ = [
     "chain_from_json",
@@ -386,9 +386,12 @@ def summary_from_json(data: Mapping[str, Any]) -> LedgerSummary:
     )
 
 
-def destination_status_to_json(status: DestinationStatus, *, now_ns: int) -> dict[str, Any]:
+def destination_status_to_json(
+    status: DestinationStatus, *, now_ns: int, rejections: Sequence[Rejection] = ()
+) -> dict[str, Any]:
     """One shipping destination's status as ``stats --json`` prints it (under
-    ``"shipping"``); ages are seconds before ``now_ns``."""
+    ``"shipping"``); ages are seconds before ``now_ns``; ``rejections`` are the first few
+    events it refused (``rejected`` counts them all)."""
 
     def iso(ns: int | None) -> str | None:
         return datetime_from_ns(ns).isoformat() if ns is not None else None
@@ -402,6 +405,10 @@ def destination_status_to_json(status: DestinationStatus, *, now_ns: int) -> dic
         "oldest_unshipped": iso(oldest),
         "oldest_unshipped_age_seconds": (now_ns - oldest) / 1e9 if oldest is not None else None,
         "rejected": status.rejected,
+        "rejected_events": [
+            {"position": r.position, "event_id": r.event_id, "message": r.message}
+            for r in rejections
+        ],
         "last_error": status.last_error,
         "last_error_at": iso(status.last_error_ns),
         "updated_at": iso(status.updated_ns),

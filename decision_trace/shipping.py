@@ -74,6 +74,10 @@ spans refused are found (a single span so refused is recorded as rejected)."""
 
 _VERSION = "0.1.0"
 
+DEFAULT_CPU_SHARE = 0.1
+"""In-process shipping's share of the interpreter's CPU while it catches up: ``record()``
+in a tight loop is slowed by about this much (benchmarks/bench_shipping.py)."""
+
 
 class ShippingError(DecisionTraceError):
     """Shipping cannot go on without someone's help: the destination refuses us (401,
@@ -365,6 +369,12 @@ class Shipper:
         max_backoff: Longest delay between two tries.
         on_state: Told when the destination goes down or comes back, and after each
             batch (see :data:`StateListener`).
+        cpu_share: The largest share of one CPU (of the interpreter, in a process that
+            also runs the application) that shipping may take while it catches up: after
+            each batch it rests in proportion to the CPU time the batch took. 1.0 never
+            rests (the command line); in-process shipping uses less, so that ``record()``
+            on the application's threads is not slowed by more than that share (see
+            docs/shipping.md). A closing client ships without resting.
         lock: Take the one-shipper lock (only one shipper sends a ledger to a
             destination); False only when the caller holds it already.
 
@@ -386,6 +396,7 @@ class Shipper:
         max_backoff: float = 30.0,
         on_state: StateListener | None = None,
         lock: bool = True,
+        cpu_share: float = 1.0,
     ) -> None:
         if not isinstance(ledger, Outbox):
             raise ShippingError(
@@ -408,6 +419,13 @@ class Shipper:
         self.backoff = float(backoff)
         self.max_backoff = float(max_backoff)
         self._on_state = on_state
+        if (
+            isinstance(cpu_share, bool)
+            or not isinstance(cpu_share, (int, float))
+            or not 0 < cpu_share <= 1
+        ):
+            raise InvalidInputError("cpu_share", f"must be in (0, 1], got {cpu_share!r}")
+        self.cpu_share = float(cpu_share)
         self._transport = _Transport(self.destination, token, float(timeout))
         self._abort = threading.Event()  # stop(): return now
         self._wake = threading.Event()  # stop() or finish_by(): no more idle waits
@@ -500,6 +518,7 @@ class Shipper:
                 limit = last_ack + max_wait
             if self._deadline is not None:
                 limit = self._deadline if limit is None else min(limit, self._deadline)
+            cpu_before = time.thread_time()
             try:
                 rejected = self._deliver(batch, progress, limit)
             except _GiveUp:
@@ -514,6 +533,11 @@ class Shipper:
             progress.rejected.extend(rejected)
             last_ack = time.monotonic()
             self._tell("progress", str(len(batch)))
+            if self.cpu_share < 1.0 and self._deadline is None:
+                # Rest in proportion to the CPU the batch took (reading, encoding), so that
+                # the application's threads keep the rest of the interpreter.
+                used = time.thread_time() - cpu_before
+                self._wake.wait(used * (1.0 / self.cpu_share - 1.0))
         remaining = self._remaining()
         return ShipReport(
             destination=self.destination,
@@ -694,6 +718,9 @@ class BackgroundShipper:
         token: Its bearer token.
         batch_size: Events per request.
         poll_interval: Seconds between looks for new events when idle.
+        timeout: Seconds a request may take.
+        cpu_share: The share of the interpreter's CPU shipping may take while it catches
+            up (see :class:`Shipper`); :data:`DEFAULT_CPU_SHARE` by default.
     """
 
     def __init__(
@@ -705,6 +732,7 @@ class BackgroundShipper:
         batch_size: int = DEFAULT_BATCH,
         poll_interval: float = 0.25,
         timeout: float = 10.0,
+        cpu_share: float = DEFAULT_CPU_SHARE,
     ) -> None:
         if not isinstance(ledger, Outbox):
             raise ShippingError(
@@ -716,6 +744,7 @@ class BackgroundShipper:
         self._batch_size = batch_size
         self._poll = poll_interval
         self._timeout = timeout
+        self._cpu_share = cpu_share
         self._closing = threading.Event()
         self._shipper: Shipper | None = None
         self._guard = threading.Lock()
@@ -734,6 +763,7 @@ class BackgroundShipper:
                     token=self._token,
                     batch_size=self._batch_size,
                     timeout=self._timeout,
+                    cpu_share=self._cpu_share,
                 )
             except ShipLockedError as exc:
                 _logger.info("decision-trace shipping: %s; waiting for it", exc)
@@ -769,7 +799,8 @@ class BackgroundShipper:
 
     def close(self, timeout: float = 5.0) -> None:
         """Ship what can be shipped within ``timeout`` seconds, then stop; what is left
-        is shipped by the next start. Returns within about ``timeout`` seconds."""
+        is shipped by the next start. Returns within ``timeout`` seconds plus at most half
+        a second."""
         deadline = time.monotonic() + max(0.0, timeout)
         self._close_deadline = deadline
         self._closing.set()
@@ -777,13 +808,15 @@ class BackgroundShipper:
             shipper = self._shipper
         if shipper is not None:
             shipper.finish_by(deadline)
-        self._thread.join(max(0.0, deadline - time.monotonic()) + 0.5)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
+            # A request still in flight at the deadline is abandoned (its socket shut
+            # down); its batch ships at the next start.
             with self._guard:
                 shipper = self._shipper
             if shipper is not None:
                 shipper.stop()
-            self._thread.join(1.0)
+            self._thread.join(0.5)
 
     def iter_reports(self) -> Iterator[ShipReport]:
         """The reports of the shippers this one ran (one, once closed)."""
