@@ -331,13 +331,20 @@ def test_destination_url_refuses_what_is_not_an_otlp_url(given: Any, says: str) 
 # --- commit order, row numbers, prune ------------------------------------------------------
 
 
-def test_an_event_written_late_with_an_old_time_is_still_shipped(ledger: Ledger) -> None:
+def test_an_event_written_late_with_an_old_time_is_still_shipped(
+    ledger: Ledger, make_client: Callable[..., DecisionTraceClient]
+) -> None:
+    client = make_client(durability="sync")
+
+    def record(name: str, at: datetime) -> str:
+        return client.trace(name, "recorded through the builder").at(at).record()
+
     with scripted_receiver(lambda n, seen: ok()) as receiver:
-        first = write_events(ledger, 3)
+        first = [record("recent", NOW - timedelta(seconds=i)) for i in range(3)]
         with shipper(ledger, receiver.url) as ship:
             assert ship.ship(max_wait=30).ok
-            # Written after the others were shipped, with a time years before them.
-            late = write_events(ledger, 2, start=NOW - timedelta(days=900), name="late")
+            # Recorded after the others were shipped, with times years before them.
+            late = [record("late", NOW - timedelta(days=900 + i)) for i in range(2)]
             report = ship.ship(max_wait=30)
     assert report.ok and report.shipped == 2
     assert receiver.accepted == first + late  # commit order, not time order
