@@ -21,12 +21,17 @@ loops: a tight one (``record()`` back to back: the worst case) and a realistic o
 ``record()`` calls are timed, the loop's total per event is printed too). The
 destination is a null OTLP receiver in its own process (it reads each request and
 answers 200: the counterpart of ``bench_record.py``'s do-nothing exporter), so what is
-measured is the shipper's cost in the application's process. Between bursts both
-pipelines are flushed and the shipper's backlog drained (not timed); the share of a
-burst's events shipped before the burst ended is printed, to show the shipper was busy
-during it.
+measured is the shipper's cost in the application's process. Before each burst of the
+shipping client, as many events as a burst are recorded untimed and the burst starts
+once the shipper is shipping them (so it is busy all through the burst: the steady state
+of an application recording faster than it ships); after each burst both pipelines are
+flushed and the shipper's backlog drained (not timed), so the shipper is idle during the
+other client's bursts. The share of a burst's events shipped before it ended is printed.
+The shipper's ``cpu_share`` is measured at 0.1 (``DEFAULT_CPU_SHARE``, what ``ship_to=``
+uses), 0.25 and 1.0; the target is about the default.
 
     python benchmarks/bench_shipping.py [--quick] [--events N] [--repeats N]
+                                        [--rate-only | --record-only]
 """
 
 from __future__ import annotations
@@ -222,15 +227,17 @@ NULL_RECEIVER = textwrap.dedent(
 
 
 def calibrate_work(seconds: float) -> int:
-    """Iterations of :func:`work` that take about ``seconds`` here, now."""
+    """Iterations of :func:`work` that take about ``seconds`` of this thread's CPU (CPU
+    time, the best of five: the machine's load does not change the amount of work)."""
     n = 20_000
-    while True:
-        start = time.perf_counter()
-        work(n)
-        took = time.perf_counter() - start
-        if took > 0.02:
-            return max(1, int(n * seconds / took))
-        n *= 2
+    took = min(_cpu_of(n) for _ in range(5))
+    return max(1, int(n * seconds / took))
+
+
+def _cpu_of(n: int) -> float:
+    start = time.thread_time()
+    work(n)
+    return time.thread_time() - start
 
 
 def work(n: int) -> int:
@@ -278,6 +285,22 @@ def shipping_client(path: Path, url: str, share: float) -> Iterator[DecisionTrac
             shipper.close(5.0)
 
 
+def backlog_to_ship(client: DecisionTraceClient, events: list[EventData]) -> None:
+    """Give the shipper a backlog (as many events as a burst, recorded untimed) and wait
+    until it ships, so that it is busy all through the burst that follows: the steady
+    state of an application recording faster than it ships. (Without it, a tight burst
+    of half a second ends before the idle shipper's first look.)"""
+    shipped = sum(s.shipped for s in client.shipping_status())
+    for e in events:
+        record_event(client, e)
+    client.flush()
+    deadline = time.monotonic() + 60
+    while sum(s.shipped for s in client.shipping_status()) == shipped:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the shipper did not start")
+        time.sleep(0.005)
+
+
 def measure_record(tmp: Path, repeats: int) -> None:
     receiver = subprocess.Popen(
         [sys.executable, "-c", NULL_RECEIVER], stdout=subprocess.PIPE, text=True
@@ -286,6 +309,10 @@ def measure_record(tmp: Path, repeats: int) -> None:
         assert receiver.stdout is not None
         url = f"http://127.0.0.1:{receiver.stdout.readline().strip()}"
         n = calibrate_work(WORK_S)
+        print(
+            f"   application work: {n:,} iterations of a pure-Python loop, "
+            f"{WORK_S * 1e3:.0f} ms of CPU"
+        )
         loops: list[tuple[str, int, int]] = [
             ("tight", size(2_000, 300), 0),
             ("realistic", size(1_000, 100), n),
@@ -310,9 +337,13 @@ def run_loop(
     iterations: int,
     repeats: int,
 ) -> None:
-    def burst(client: DecisionTraceClient) -> tuple[float, float]:
-        """Seconds per call of record(), and of the whole loop, per event."""
+    cpu_s: dict[str, list[float]] = {"plain": [], "shipping": []}
+
+    def burst(client: DecisionTraceClient, name: str = "") -> tuple[float, float]:
+        """Seconds per call of record(), and of the whole loop, per event (and the
+        process's CPU seconds per event, every thread, into ``cpu_s``)."""
         in_record = 0.0
+        cpu = time.process_time()
         start = time.perf_counter()
         for e in events:
             if iterations:
@@ -321,6 +352,8 @@ def run_loop(
             record_event(client, e)
             in_record += time.perf_counter() - t
         total = time.perf_counter() - start
+        if name:
+            cpu_s[name].append((time.process_time() - cpu) / len(events))
         return in_record / len(events), total / len(events)
 
     burst(plain)  # warm-up
@@ -333,9 +366,11 @@ def run_loop(
     sides: list[tuple[str, DecisionTraceClient]] = [("plain", plain), ("shipping", shipping)]
     for run in range(repeats):
         for name, client in sides if run % 2 == 0 else sides[::-1]:
+            if name == "shipping":
+                backlog_to_ship(shipping, events)
             gc.collect()
             before = sum(s.shipped for s in shipping.shipping_status())
-            per_call, per_event = burst(client)
+            per_call, per_event = burst(client, name)
             if name == "shipping":
                 after = sum(s.shipped for s in shipping.shipping_status())
                 shipped_during.append((after - before) / len(events))
@@ -353,7 +388,8 @@ def run_loop(
         print(
             f"     {'shipping' if name == 'shipping' else 'no ship_to'}: record() median "
             f"{median(record_s[name]) * 1e6:7.2f} us/call; loop "
-            f"{median(loop_s[name]) * 1e6:8.1f} us/event"
+            f"{median(loop_s[name]) * 1e6:8.1f} us/event; process CPU "
+            f"{median(cpu_s[name]) * 1e6:7.1f} us/event"
         )
     loop_ratio = median(loop_s["shipping"]) / median(loop_s["plain"])
     print(
@@ -376,8 +412,10 @@ def main() -> None:
     repeats = option("--repeats", size(3, 1))
     record_repeats = size(9, 3)
     with scratch_dir() as tmp:
-        measure_rate(count, repeats, tmp)
-        measure_record(tmp, record_repeats)
+        if "--record-only" not in sys.argv[1:]:
+            measure_rate(count, repeats, tmp)
+        if "--rate-only" not in sys.argv[1:]:
+            measure_record(tmp, record_repeats)
     if QUICK:
         print("   (quick mode: sizes too small for meaningful ratios)")
 
