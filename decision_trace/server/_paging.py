@@ -21,6 +21,7 @@ from datetime import datetime, timedelta, timezone
 from itertools import islice
 from typing import Any
 
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.datastructures import QueryParams
 
 from ..errors import InvalidInputError
@@ -47,6 +48,17 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
 MAX_INT64 = 2**63 - 1
 """The largest whole number a parameter may hold."""
+
+
+class _AnyText(PathConvertor):
+    """Starlette's ``path`` convertor, but matching every character: its ``.*`` stops at
+    a newline, and an id holding one (``%0A``) would then match no route at all."""
+
+    regex = "[\\s\\S]*"
+
+
+register_url_convertor("dt_text", _AnyText())
+
 
 # --- parameters ------------------------------------------------------------------------
 

@@ -33,7 +33,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
-from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -123,14 +122,7 @@ def _page_json(page: tuple[list[TraceEvent], str | None]) -> dict[str, Any]:
 # --- the routes ------------------------------------------------------------------------
 
 
-class _AnyText(PathConvertor):
-    """Starlette's ``path`` convertor, but matching every character: its ``.*`` stops at
-    a newline, and an id holding one (``%0A``) would then match no route at all."""
-
-    regex = "[\\s\\S]*"
-
-
-register_url_convertor("dt_text", _AnyText())
+# The "dt_text" path convertor (any character, newlines too) is registered by _paging.
 
 _Handler = Callable[[Request], Awaitable[Response]]
 
