@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import quote
 
@@ -88,7 +88,7 @@ def test_every_page_answers_with_what_it_is_for(shop_site: tuple[str, Shop]) -> 
     assert search.status == 200
     assert "<mark>crushed</mark>" in search.body
 
-    stats = fetch(base, "/stats")
+    stats = fetch(base, "/stats?days=3660")
     assert stats.status == 200
     assert "<svg" in stats.body and "order.refunded" in stats.body
 
@@ -382,14 +382,30 @@ def test_without_a_token_the_pages_are_open_and_login_goes_home(
     assert "Sign out" not in fetch(base, "/").body
 
 
-def test_the_overview_shows_the_days_asked_for(shop_site: tuple[str, Shop]) -> None:
-    base, _ = shop_site
-    page = fetch(base, "/stats?days=7")
-    assert page.status == 200
-    assert page.body.count('class="bar-day"') == 7
-    assert fetch(base, "/stats").body.count('class="bar-day"') == 30
-    assert fetch(base, "/stats?days=0").status == 400
-    assert fetch(base, "/stats?days=abc").status == 400
+def test_the_overview_counts_the_days_asked_for(db_path: Path) -> None:
+    now = datetime.now(timezone.utc)
+    with DecisionTraceClient(db_path=str(db_path)) as client:
+        for n in range(3):
+            client.trace("order.created", f"today {n}").by_user("u1").at(now).record()
+        for n in range(2):
+            client.trace("price.changed", f"days ago {n}").by_ai_agent("p").failed("no").at(
+                now - timedelta(days=3)
+            ).record()
+        client.trace("old.event", "long ago").by_system("s").at(now - timedelta(days=40)).record()
+    with serve_app(create_app(db_path)) as base:
+        page = fetch(base, "/stats?days=7")
+        assert page.status == 200
+        assert page.body.count('class="bar-day"') == 7
+        assert "5 events in the last 7 days" in page.body
+        assert f"<title>{now.date().isoformat()}: 3</title>" in page.body
+        assert "order.created" in page.body and "price.changed" in page.body
+        assert "old.event" not in page.body
+        assert 'href="/?outcome=failure">failure</a></th><td>2</td>' in page.body
+        default = fetch(base, "/stats")
+        assert default.body.count('class="bar-day"') == 30
+        assert "6 events in the last 90 days" in fetch(base, "/stats?days=90").body
+        assert fetch(base, "/stats?days=0").status == 400
+        assert fetch(base, "/stats?days=abc").status == 400
 
 
 # --- decision-trace ui ------------------------------------------------------------------
