@@ -75,7 +75,7 @@ def test_every_page_answers_with_what_it_is_for(shop_site: tuple[str, Shop]) -> 
     chain = fetch(base, f"/events/{shop.ids['refund']}/chain")
     assert chain.status == 200
     assert "order.created" in chain.body and "fraud.checked" in chain.body
-    assert chain.body.count("<rect ") == 3
+    assert chain.body.count('<rect class="bar-') == 3
     assert 'class="focus" aria-current="true"' in chain.body
 
     story = fetch(base, "/objects/order/" + quote("ord/1", safe=""))
