@@ -194,8 +194,14 @@ def test_the_search_box_goes_straight_to_an_object_or_an_event(
     assert fetch(base, "/objects/order/ord%2F1").status == 200
     page = fetch(base, "/search?q=" + shop.ids["refund"].upper())
     assert (page.status, page.header("location")) == (303, f"/events/{shop.ids['refund']}")
-    # Words that are not an object type are a full-text search.
+    # Words that are not an object type are a full-text search; so is "order WORD"
+    # when no order has that id (but "order:WORD" asks for the object).
     assert fetch(base, "/search?q=" + quote("parcel crushed")).status == 200
+    page = fetch(base, "/search?q=" + quote("order crushed"))
+    assert page.status == 200 and "Nothing matches" in page.body
+    page = fetch(base, "/search?q=" + quote("order:crushed"))
+    assert (page.status, page.header("location")) == (303, "/objects/order/crushed")
+    assert fetch(base, "/objects/order/crushed").status == 404
 
 
 HOSTILE_REASONING = (
@@ -465,7 +471,6 @@ def _first_line(proc: subprocess.Popen[str], timeout: float = 60) -> str:
     return found[0].strip()
 
 
-@pytest.mark.slow
 def test_ui_serves_the_pages_read_only_and_prints_its_url(db_path: Path) -> None:
     shop = record_shop(str(db_path))
     size_before = db_path.stat().st_size
@@ -499,7 +504,6 @@ def test_ui_serves_the_pages_read_only_and_prints_its_url(db_path: Path) -> None
     assert db_path.stat().st_size == size_before
 
 
-@pytest.mark.slow
 def test_ui_refuses_a_missing_ledger_without_creating_it(tmp_path: Path) -> None:
     missing = tmp_path / "nothing.db"
     proc = _start_ui("--db", str(missing), "--no-browser")

@@ -272,9 +272,15 @@ class Pages:
         return self.render("search.html", q=text, events=events, words=words, next_href=next_href)
 
     def _direct_target(self, text: str) -> str | None:
+        """Where the search box goes instead of searching: ``type:id`` always goes to
+        the object; ``type id`` when such an object was touched (else ``order refund``
+        could never be searched for); a whole event id when it is stored."""
         match = _OBJECT_QUERY.match(text)
         if match is not None and match.group(1).lower() in {t.value for t in ObjectType}:
-            return _format.object_href(match.group(1).lower(), match.group(2))
+            kind, external_id = match.group(1).lower(), match.group(2)
+            explicit = text.split(match.group(1), 1)[1].lstrip().startswith(":")
+            if explicit or self.ledger.object_history(external_id, kind, limit=1):
+                return _format.object_href(kind, external_id)
         match = _EVENT_ID.match(text)
         if match is not None and self.ledger.get_event(match.group(1).lower()) is not None:
             return _format.event_href(match.group(1).lower())
