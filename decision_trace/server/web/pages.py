@@ -47,7 +47,7 @@ CHAIN_ROWS = 500
 STATS_DAYS = (7, 30, 90, 365)
 """The windows the overview offers; the first page shows 30 days."""
 
-STATS_SAMPLE = 500
+STATS_SAMPLE = 200
 """The newest events of the overview's window that its breakdowns count."""
 
 _DAY_NS = 86_400 * 10**9
