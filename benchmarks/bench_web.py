@@ -31,8 +31,10 @@ import sqlite3
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import closing
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -59,7 +61,9 @@ LEDGER_VERSION = 1
 BATCH = 5_000
 """Records a ``write()`` while building the ledger."""
 PAGE_SIZE = 50
-"""Rows of a timeline or search page (the web view's default page)."""
+"""Rows of a timeline or search page (the web view's ``TIMELINE_PAGE``)."""
+HISTORY_PAGE = 200
+"""Events of an object story's page (the web view's ``HISTORY_PAGE``)."""
 DEEP_PAGES = 20
 """How many "older" links the deep timeline page is away from the first page."""
 
@@ -239,8 +243,9 @@ class Targets:
 def pick_targets(path: Path, count: int, conn: http.client.HTTPConnection) -> Targets:
     raw = sqlite3.connect(path)
     middle = count // 2
-    event_id, actor_id = raw.execute(
-        "SELECT id, actor_id FROM events WHERE rowid = ?", (middle,)
+    (event_id,) = raw.execute("SELECT id FROM events WHERE rowid = ?", (middle,)).fetchone()
+    (actor_id,) = raw.execute(
+        "SELECT actor_id FROM events WHERE rowid >= ? AND actor_type = 'user' LIMIT 1", (middle,)
     ).fetchone()
     (chain_id,) = raw.execute(
         "SELECT id FROM events WHERE rowid = ?", ((middle // CHAIN_EVERY) * CHAIN_EVERY + 2,)
@@ -258,7 +263,7 @@ def pick_targets(path: Path, count: int, conn: http.client.HTTPConnection) -> Ta
     for _ in range(DEEP_PAGES):
         link = _next_link(_get(conn, deep_path))
         if link is None:
-            break
+            raise RuntimeError(f"no older-events link on {deep_path}")
         deep_path = link
     deep_end_ns = ns_from_datetime(
         MILLION_START + MILLION_STEP * (count - DEEP_PAGES * PAGE_SIZE), "e"
@@ -268,7 +273,7 @@ def pick_targets(path: Path, count: int, conn: http.client.HTTPConnection) -> Ta
         chain_id=chain_id,
         order_id=order_id,
         actor_id=actor_id,
-        search_text="refund approved carrier",
+        search_text="carrier refund approved",
         deep_path=deep_path,
         deep_end_ns=deep_end_ns,
     )
@@ -283,7 +288,7 @@ def pages(t: Targets) -> list[Page]:
         Page("timeline", "/", "query(limit=51)", timeline(EventFilters())),
         Page(
             "timeline by type",
-            "/?" + urlencode({"type": by_type}),
+            "/?" + urlencode({"event_type": by_type}),
             "query(event_types)",
             timeline(EventFilters.build(event_types=[by_type])),
         ),
@@ -314,8 +319,12 @@ def pages(t: Targets) -> list[Page]:
         Page(
             "object story",
             f"/objects/order/{quote(t.order_id)}",
-            "object_history",
-            lambda ledger: ledger.object_history(t.order_id, "order"),
+            "query(object, asc)",
+            lambda ledger: ledger.query(
+                EventFilters.build(object_types=["order"], object_ids=[t.order_id]),
+                limit=HISTORY_PAGE + 1,
+                order="asc",
+            ),
         ),
         Page(
             "event",
@@ -332,11 +341,17 @@ def pages(t: Targets) -> list[Page]:
         Page(
             "search",
             "/search?" + urlencode({"q": t.search_text}),
-            "search(limit=50)",
-            lambda ledger: ledger.search(t.search_text, limit=PAGE_SIZE),
+            "iter_search, 51",
+            lambda ledger: first_of(ledger.iter_search(t.search_text), PAGE_SIZE + 1),
         ),
-        Page("stats", "/stats", "summary()", lambda ledger: ledger.summary()),
+        Page("stats", "/stats", "summary(days=30)", lambda ledger: ledger.summary(days=30)),
     ]
+
+
+def first_of(stream: Generator[Any, None, None], n: int) -> list[Any]:
+    """The first ``n`` items of ``stream``, which is then closed (as the search page does)."""
+    with closing(stream):
+        return list(islice(stream, n))
 
 
 # --- timing --------------------------------------------------------------------------------

@@ -267,7 +267,12 @@ class Pages:
     def _direct_target(self, text: str) -> str | None:
         match = _OBJECT_QUERY.match(text)
         if match is not None and match.group(1).lower() in {t.value for t in ObjectType}:
-            return _format.object_href(match.group(1).lower(), match.group(2))
+            kind, external_id = match.group(1).lower(), match.group(2)
+            # "order:123" names an object; "refund damaged" may be words to look for: it
+            # opens a story only when an event touched that object.
+            named = ":" in text[match.end(1) : match.start(2)]
+            if named or kind in {t.value for t in self.ledger.object_types_of(external_id)}:
+                return _format.object_href(kind, external_id)
         match = _EVENT_ID.match(text)
         if match is not None and self.ledger.get_event(match.group(1).lower()) is not None:
             return _format.event_href(match.group(1).lower())
