@@ -177,13 +177,14 @@ def duration_text(duration: timedelta) -> str:
 
 
 ACTOR_BADGES: dict[str, tuple[str, str]] = {
-    ActorType.USER.value: ("\N{BUST IN SILHOUETTE}", "user"),
-    ActorType.AI_AGENT.value: ("\N{ROBOT FACE}", "AI agent"),
-    ActorType.COMPUTE.value: ("\N{GEAR}", "compute"),
-    ActorType.SYSTEM.value: ("\N{DESKTOP COMPUTER}", "system"),
-    ActorType.EXTERNAL.value: ("\N{GLOBE WITH MERIDIANS}", "external"),
+    ActorType.USER.value: ("user", "user"),
+    ActorType.AI_AGENT.value: ("ai_agent", "AI agent"),
+    ActorType.COMPUTE.value: ("compute", "compute"),
+    ActorType.SYSTEM.value: ("system", "system"),
+    ActorType.EXTERNAL.value: ("external", "external"),
 }
-"""Icon and label per actor type."""
+"""Icon name (an inline SVG in ``_macros.html``, no font needed) and label per actor
+type."""
 
 
 MAX_ALTERNATIVES = 100
