@@ -374,6 +374,20 @@ def test_search_for_an_object_opens_its_story(demo: Demo, context: BrowserContex
     assert page.url.endswith(f"/objects/order/{quote(demo.refunded_order, safe='')}")
 
 
+def test_words_that_name_an_object_type_are_searched_for(
+    demo: Demo, context: BrowserContext
+) -> None:
+    """``refund approved`` (the box's placeholder suggests ``refund damaged``) is a search,
+    not the story of a refund called "approved"; ``order <id>`` of a known order jumps."""
+    page = open_page(context, "/search?q=refund+approved").page
+    assert "/search?q=refund+approved" in page.url
+    texts = page.locator("ol.results > li").all_inner_texts()
+    assert any("return.approved" in text for text in texts), texts
+    visit = open_page(context, f"/search?q=order+{quote(demo.refunded_order)}")
+    visit.assert_clean()
+    assert visit.page.url.endswith(f"/objects/order/{quote(demo.refunded_order, safe='')}")
+
+
 # --- the object story, the event, the chain ---------------------------------------------
 
 
@@ -588,18 +602,15 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 
 def test_docs_screenshots(demo: Demo, browser: Browser, server: Server) -> None:
-    """The object story and the event page at 1000 px; also into docs/img/ when
+    """The object story and the event page, 1000 px wide; also into docs/img/ when
     ``$DECISION_TRACE_DOCS_IMG`` names it (``make screenshots``)."""
-    context = _new_context(
-        browser, server, viewport={"width": 1000, "height": 760}, timezone_id="UTC"
-    )
     docs = os.environ.get(ENV_DOCS_IMG, "").strip()
-    try:
-        for name, path in (
-            ("object-story", page_path("object-story", demo)),
-            ("event", page_path("event", demo)),
-        ):
-            visit = open_page(context, path)
+    for name, height in (("object-story", 1000), ("event", 760)):
+        context = _new_context(
+            browser, server, viewport={"width": 1000, "height": height}, timezone_id="UTC"
+        )
+        try:
+            visit = open_page(context, page_path(name, demo))
             visit.assert_clean()
             targets = [artifacts_dir() / f"docs-{name}.png"]
             if docs:
@@ -607,21 +618,6 @@ def test_docs_screenshots(demo: Demo, browser: Browser, server: Server) -> None:
                 targets.append(Path(docs) / f"{name}.png")
             for target in targets:
                 visit.page.screenshot(path=str(target))
-                width, height = _png_size(target)
-                assert width <= 1000 and height <= 760
-    finally:
-        context.close()
-
-
-def test_words_that_name_an_object_type_are_searched_for(
-    demo: Demo, context: BrowserContext
-) -> None:
-    """``refund approved`` (the box's placeholder suggests ``refund damaged``) is a search,
-    not the story of a refund called "approved"; ``order <id>`` of a known order jumps."""
-    page = open_page(context, "/search?q=refund+approved").page
-    assert "/search?q=refund+approved" in page.url
-    texts = page.locator("ol.results > li").all_inner_texts()
-    assert any("return.approved" in text for text in texts), texts
-    visit = open_page(context, f"/search?q=order+{quote(demo.refunded_order)}")
-    visit.assert_clean()
-    assert visit.page.url.endswith(f"/objects/order/{quote(demo.refunded_order, safe='')}")
+                assert _png_size(target) == (1000, height)
+        finally:
+            context.close()
