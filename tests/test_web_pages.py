@@ -151,6 +151,38 @@ def test_cursor_paging_reaches_every_event_exactly_once(ledger_target: str) -> N
         assert sorted(seen) == sorted(shop.burst_ids)
 
 
+def test_an_object_story_pages_back_from_its_latest_events(
+    ledger_target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from decision_trace.server.web import pages
+
+    monkeypatch.setattr(pages, "HISTORY_PAGE", 5)
+    ids = []
+    with DecisionTraceClient(db_path=ledger_target) as client:
+        for n in range(12):
+            ids.append(
+                client.trace("order.touched", f"touch {n}")
+                .by_user("u")
+                .affecting_order("hot-1")
+                .at(BASE + timedelta(minutes=n))
+                .record()
+            )
+        client.trace("order.touched", "another order").affecting_order("cold").record()
+    with serve_app(create_app(ledger_target)) as base:
+        seen: list[list[str]] = []
+        href: str | None = "/objects/order/hot-1"
+        while href is not None:
+            page = fetch(base, href)
+            assert page.status == 200
+            assert "12 events touched it" in page.body
+            seen.append(re.findall(r'<h2><a href="/events/([0-9a-f]{16})">', page.body))
+            match = re.search(r'<a rel="prev" href="([^"]+)"', page.body)
+            href = None if match is None else match.group(1).replace("&amp;", "&")
+            if len(seen) > 1:
+                assert 'href="/objects/order/hot-1">Latest events</a>' in page.body
+    assert seen == [ids[7:12], ids[2:7], ids[0:2]]
+
+
 def test_the_search_box_goes_straight_to_an_object_or_an_event(
     shop_site: tuple[str, Shop],
 ) -> None:
@@ -162,8 +194,14 @@ def test_the_search_box_goes_straight_to_an_object_or_an_event(
     assert fetch(base, "/objects/order/ord%2F1").status == 200
     page = fetch(base, "/search?q=" + shop.ids["refund"].upper())
     assert (page.status, page.header("location")) == (303, f"/events/{shop.ids['refund']}")
-    # Words that are not an object type are a full-text search.
+    # Words that are not an object type are a full-text search; so is "order WORD"
+    # when no order has that id (but "order:WORD" asks for the object).
     assert fetch(base, "/search?q=" + quote("parcel crushed")).status == 200
+    page = fetch(base, "/search?q=" + quote("order crushed"))
+    assert page.status == 200 and "Nothing matches" in page.body
+    page = fetch(base, "/search?q=" + quote("order:crushed"))
+    assert (page.status, page.header("location")) == (303, "/objects/order/crushed")
+    assert fetch(base, "/objects/order/crushed").status == 404
 
 
 HOSTILE_REASONING = (
@@ -433,7 +471,6 @@ def _first_line(proc: subprocess.Popen[str], timeout: float = 60) -> str:
     return found[0].strip()
 
 
-@pytest.mark.slow
 def test_ui_serves_the_pages_read_only_and_prints_its_url(db_path: Path) -> None:
     shop = record_shop(str(db_path))
     size_before = db_path.stat().st_size
@@ -467,7 +504,6 @@ def test_ui_serves_the_pages_read_only_and_prints_its_url(db_path: Path) -> None
     assert db_path.stat().st_size == size_before
 
 
-@pytest.mark.slow
 def test_ui_refuses_a_missing_ledger_without_creating_it(tmp_path: Path) -> None:
     missing = tmp_path / "nothing.db"
     proc = _start_ui("--db", str(missing), "--no-browser")

@@ -185,7 +185,9 @@ class Pages:
         )
 
     async def object_story(self, request: Request) -> Response:
-        """``/objects/{type}/{id}``: every event that touched one object, oldest first."""
+        """``/objects/{type}/{id}``: the events that touched one object, oldest first:
+        the newest :data:`HISTORY_PAGE` of them, and a cursor to the earlier ones (an
+        object touched a million times still answers with one page)."""
         kind = ObjectType.parse(request.path_params["object_type"], "object_type")
         external_id = request.path_params["external_id"]
         if not external_id:
@@ -195,15 +197,15 @@ class Pages:
         filters = EventFilters.build(object_types=kind, object_ids=external_id)
 
         def work() -> tuple[list[TraceEvent], str | None, int]:
-            events, next_cursor = event_page(self.ledger, filters, "asc", HISTORY_PAGE, 0, cursor)
+            events, earlier = event_page(self.ledger, filters, "desc", HISTORY_PAGE, 0, cursor)
             total = (
                 len(events)
-                if cursor is None and next_cursor is None
+                if cursor is None and earlier is None
                 else self.ledger.count_object_history(external_id, kind)
             )
-            return events, next_cursor, total
+            return events[::-1], earlier, total
 
-        events, next_cursor, total = await run_in_threadpool(work)
+        events, earlier, total = await run_in_threadpool(work)
         if not events and cursor is None:
             return self.error(
                 404,
@@ -217,9 +219,9 @@ class Pages:
             external_id=external_id,
             events=events,
             total=total,
-            first_page=cursor is None,
-            first_href=here,
-            next_href=None if next_cursor is None else f"{here}?cursor={quote(next_cursor)}",
+            latest_page=cursor is None,
+            latest_href=here,
+            earlier_href=None if earlier is None else f"{here}?cursor={quote(earlier)}",
         )
 
     async def event(self, request: Request) -> Response:
@@ -270,13 +272,14 @@ class Pages:
         return self.render("search.html", q=text, events=events, words=words, next_href=next_href)
 
     def _direct_target(self, text: str) -> str | None:
+        """Where the search box goes instead of searching: ``type:id`` always goes to
+        the object; ``type id`` when such an object was touched (else ``order refund``
+        could never be searched for); a whole event id when it is stored."""
         match = _OBJECT_QUERY.match(text)
         if match is not None and match.group(1).lower() in {t.value for t in ObjectType}:
             kind, external_id = match.group(1).lower(), match.group(2)
-            # "order:123" names an object; "refund damaged" may be words to look for: it
-            # opens a story only when an event touched that object.
-            named = ":" in text[match.end(1) : match.start(2)]
-            if named or kind in {t.value for t in self.ledger.object_types_of(external_id)}:
+            explicit = text.split(match.group(1), 1)[1].lstrip().startswith(":")
+            if explicit or self.ledger.object_history(external_id, kind, limit=1):
                 return _format.object_href(kind, external_id)
         match = _EVENT_ID.match(text)
         if match is not None and self.ledger.get_event(match.group(1).lower()) is not None:
