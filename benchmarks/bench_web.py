@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from contextlib import closing
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -238,6 +239,8 @@ class Targets:
     search_text: str
     deep_path: str
     deep_end_ns: int
+    stats_days: int
+    """The overview's window: from the ledger's first day to today."""
 
 
 def pick_targets(path: Path, count: int, conn: http.client.HTTPConnection) -> Targets:
@@ -276,6 +279,7 @@ def pick_targets(path: Path, count: int, conn: http.client.HTTPConnection) -> Ta
         search_text="carrier refund approved",
         deep_path=deep_path,
         deep_end_ns=deep_end_ns,
+        stats_days=min(3660, (datetime.now(timezone.utc) - MILLION_START).days + 1),
     )
 
 
@@ -319,11 +323,10 @@ def pages(t: Targets) -> list[Page]:
         Page(
             "object story",
             f"/objects/order/{quote(t.order_id)}",
-            "query(object, asc)",
+            "query(object, 201)",
             lambda ledger: ledger.query(
                 EventFilters.build(object_types=["order"], object_ids=[t.order_id]),
                 limit=HISTORY_PAGE + 1,
-                order="asc",
             ),
         ),
         Page(
@@ -344,8 +347,33 @@ def pages(t: Targets) -> list[Page]:
             "iter_search, 51",
             lambda ledger: first_of(ledger.iter_search(t.search_text), PAGE_SIZE + 1),
         ),
-        Page("stats", "/stats", "summary(days=30)", lambda ledger: ledger.summary(days=30)),
+        Page(
+            "stats",
+            f"/stats?days={t.stats_days}",
+            "count/day + query",
+            lambda ledger: overview_queries(ledger, t.stats_days),
+        ),
     ]
+
+
+DAY_NS = 86_400 * 10**9
+STATS_SAMPLE = 500
+"""The newest events of the window the overview's breakdowns count (``STATS_SAMPLE``)."""
+
+
+def overview_queries(ledger: Ledger, days: int) -> list[int]:
+    """The Ledger calls of the overview page (``/stats?days=N``): one count a UTC day of
+    the window, then the window's newest ``STATS_SAMPLE`` events."""
+    today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    start_ns = int((today - timedelta(days=days - 1)).timestamp()) * 10**9
+    counts = [
+        ledger.count(
+            EventFilters(start_ns=start_ns + k * DAY_NS, end_ns=start_ns + (k + 1) * DAY_NS)
+        )
+        for k in range(days)
+    ]
+    ledger.query(EventFilters(start_ns=start_ns), limit=STATS_SAMPLE)
+    return counts
 
 
 def first_of(stream: Generator[Any, None, None], n: int) -> list[Any]:
@@ -389,6 +417,10 @@ def main() -> None:
     with running_server(str(path)) as server:
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
         targets = pick_targets(path, count, conn)
+        print(
+            f"   object story of {targets.order_id}; stats over {targets.stats_days} days "
+            f"(the ledger's first day to today); deep page {DEEP_PAGES} pages in"
+        )
         rows = []
         for page in pages(targets):
             body = _get(conn, page.path)
