@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 test: lint typecheck pytest
 
 # The inner loop: lint, types, and the tests not marked slow (tests/conftest.py marks
-# tests/reliability/ and the benchmark smoke tests; the wheel build test marks itself).
+# tests/reliability/, the benchmark smoke tests and the browser tests; the wheel build
+# test marks itself).
 quick: lint typecheck pytest-quick
 
 lint: $(STAMP)

@@ -563,9 +563,9 @@ def test_the_login_form_sets_an_http_only_cookie(
 ) -> None:
     context = _new_context(browser, server, extra_http_headers={})
     try:
-        page = open_page(context, "/stats").page
+        login = open_page(context, "/stats")  # sent to the login form
+        page = login.page
         assert "/login" in page.url
-        login = Visit(page, 200)
         login.assert_clean()
         login.screenshot("login")
         page.get_by_label("Token").fill("not-the-token")
