@@ -16,19 +16,25 @@ from .attributes import (
     ALTERNATIVES,
     CONFIDENCE,
     CONTEXT,
+    DESCRIPTION,
+    ERROR,
+    EVENT_TYPE,
     GEN_AI_AGENT_ID,
     GEN_AI_AGENT_NAME,
     GEN_AI_AGENT_VERSION,
     GEN_AI_OPERATION_INVOKE_AGENT,
     GEN_AI_OPERATION_NAME,
     GEN_AI_REQUEST_MODEL,
+    METADATA,
     OBJECT_IDS,
     OBJECT_STATES,
     OBJECT_TYPES,
+    OUTCOME,
     REASONING,
     REJECTION_REASONS,
     RISK_LEVEL,
     SERVICE_PEER_NAME,
+    TAGS,
     USER_EMAIL,
     USER_ID,
     USER_NAME,
@@ -44,6 +50,7 @@ from .models import (
     TrackedObject,
     clean_text,
 )
+from .record import EventRecord, loads_json
 
 # --- Encoding: models -> attributes -------------------------------------------------
 
@@ -181,4 +188,93 @@ def objects_attributes(
     attrs: dict[str, AttributeValue] = {OBJECT_TYPES: types, OBJECT_IDS: ids}
     if states.count(EMPTY_OBJECT_STATE) != len(states):
         attrs[OBJECT_STATES] = "[" + ",".join(states) + "]"
+    return attrs
+
+
+# --- Encoding: a stored record -> attributes (what shipping sends) ------------------
+
+
+def record_attributes(record: EventRecord) -> dict[str, AttributeValue]:
+    """The span attributes of a stored event: the inverse of
+    :func:`decision_trace._decode.record_from_span`, so that a receiver decoding them
+    stores the same record (its JSON text re-encoded, with the same values).
+
+    Shipping (:mod:`decision_trace.shipping`) sends events as spans built from these.
+    An event that came from another library's span is sent as a decision-trace event of
+    the same type, its attributes in ``decision_trace.metadata`` as stored.
+    """
+    attrs: dict[str, AttributeValue] = {EVENT_TYPE: record.event_type}
+    if record.description:
+        attrs[DESCRIPTION] = record.description
+    if record.actor_type is not None:
+        attrs.update(_record_actor_attributes(record))
+    if record.reasoning is not None:
+        attrs[REASONING] = record.reasoning
+    if record.decision_json is not None:
+        decision = loads_json(record.decision_json)
+        if not isinstance(decision, dict):
+            decision = {}
+        # Always sent, even empty: the receiver keeps a decision only if one key is there.
+        attrs[CONTEXT] = dumps(decision.get("context") or {}, "context")
+        alternatives = decision.get("alternatives")
+        if alternatives:
+            attrs[ALTERNATIVES] = dumps(alternatives, "alternatives")
+        reasons = decision.get("rejection_reasons")
+        if reasons:
+            attrs[REJECTION_REASONS] = dumps(reasons, "rejection_reasons")
+        confidence = decision.get("confidence")
+        if isinstance(confidence, (int, float)) and not isinstance(confidence, bool):
+            attrs[CONFIDENCE] = confidence
+        risk = decision.get("risk_level")
+        if isinstance(risk, str):
+            attrs[RISK_LEVEL] = risk
+    if record.object_ids:
+        attrs[OBJECT_TYPES] = list(record.object_types)
+        attrs[OBJECT_IDS] = list(record.object_ids)
+    if record.objects_json is not None:
+        attrs[OBJECT_STATES] = record.objects_json
+    if record.tags:
+        attrs[TAGS] = list(record.tags)
+    attrs[OUTCOME] = record.outcome
+    if record.error is not None:
+        attrs[ERROR] = record.error
+    if record.metadata_json is not None:
+        attrs[METADATA] = record.metadata_json
+    return attrs
+
+
+def _record_actor_attributes(record: EventRecord) -> dict[str, AttributeValue]:
+    extras = loads_json(record.actor_json) if record.actor_json else {}
+    if not isinstance(extras, dict):
+        extras = {}
+
+    def text(key: str) -> str | None:
+        value = extras.get(key)
+        return value if isinstance(value, str) else None
+
+    metadata = extras.get("metadata")
+    try:
+        actor_type = ActorType(record.actor_type)
+    except ValueError:
+        actor_type = None
+    if actor_type is not None and record.actor_id is not None:
+        attrs = actor_fields_attributes(
+            actor_type,
+            record.actor_id,
+            record.actor_name,
+            text("email"),
+            text("role"),
+            text("model"),
+            text("version"),
+            text("service_name"),
+            metadata if isinstance(metadata, dict) else None,
+        )
+    else:  # not one of ours (a newer release's actor type?): its fields as stored
+        attrs = {ACTOR_TYPE: str(record.actor_type)}
+        if record.actor_id is not None:
+            attrs[ACTOR_ID] = record.actor_id
+        if record.actor_name is not None:
+            attrs[ACTOR_NAME] = record.actor_name
+    if metadata == {}:
+        attrs[ACTOR_METADATA] = "{}"
     return attrs

@@ -16,6 +16,7 @@ import calendar
 import csv
 import itertools
 import json
+import logging
 import os
 import re
 import shutil
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager, nullcontext
 from datetime import datetime, timedelta, timezone
@@ -34,7 +36,12 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from .errors import DecisionTraceError, InvalidInputError, RejectedRecordsError
+from .errors import (
+    DecisionTraceError,
+    InvalidInputError,
+    RejectedRecordsError,
+    UnshippedEventsError,
+)
 from .models import (
     Actor,
     ActorType,
@@ -45,9 +52,15 @@ from .models import (
     TrackedObject,
     clean_text,
 )
-from .record import EventRecord, ns_from_datetime
-from .serialize import chain_to_json, event_to_json, summary_to_json
+from .record import EventRecord, datetime_from_ns, ns_from_datetime
+from .serialize import (
+    chain_to_json,
+    destination_status_to_json,
+    event_to_json,
+    summary_to_json,
+)
 from .storage import EventFilters, Ledger, default_target, is_url, open_ledger
+from .storage.outbox import SHIP_TO_ENV_VAR, SHIP_TOKEN_ENV_VAR, Outbox
 
 __all__ = ["event_to_json", "main"]
 
@@ -1322,7 +1335,9 @@ def chain(db: str | None, as_json: bool, event_id: str, show_why: bool) -> None:
 )
 @_common
 def stats(db: str | None, as_json: bool, days: int) -> None:
-    """Count events by type, actor type, outcome and day; the time span; the ledger's size.
+    """Count events by type, actor type, outcome and day; the time span; the ledger's
+    size; and, for a ledger that ships, each destination's progress: shipped up to,
+    backlog, the oldest event waiting, rejections and the last error.
 
     \b
     Examples:
@@ -1333,10 +1348,20 @@ def stats(db: str | None, as_json: bool, days: int) -> None:
         summary = ledger.summary(days=_limit(days))
         location = ledger.location
         size, wal_size = ledger.size_bytes()
+        shipping = ledger.outbox_status() if isinstance(ledger, Outbox) else []
+        refused = {
+            status.destination: ledger.rejections(status.destination, limit=_REJECTED_SHOWN)
+            for status in shipping
+            if status.rejected and isinstance(ledger, Outbox)
+        }
+    now_ns = time.time_ns()
     if as_json:
-        _print_json(
-            summary_to_json(summary, location=location, size_bytes=size, wal_bytes=wal_size)
-        )
+        data = summary_to_json(summary, location=location, size_bytes=size, wal_bytes=wal_size)
+        data["shipping"] = [
+            destination_status_to_json(s, now_ns=now_ns, rejections=refused.get(s.destination, []))
+            for s in shipping
+        ]
+        _print_json(data)
         return
 
     def row(label: str, value: str) -> None:
@@ -1370,6 +1395,25 @@ def stats(db: str | None, as_json: bool, days: int) -> None:
     table("By outcome", summary.by_outcome)
     shown = f"newest {days} days" if days and len(summary.by_day) == days else "every day"
     table(f"By day (UTC, {shown} with events)", summary.by_day)
+    for status in shipping:
+        _out()
+        _out(click.style(f"Shipping to {_safe(status.destination)}", bold=True))
+        row("Shipped to", f"position {status.position:,} ({status.shipped:,} events acknowledged)")
+        backlog = f"{status.backlog:,} events"
+        if status.oldest_unshipped_ns is not None:
+            age = timedelta(microseconds=max(0, now_ns - status.oldest_unshipped_ns) // 1000)
+            backlog += f", the oldest from {_duration(age)} ago"
+        row("Backlog", backlog)
+        row("Rejected", f"{status.rejected:,}")
+        for item in refused.get(status.destination, [])[:3]:
+            row("", _safe(f"{item.event_id}: {item.message}"))
+        if status.last_error is not None:
+            when = (
+                f" ({_when(datetime_from_ns(status.last_error_ns))})"
+                if status.last_error_ns is not None
+                else ""
+            )
+            row("Last error", _safe(status.last_error) + when)
 
 
 _CSV_COLUMNS = (
@@ -1623,7 +1667,8 @@ def export(
 @click.option(
     "--force",
     is_flag=True,
-    help="Allow a cutoff less than one day ago (deleting today's events).",
+    help="Allow a cutoff less than one day ago (deleting today's events), and deleting "
+    "events a shipping destination has not acknowledged yet.",
 )
 @click.option(
     "--vacuum",
@@ -1641,6 +1686,10 @@ def prune(
     vacuum: bool,
 ) -> None:
     """Delete old events with their objects, tags and search entries (retention).
+
+    A ledger that ships (decision-trace ship) is the outbox of the team's ledger: prune
+    refuses to delete events a destination has not acknowledged yet, and says how many,
+    unless --force is given.
 
     After deleting, the ledger's own integrity checks run (for a file: PRAGMA
     integrity_check and FTS5's own check); a failed check is an error. A cutoff less
@@ -1665,7 +1714,19 @@ def prune(
         )
     with _open(db, write=True) as ledger:
         is_file = _ledger_file(ledger) is not None
-        report = ledger.prune(ns_from_datetime(older_than, "--older-than"), dry_run=dry_run)
+        try:
+            report = ledger.prune(
+                ns_from_datetime(older_than, "--older-than"), dry_run=dry_run, force=force
+            )
+        except UnshippedEventsError as exc:
+            listed = ", ".join(
+                f"{_count(n, 'event')} not yet acknowledged by {_safe(dest)}"
+                for dest, n in exc.unshipped.items()
+            )
+            raise _Fail(
+                f"refusing to prune: of the events older than {_when(older_than)}, {listed}; "
+                "ship them first (decision-trace ship), or add --force to delete them anyway"
+            ) from None
         problems: list[str] | None = None
         checkpointed: bool | None = None
         if not dry_run:
@@ -1688,6 +1749,7 @@ def prune(
                 "events": report.events,
                 "objects": report.objects,
                 "tags": report.tags,
+                "unshipped": report.unshipped,
                 "vacuumed": checkpointed is not None,
                 "checkpointed": checkpointed,
                 "integrity_check": None if problems is None else "ok",
@@ -1704,6 +1766,15 @@ def prune(
             "",
         )
     )
+    if report.unshipped:
+        _err(
+            _wrap(
+                f"{'Would delete' if dry_run else 'Deleted'} "
+                f"{_count(report.unshipped, 'event')} that a shipping destination had not "
+                "acknowledged" + (" (prune refuses this without --force)." if dry_run else "."),
+                "",
+            )
+        )
     if problems is not None:
         _out("Integrity check: ok.")
     if checkpointed:
@@ -1975,6 +2046,268 @@ def _copy_records(src: Ledger, dst: Ledger, batch_size: int, report: _CopyReport
             report.write(dst, batch)
             if bar is not None:
                 bar.update(len(batch))
+
+
+# --- ship -------------------------------------------------------------------------------
+
+
+class _ShipLockHeld(_Fail):
+    """Another shipper holds the lock for this ledger and destination: exit status 3."""
+
+    exit_code = 3
+
+
+class _ShipDisplay:
+    """What ``ship`` shows while it works: a progress bar on a terminal (a status line
+    with --follow); otherwise one line per change of the destination's state."""
+
+    def __init__(self, destination: str, backlog: int, *, follow: bool, quiet: bool) -> None:
+        self.destination = destination
+        self.tty = _is_tty(sys.stderr) and not quiet
+        self.follow = follow
+        self.shipped = 0
+        self._bar: Any = None
+        self._backlog = backlog
+
+    def __enter__(self) -> _ShipDisplay:
+        if self.tty and not self.follow and self._backlog:
+            self._bar = click.progressbar(
+                length=self._backlog, label="Shipping", file=sys.stderr
+            ).__enter__()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+        elif self.tty and self.follow:
+            click.echo(err=True)
+
+    def __call__(self, state: str, message: str) -> None:
+        when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if state == "progress":
+            self.shipped += int(message or 0)
+            if self._bar is not None:
+                self._bar.update(int(message or 0))
+            elif self.tty and self.follow:
+                click.echo(
+                    f"\r{when} shipping to {self.destination}: {self.shipped:,} shipped\033[K",
+                    file=sys.stderr,
+                    nl=False,
+                )
+            return
+        if self._bar is not None or (self.tty and self.follow):
+            click.echo(err=True)
+        text = (
+            f"{when} {self.destination} is not answering ({message}); retrying with backoff"
+            if state == "down"
+            else f"{when} {self.destination} answers again ({message}); shipping"
+        )
+        _err(_safe(text))
+
+
+@main.command(short_help="Ship the ledger to the team's ledger (OTLP, at least once).")
+@_db_option
+@click.option(
+    "--to",
+    "destination",
+    envvar=SHIP_TO_ENV_VAR,
+    required=True,
+    metavar="URL",
+    help="The OTLP/HTTP endpoint to ship to: a decision-trace serve, an OpenTelemetry "
+    "Collector or any OTLP backend (http://host:4318; /v1/traces is added). Default: "
+    f"${SHIP_TO_ENV_VAR}.",
+)
+@click.option(
+    "--token",
+    envvar=SHIP_TOKEN_ENV_VAR,
+    default=None,
+    metavar="TOKEN",
+    help=f"Bearer token the destination asks for. Default: ${SHIP_TOKEN_ENV_VAR} (prefer "
+    "it: a command line is visible to other users of the machine).",
+)
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Keep running and ship new events within about a second of their commit, until "
+    "SIGTERM or Ctrl-C.",
+)
+@click.option(
+    "--batch",
+    "batch_size",
+    default=512,
+    show_default=True,
+    type=click.IntRange(min=1, max=10_000),
+    metavar="N",
+    help="Events per request.",
+)
+@click.option(
+    "--max-wait",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Without --follow: give up (exit 1) after this long without an acknowledgement "
+    "while the destination is down or busy.",
+)
+@click.option(
+    "--timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="How long one request may take before it is retried.",
+)
+@click.option(
+    "--forget",
+    is_flag=True,
+    help="Ship nothing: stop keeping events for this destination (it was retired), so "
+    "prune no longer waits for it.",
+)
+@_json_option
+def ship(
+    db: str | None,
+    destination: str,
+    token: str | None,
+    follow: bool,
+    batch_size: int,
+    max_wait: float,
+    timeout: float,
+    forget: bool,
+    as_json: bool,
+) -> None:
+    """Ship every event of the local ledger that the destination has not acknowledged,
+    as OTLP/HTTP protobuf, in the order the ledger committed them.
+
+    The destination's high-water mark is kept in the ledger and moves only after a 2xx
+    answer, so a stopped or killed ship re-sends at most one batch, which an idempotent
+    destination (decision-trace serve) stores once. Spans the destination refuses
+    (partial_success) are recorded as rejected with its reason, shown by stats, and
+    never retried. 429, 5xx, timeouts and connection errors are retried with
+    exponential backoff and jitter, honouring Retry-After.
+
+    Without --follow the backlog is shipped and the command exits: 0 when everything
+    was shipped, 1 when an event was rejected or could not be sent (the destination
+    still down after --max-wait). Only one ship may run for a ledger and destination:
+    another one exits with status 3 (a lock file beside the ledger, released by the
+    kernel when its holder dies).
+
+    \b
+    Examples:
+      decision-trace ship --db traces.db --to http://ledger.internal:4318
+      decision-trace ship --to https://ledger:4318 --follow
+      decision-trace ship --to http://localhost:4318 --json
+    """
+    from .shipping import ShipLockedError, Shipper, ShippingError, destination_url
+
+    try:
+        url = destination_url(destination)
+    except InvalidInputError as exc:
+        raise _UsageFail(f"--to: {exc.problem}") from None
+    with _open(db, write=True) as ledger:
+        if not isinstance(ledger, Outbox):
+            raise _UsageFail(
+                f"cannot ship from {ledger.location}: only a local SQLite ledger ships "
+                "(a PostgreSQL ledger or a ledger service is what events are shipped to)"
+            )
+        if forget:
+            found = ledger.forget_destination(url)
+            if as_json:
+                _print_json({"destination": url, "forgotten": found})
+            elif found:
+                _out(f"Forgot {url}: prune no longer keeps events for it.")
+            else:
+                _out(f"{url} was not a shipping destination of this ledger.")
+            return
+        backlog = next((s.backlog for s in ledger.outbox_status() if s.destination == url), None)
+        if backlog is None:
+            backlog = ledger.count(EventFilters())
+        display = _ShipDisplay(url, backlog, follow=follow, quiet=as_json)
+        try:
+            shipper = Shipper(
+                ledger,
+                url,
+                token=token,
+                batch_size=batch_size,
+                timeout=timeout,
+                on_state=display,
+            )
+        except ShipLockedError as exc:
+            raise _ShipLockHeld(_one_line(str(exc))) from None
+        except ShippingError as exc:
+            raise _Fail(_one_line(str(exc))) from None
+        interrupted = False
+
+        def on_signal(signum: int, frame: object) -> None:
+            nonlocal interrupted
+            if interrupted:  # a second Ctrl-C or SIGTERM: stop at once
+                shipper.stop()
+                return
+            interrupted = True
+            if follow:  # a service being stopped: ship what is committed, briefly
+                shipper.finish_by(time.monotonic() + min(5.0, timeout))
+            else:
+                shipper.stop()
+
+        failure: DecisionTraceError | None = None
+        with _signals(on_signal), _quiet_logger("decision_trace.shipping"), display, shipper:
+            try:
+                report = shipper.follow() if follow else shipper.ship(max_wait=max_wait)
+            except DecisionTraceError as exc:
+                failure = exc
+    if failure is not None:
+        raise _Fail(_one_line(str(failure)))
+    if as_json:
+        data = report.to_json()
+        data["interrupted"] = interrupted
+        _print_json(data)
+    else:
+        rejected = len(report.rejected)
+        _out(
+            _safe(
+                f"Shipped {_count(report.shipped, 'event')} to {url} "
+                f"({rejected:,} rejected); {report.remaining:,} left to ship."
+            )
+        )
+        for item in report.rejected[:_REJECTED_SHOWN]:
+            _out(_safe(f"Rejected {item.event_id} (position {item.position}): {item.message}"))
+        if rejected > _REJECTED_SHOWN:
+            _out(f"... and {rejected - _REJECTED_SHOWN:,} more (decision-trace stats).")
+    if report.rejected:
+        raise _Fail(f"{_count(len(report.rejected), 'event')} rejected by {url}")
+    if interrupted and not follow:
+        raise _Interrupted(f"interrupted; {report.remaining:,} left to ship (run ship again)")
+    if report.remaining and not follow:
+        raise _Fail(
+            f"{_count(report.remaining, 'event')} not shipped: "
+            f"{report.last_error or 'the destination did not acknowledge them in time'}"
+        )
+
+
+@contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """Keep ``name``'s records off stderr while the block runs (the command prints its
+    own lines about the same events), unless the application configured logging."""
+    logger = logging.getLogger(name)
+    null = logging.NullHandler()
+    logger.addHandler(null)
+    try:
+        yield
+    finally:
+        logger.removeHandler(null)
+
+
+@contextmanager
+def _signals(handler: Callable[[int, object], None]) -> Iterator[None]:
+    """SIGINT and SIGTERM call ``handler`` while the block runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, signal.default_int_handler if old is None else old)
 
 
 # --- the ledger service -------------------------------------------------------------------

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.resources import Resource
@@ -48,6 +49,10 @@ from .processor import LedgerSpanProcessor, LedgerStats
 from .redaction import Redaction
 from .storage import Durability, EventFilters, Ledger, Order, default_target, open_ledger
 from .storage.http import HTTPLedger
+from .storage.outbox import SHIP_TO_ENV_VAR, SHIP_TOKEN_ENV_VAR, DestinationStatus, Outbox
+
+if TYPE_CHECKING:
+    from .shipping import BackgroundShipper
 
 __all__ = ["DEFAULT_SHUTDOWN_TIMEOUT_S", "SHUTDOWN_TIMEOUT_ENV", "DecisionTraceClient"]
 
@@ -65,6 +70,22 @@ disk before ``record()`` returns, e.g. to survive ``kill -9`` or ``os._exit()``.
 
 _EVENT_ID = re.compile(r"^[0-9a-fA-F]{16}$")
 _RECENT_EVENTS = 10_000
+
+
+def _shipping_target(to: str | None, token: str | None) -> tuple[str, str | None] | None:
+    """``(destination, token)`` of in-process shipping from the arguments or the
+    environment, checked; None when the client does not ship."""
+    to = to if to is not None else (os.environ.get(SHIP_TO_ENV_VAR) or None)
+    if to is None:
+        return None
+    if token is None:
+        token = os.environ.get(SHIP_TOKEN_ENV_VAR) or None
+    elif not isinstance(token, str):
+        raise InvalidInputError("ship_token", f"must be a string, got {type(token).__name__}")
+    from .shipping import destination_url  # lazily: see _start_shipping
+
+    destination_url(to)  # raises InvalidInputError naming ship_to
+    return to, token
 
 
 def _millis_until(deadline: float) -> int:
@@ -117,6 +138,13 @@ class DecisionTraceClient:
             first, exporters get what is left, and whatever is not delivered by then is
             counted in ``stats()`` and logged. Default ``$DECISION_TRACE_SHUTDOWN_TIMEOUT``,
             else 10 s.
+        ship_to: Ship every event of the (local SQLite) ledger to this OTLP/HTTP
+            endpoint, such as the team's ``decision-trace serve``, from a background
+            thread that reads the ledger (docs/shipping.md): at least once, in commit
+            order, resumed after any outage or restart. Default
+            ``$DECISION_TRACE_SHIP_TO``; unset means no shipping. ``close()`` ships what
+            it can within its deadline and leaves the rest for the next start.
+        ship_token: Bearer token of ``ship_to``; default ``$DECISION_TRACE_SHIP_TOKEN``.
 
     A client opened on the ``http(s)://`` URL of a ledger service (``decision-trace
     serve``) is read-only: its query methods read the service, and ``trace()`` and
@@ -140,6 +168,8 @@ class DecisionTraceClient:
         max_queue_size: int = 20_000,
         redact: Redaction | None = None,
         shutdown_timeout_s: float | None = None,
+        ship_to: str | None = None,
+        ship_token: str | None = None,
     ) -> None:
         if durability not in ("sync", "batch"):
             raise InvalidInputError("durability", f"must be 'sync' or 'batch', got {durability!r}")
@@ -153,7 +183,17 @@ class DecisionTraceClient:
         self.shutdown_timeout_s = _shutdown_timeout(shutdown_timeout_s)
         self.durability: Durability = durability
         target = db_path if db_path is not None else default_target()
+        ship = _shipping_target(ship_to, ship_token)
         self._storage: Ledger = open_ledger(target, durability=durability)
+        if ship is not None and not isinstance(self._storage, Outbox):
+            location = self._storage.location
+            self._storage.close()
+            raise InvalidInputError(
+                "ship_to",
+                f"only a local SQLite ledger ships; this client's ledger is {location} "
+                "(send to the service with otlp_endpoint= instead, or record into a local "
+                "file and ship that)",
+            )
         self._read_only = isinstance(self._storage, HTTPLedger)
         self._exporter = SQLiteSpanExporter(ledger=self._storage)
         self._ledger = LedgerSpanProcessor(
@@ -198,7 +238,15 @@ class DecisionTraceClient:
         self._recent: OrderedDict[str, SpanContext] = OrderedDict()
         self._recent_lock = threading.Lock()
         self._closed = False
+        self._shipper = self._start_shipping(ship)
         _lifecycle.register(self)
+
+    def _start_shipping(self, ship: tuple[str, str | None] | None) -> BackgroundShipper | None:
+        if ship is None:
+            return None
+        from .shipping import BackgroundShipper
+
+        return BackgroundShipper(self._storage, ship[0], token=ship[1])
 
     @property
     def db_path(self) -> str:
@@ -403,6 +451,14 @@ class DecisionTraceClient:
         self._read_your_writes()
         return self._storage.object_history(external_id, object_type, limit=limit)
 
+    def shipping_status(self) -> list[DestinationStatus]:
+        """Per shipping destination this ledger knows: how far it has acknowledged, the
+        backlog, the age of the oldest event waiting, refusals and the last error (what
+        ``decision-trace stats`` shows). Empty for a ledger that does not ship."""
+        if isinstance(self._storage, Outbox):
+            return self._storage.outbox_status()
+        return []
+
     def stats(self) -> LedgerStats:
         """Counters of recorded, written, failed and queued events in this process, and
         per exporter (``exporters``) of spans exported, failed and dropped."""
@@ -452,6 +508,7 @@ class DecisionTraceClient:
         deadline = time.monotonic() + timeout
         try:
             self._close_ledger(deadline)
+            self._close_shipper(deadline)
             self._close_exporters(deadline)
         finally:
             self._release(deadline)
@@ -462,6 +519,14 @@ class DecisionTraceClient:
 
     def _close_ledger(self, deadline: float) -> None:
         self._ledger.close_within(deadline)
+
+    def _close_shipper(self, deadline: float) -> None:
+        if self._shipper is None:
+            return
+        # What the ledger committed ships now, within the deadline (half of what is left
+        # when OTLP exporters are still to be flushed); the rest ships at the next start.
+        left = max(0.0, deadline - time.monotonic() - 0.1)
+        self._shipper.close(left / 2 if self._exports else left)
 
     def _close_exporters(self, deadline: float) -> None:
         for export in self._exports:

@@ -7,7 +7,9 @@ Every error derives from one base class, so ``except DecisionTraceError`` catche
     ├── EventNotFoundError     an event id that the store does not hold (also a KeyError)
     └── StoreError             the store cannot be opened, read or written
         ├── SchemaVersionError the file was written by a newer decision-trace
-        └── RejectedRecordsError  some records of a write cannot be stored (the rest were)
+        ├── RejectedRecordsError  some records of a write cannot be stored (the rest were)
+        └── UnshippedEventsError  prune would delete events a destination has not
+                                  acknowledged (shipping, docs/shipping.md)
 
 The export thread never raises into the application: failures there are logged and
 counted (see ``DecisionTraceClient.stats``), and ``flush()`` reports them.
@@ -25,6 +27,7 @@ __all__ = [
     "RejectedRecordsError",
     "SchemaVersionError",
     "StoreError",
+    "UnshippedEventsError",
 ]
 
 
@@ -80,4 +83,26 @@ class RejectedRecordsError(StoreError):
         super().__init__(
             f"cannot store {len(rejected)} event(s) in {os.fspath(location)} (first: "
             f"{rejected[0][0]}: {rejected[0][1]}); {written} other(s) written"
+        )
+
+
+class UnshippedEventsError(StoreError):
+    """Raised by ``prune`` when it would delete events that a shipping destination has
+    not acknowledged yet (the local ledger is the outbox of the team ledger; see
+    docs/shipping.md). Nothing was deleted; ``prune(..., force=True)`` deletes them.
+
+    Attributes:
+        unshipped: How many of the events to delete each destination still lacks, by
+            destination.
+    """
+
+    def __init__(self, location: str | os.PathLike[str], unshipped: dict[str, int]) -> None:
+        self.unshipped = dict(unshipped)
+        listed = ", ".join(
+            f"{count} not yet acknowledged by {dest}" for dest, count in unshipped.items()
+        )
+        super().__init__(
+            f"refusing to prune {os.fspath(location)}: of the events to delete, {listed}; "
+            "ship them first (decision-trace ship), or prune with --force (force=True) to "
+            "delete them anyway"
         )

@@ -18,6 +18,7 @@ from .errors import EventNotFoundError, InvalidInputError, StoreError
 from .models import ChainNode, ObjectType, TraceEvent, clean_text
 from .record import MAX_NS, MIN_NS, EventRecord, datetime_from_ns
 from .storage.filters import EventFilters, Order
+from .storage.outbox import DestinationStatus, Rejection
 
 __all__ = ["ChainNode", "QueryFilters", "fts_query"]
 
@@ -572,3 +573,64 @@ def summarize(conn: sqlite3.Connection, *, days: int | None = None) -> LedgerSum
         if own_transaction and conn.in_transaction:
             conn.execute("COMMIT")
     return summary
+
+
+# -- the outbox (docs/shipping.md) ---------------------------------------------------
+
+
+def outbox_status(conn: sqlite3.Connection) -> list[DestinationStatus]:
+    """Every shipping destination the ledger knows, with its backlog (one short read
+    transaction, so the counts agree with each other)."""
+    own_transaction = not conn.in_transaction
+    try:
+        if own_transaction:
+            conn.execute("BEGIN")
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'outbox'").fetchone():
+            return []  # a ledger of schema version 2, opened read-only (not migrated)
+        rows = conn.execute(
+            "SELECT destination, position, shipped, rejected, last_error, last_error_ns, "
+            "updated_ns FROM outbox ORDER BY destination"
+        ).fetchall()
+        statuses = []
+        for destination, position, shipped, rejected, error, error_ns, updated_ns in rows:
+            backlog = conn.execute(
+                "SELECT count(*) FROM events WHERE rowid > ?", (position,)
+            ).fetchone()[0]
+            first = conn.execute(
+                "SELECT start_ns FROM events WHERE rowid > ? ORDER BY rowid LIMIT 1", (position,)
+            ).fetchone()
+            statuses.append(
+                DestinationStatus(
+                    destination=str(destination),
+                    position=int(position),
+                    shipped=int(shipped),
+                    rejected=int(rejected),
+                    backlog=int(backlog),
+                    oldest_unshipped_ns=int(first[0]) if first else None,
+                    last_error=error,
+                    last_error_ns=error_ns,
+                    updated_ns=int(updated_ns),
+                )
+            )
+        return statuses
+    except sqlite3.Error as exc:
+        raise StoreError(f"query failed: {exc}") from exc
+    finally:
+        if own_transaction and conn.in_transaction:
+            conn.execute("COMMIT")
+
+
+def rejections(
+    conn: sqlite3.Connection, destination: str, *, limit: int | None = 100
+) -> list[Rejection]:
+    """The events ``destination`` refused, in position order."""
+    sql_limit, _ = _check_limit(limit, 0)
+    try:
+        rows = conn.execute(
+            "SELECT position, event_id, message FROM outbox_rejected WHERE destination = ? "
+            "ORDER BY position LIMIT ?",
+            (destination, sql_limit),
+        ).fetchall()
+    except sqlite3.Error as exc:
+        raise StoreError(f"query failed: {exc}") from exc
+    return [Rejection(int(p), str(e), str(m)) for p, e, m in rows]

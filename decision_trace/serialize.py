@@ -11,7 +11,7 @@ backend reads these shapes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -29,6 +29,8 @@ from .models import (
     TrackedObject,
 )
 from .query import LedgerSummary
+from .record import datetime_from_ns
+from .storage.outbox import DestinationStatus, Rejection
 
 __all__ = [
     "chain_from_json",
@@ -382,3 +384,32 @@ def summary_from_json(data: Mapping[str, Any]) -> LedgerSummary:
         by_day=_counts(data, "by_day"),
         schema_version=_need(data, "schema_version", int, ""),
     )
+
+
+def destination_status_to_json(
+    status: DestinationStatus, *, now_ns: int, rejections: Sequence[Rejection] = ()
+) -> dict[str, Any]:
+    """One shipping destination's status as ``stats --json`` prints it (under
+    ``"shipping"``); ages are seconds before ``now_ns``; ``rejections`` are the first few
+    events it refused (``rejected`` counts them all)."""
+
+    def iso(ns: int | None) -> str | None:
+        return datetime_from_ns(ns).isoformat() if ns is not None else None
+
+    oldest = status.oldest_unshipped_ns
+    return {
+        "destination": status.destination,
+        "shipped_up_to": status.position,
+        "shipped": status.shipped,
+        "backlog": status.backlog,
+        "oldest_unshipped": iso(oldest),
+        "oldest_unshipped_age_seconds": (now_ns - oldest) / 1e9 if oldest is not None else None,
+        "rejected": status.rejected,
+        "rejected_events": [
+            {"position": r.position, "event_id": r.event_id, "message": r.message}
+            for r in rejections
+        ],
+        "last_error": status.last_error,
+        "last_error_at": iso(status.last_error_ns),
+        "updated_at": iso(status.updated_ns),
+    }

@@ -3,13 +3,17 @@
 All SQL that writes lives here; the SQL that reads lives in ``query.py``. The store knows
 nothing of OpenTelemetry: it writes :class:`~decision_trace.attributes.EventRecord` rows.
 
-Layout (schema version 2; version 2 only adds the ``application_id``)::
+Layout (schema version 3; version 2 only adds the ``application_id``, version 3 the
+outbox tables)::
 
     events         one row per event (span); indexed by time, type, actor, trace, parent
     event_objects  one row per object an event touched; indexed by (type, id, time)
     event_tags     one row per tag; keyed by (tag, event)
     events_fts     FTS5 over description, reasoning and the context JSON, kept in step by
                    triggers (external content, read through the ``events_fts_source`` view)
+    outbox         per shipping destination: the last row acknowledged, counts, last error
+    outbox_rejected  the events a destination refused, with its reason
+    ledger_state   the highest row number given out (row numbers are never reused)
 
 Connections: one writer connection per process (the exporter's), and a reader
 connection per thread. WAL mode lets readers run while the writer commits; a busy
@@ -43,7 +47,7 @@ from typing import Literal
 from urllib.parse import quote
 
 from ._rows import EVENT_COLUMNS
-from .errors import RejectedRecordsError, SchemaVersionError, StoreError
+from .errors import RejectedRecordsError, SchemaVersionError, StoreError, UnshippedEventsError
 from .record import EventRecord
 
 __all__ = ["SCHEMA_VERSION", "Store", "default_db_path"]
@@ -177,7 +181,44 @@ def _migration_2(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migration_1, _migration_2)
+def _migration_3(conn: sqlite3.Connection) -> None:
+    # The outbox (docs/shipping.md): per destination, the last row acknowledged, and the
+    # events it refused. ledger_state keeps the highest row number ever given out
+    # ('rowid_floor', raised by prune), so a row number is never given out twice: a
+    # destination's mark past a pruned row must not hide the next event written.
+    _run_script(
+        conn,
+        """
+        CREATE TABLE ledger_state (
+            key   TEXT PRIMARY KEY,
+            value INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE outbox (
+            destination   TEXT PRIMARY KEY,
+            position      INTEGER NOT NULL,
+            shipped       INTEGER NOT NULL,
+            rejected      INTEGER NOT NULL,
+            last_error    TEXT,
+            last_error_ns INTEGER,
+            updated_ns    INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE outbox_rejected (
+            destination TEXT NOT NULL,
+            position    INTEGER NOT NULL,
+            event_id    TEXT NOT NULL,
+            message     TEXT NOT NULL,
+            at_ns       INTEGER NOT NULL,
+            PRIMARY KEY (destination, position)
+        ) WITHOUT ROWID;
+        """,
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _migration_1,
+    _migration_2,
+    _migration_3,
+)
 """Schema migrations in order; migration ``n`` brings ``user_version`` from n-1 to n."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -190,6 +231,12 @@ _INSERT_EVENT = (
 )
 _INSERT_OBJECT = f"INSERT INTO event_objects ({_OBJECT_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
 _INSERT_TAG = "INSERT OR IGNORE INTO event_tags (tag, event_rowid) VALUES (?, ?)"
+_LAST_ROWID = (
+    "SELECT max(coalesce((SELECT max(rowid) FROM events), 0), "
+    "coalesce((SELECT value FROM ledger_state WHERE key = 'rowid_floor'), 0))"
+)
+"""The highest row number given out so far: new rows are numbered past it, in commit
+order (writers hold the write lock from reading it to COMMIT)."""
 
 
 def _from_json_rows(columns: int) -> str:
@@ -438,6 +485,9 @@ class PruneReport:
     events: int
     objects: int
     tags: int
+    unshipped: int = 0
+    """Of ``events``, how many some shipping destination had not acknowledged (deleted
+    only with ``force``)."""
 
 
 class Store:
@@ -885,7 +935,7 @@ class Store:
     def _write_batch(self, conn: sqlite3.Connection, records: Sequence[EventRecord]) -> int:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            base = conn.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()[0]
+            base = conn.execute(_LAST_ROWID).fetchone()[0]
             event_rows: list[tuple[object, ...]] = []
             object_rows: list[tuple[object, ...]] = []
             tag_rows: list[tuple[object, ...]] = []
@@ -943,7 +993,7 @@ class Store:
                         f"SELECT id FROM events WHERE id IN ({','.join('?' * len(part))})", part
                     )
                 )
-            rowid = conn.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()[0]
+            rowid = conn.execute(_LAST_ROWID).fetchone()[0]
             for r in records:
                 if r.id in known:
                     continue
@@ -982,9 +1032,17 @@ class Store:
             raise
         return written, rejected
 
-    def prune(self, older_than_ns: int, *, dry_run: bool = False) -> PruneReport:
+    def prune(
+        self, older_than_ns: int, *, dry_run: bool = False, force: bool = False
+    ) -> PruneReport:
         """Delete events that started before ``older_than_ns`` with their objects, tags
-        and search entries. With ``dry_run``, only count them."""
+        and search entries. With ``dry_run``, only count them.
+
+        Raises:
+            UnshippedEventsError: some of them a shipping destination has not
+                acknowledged yet, and ``force`` is false (nothing was deleted).
+            StoreError: the ledger cannot be written.
+        """
         with self._write_lock:
             conn = self._writer_connection()
             try:
@@ -998,7 +1056,32 @@ class Store:
                         "SELECT count(*) FROM event_tags WHERE event_rowid IN ({old})",
                     )
                 ]
-                if not dry_run:
+                unshipped = {
+                    str(destination): int(count)
+                    for destination, count in conn.execute(
+                        "SELECT o.destination, (SELECT count(*) FROM events "
+                        "WHERE start_ns < ? AND rowid > o.position) FROM outbox o "
+                        "ORDER BY o.destination",
+                        (older_than_ns,),
+                    )
+                    if count
+                }
+                lacking = 0
+                if unshipped:
+                    lacking = conn.execute(
+                        "SELECT count(*) FROM events WHERE start_ns < ? "
+                        "AND rowid > (SELECT min(position) FROM outbox)",
+                        (older_than_ns,),
+                    ).fetchone()[0]
+                if unshipped and not dry_run and not force:
+                    raise UnshippedEventsError(self.path, unshipped)
+                if not dry_run and counts[0]:
+                    # Row numbers are never given out twice (see _LAST_ROWID).
+                    conn.execute(
+                        "INSERT INTO ledger_state (key, value) "
+                        "SELECT 'rowid_floor', max(rowid) FROM events WHERE true "
+                        "ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)"
+                    )
                     conn.execute(
                         f"DELETE FROM event_objects WHERE event_rowid IN ({old})", (older_than_ns,)
                     )
@@ -1011,7 +1094,110 @@ class Store:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise StoreError(f"cannot prune {self.path}: {exc}") from exc
-        return PruneReport(events=counts[0], objects=counts[1], tags=counts[2])
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        return PruneReport(events=counts[0], objects=counts[1], tags=counts[2], unshipped=lacking)
+
+    # -- the outbox (docs/shipping.md) --------------------------------------------------
+
+    def _write_transaction(
+        self, what: str, statements: Callable[[sqlite3.Connection], object]
+    ) -> None:
+        """Run ``statements`` in one write transaction, as every write here does."""
+        with self._write_lock:
+            if self._closed:
+                raise StoreError("the store is closed")
+            self._follow_path()
+            conn = self._writer_connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                statements(conn)
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise StoreError(f"cannot {what} in {self.path}: {exc}") from exc
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def register_destination(self, destination: str) -> int:
+        """See :meth:`decision_trace.storage.outbox.Outbox.register_destination`."""
+        self._write_transaction(
+            "register a shipping destination",
+            lambda conn: conn.execute(
+                "INSERT INTO outbox (destination, position, shipped, rejected, updated_ns) "
+                "VALUES (?, 0, 0, 0, ?) ON CONFLICT (destination) DO NOTHING",
+                (destination, time.time_ns()),
+            ),
+        )
+        row = (
+            self.read_connection()
+            .execute("SELECT position FROM outbox WHERE destination = ?", (destination,))
+            .fetchone()
+        )
+        return int(row[0]) if row else 0
+
+    def acknowledge(
+        self,
+        destination: str,
+        position: int,
+        *,
+        shipped: int,
+        rejected: Sequence[tuple[int, str, str]] = (),
+    ) -> None:
+        """See :meth:`decision_trace.storage.outbox.Outbox.acknowledge` (``rejected``
+        holds ``(position, event_id, message)``)."""
+        now = time.time_ns()
+
+        def statements(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO outbox (destination, position, shipped, rejected, updated_ns) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (destination) DO UPDATE SET "
+                "position = max(position, excluded.position), "
+                "shipped = shipped + excluded.shipped, rejected = rejected + excluded.rejected, "
+                "last_error = NULL, last_error_ns = NULL, updated_ns = excluded.updated_ns",
+                (destination, position, shipped, len(rejected), now),
+            )
+            if rejected:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO outbox_rejected "
+                    "(destination, position, event_id, message, at_ns) VALUES (?, ?, ?, ?, ?)",
+                    [(destination, pos, eid, msg, now) for pos, eid, msg in rejected],
+                )
+
+        self._write_transaction("record what was shipped", statements)
+
+    def note_ship_error(self, destination: str, message: str) -> None:
+        """See :meth:`decision_trace.storage.outbox.Outbox.note_ship_error`."""
+        now = time.time_ns()
+        self._write_transaction(
+            "record a shipping error",
+            lambda conn: conn.execute(
+                "INSERT INTO outbox (destination, position, shipped, rejected, last_error, "
+                "last_error_ns, updated_ns) VALUES (?, 0, 0, 0, ?, ?, ?) "
+                "ON CONFLICT (destination) DO UPDATE SET last_error = excluded.last_error, "
+                "last_error_ns = excluded.last_error_ns",
+                (destination, message, now, now),
+            ),
+        )
+
+    def forget_destination(self, destination: str) -> bool:
+        """See :meth:`decision_trace.storage.outbox.Outbox.forget_destination`."""
+        found: list[bool] = []
+
+        def statements(conn: sqlite3.Connection) -> None:
+            found.append(
+                conn.execute("DELETE FROM outbox WHERE destination = ?", (destination,)).rowcount
+                > 0
+            )
+            conn.execute("DELETE FROM outbox_rejected WHERE destination = ?", (destination,))
+
+        self._write_transaction("forget a shipping destination", statements)
+        return found[0]
 
 
 def _store_before_fork(ref: weakref.ReferenceType[Store]) -> None:

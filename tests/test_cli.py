@@ -37,6 +37,7 @@ from decision_trace.errors import StoreError
 from decision_trace.models import ObjectType
 from decision_trace.record import EventRecord
 from decision_trace.storage import is_url, open_ledger
+from decision_trace.store import SCHEMA_VERSION
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = (
@@ -49,6 +50,7 @@ COMMANDS = (
     "export",
     "prune",
     "copy",
+    "ship",
     "serve",
     "ui",
 )
@@ -649,7 +651,7 @@ def test_stats(ledger: Ledger) -> None:
         assert stats["schema_version"] == 1
     else:
         assert stats["size_bytes"] == Path(ledger.db).stat().st_size > 0
-        assert stats["schema_version"] == 2
+        assert stats["schema_version"] == SCHEMA_VERSION == 3
     human = run_db(ledger, "stats").stdout
     assert "order.created" in human and "By actor type" in human and "Size" in human
     assert f"Ledger      {ledger.db}" in human.replace("\n" + " " * 12, "")  # wrapped

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -58,6 +60,13 @@ def test_every_page_answers_with_what_it_is_for(shop_site: tuple[str, Shop]) -> 
     assert "Parcel arrived crushed" in timeline.body  # the first line of why
     # Newest first.
     assert timeline.body.index("price.changed") < timeline.body.index("order.created")
+    # Times in UTC for the script to show in the viewer's zone, UTC kept on hover.
+    assert (
+        '<time datetime="2026-03-01T12:00:00.000000Z" title="2026-03-01 12:00:00 UTC">'
+        "2026-03-01 12:00:00 UTC</time>"
+    ) in timeline.body
+    assert '<script src="/static/app.js" defer></script>' in timeline.body
+    assert 'href="#main"' in timeline.body and '<main id="main"' in timeline.body
 
     event = fetch(base, f"/events/{shop.ids['fraud']}")
     assert event.status == 200
@@ -449,9 +458,19 @@ def test_the_overview_counts_the_days_asked_for(db_path: Path) -> None:
 # --- decision-trace ui ------------------------------------------------------------------
 
 
-def _start_ui(*args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "BROWSER": "false"}
+def _browser_env(opened: Path) -> dict[str, str]:
+    """An environment whose "browser" (``$BROWSER``, which :mod:`webbrowser` honours)
+    writes the URL it is asked to open into ``opened``."""
+    script = f"import sys, pathlib; pathlib.Path({str(opened)!r}).write_text(sys.argv[1])"
+    env = {**os.environ, "BROWSER": f"{sys.executable} -c {shlex.quote(script)} %s"}
     env.pop("DECISION_TRACE_TOKEN", None)
+    return env
+
+
+def _start_ui(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    if env is None:
+        env = {**os.environ, "BROWSER": "false"}
+        env.pop("DECISION_TRACE_TOKEN", None)
     return subprocess.Popen(
         [sys.executable, "-m", "decision_trace", "ui", *args],
         stdout=subprocess.PIPE,
@@ -471,10 +490,11 @@ def _first_line(proc: subprocess.Popen[str], timeout: float = 60) -> str:
     return found[0].strip()
 
 
-def test_ui_serves_the_pages_read_only_and_prints_its_url(db_path: Path) -> None:
+def test_ui_serves_the_pages_read_only_and_prints_its_url(db_path: Path, tmp_path: Path) -> None:
     shop = record_shop(str(db_path))
     size_before = db_path.stat().st_size
-    proc = _start_ui("--db", str(db_path), "--no-browser", "--port", "0")
+    opened = tmp_path / "opened.txt"
+    proc = _start_ui("--db", str(db_path), "--no-browser", "--port", "0", env=_browser_env(opened))
     try:
         url = _first_line(proc)
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", url), url
@@ -502,6 +522,28 @@ def test_ui_serves_the_pages_read_only_and_prints_its_url(db_path: Path) -> None
     assert proc.returncode == 0, err
     assert "read-only" in err
     assert db_path.stat().st_size == size_before
+    assert not opened.exists()  # --no-browser
+
+
+def test_ui_opens_the_browser_on_its_url(db_path: Path, tmp_path: Path) -> None:
+    record_shop(str(db_path))
+    opened = tmp_path / "opened.txt"
+    proc = _start_ui("--db", str(db_path), env=_browser_env(opened))
+    try:
+        url = _first_line(proc)
+        deadline = time.monotonic() + 60
+        while not (opened.exists() and opened.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert opened.read_text() == url
+    finally:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+    assert proc.returncode == 0
 
 
 def test_ui_refuses_a_missing_ledger_without_creating_it(tmp_path: Path) -> None:

@@ -175,8 +175,15 @@ class Ledger(Protocol):
         """Counts by type, actor type, outcome and day (``decision-trace stats``)."""
         ...
 
-    def prune(self, older_than_ns: int, *, dry_run: bool = False) -> PruneReport:
-        """Delete events that started before ``older_than_ns`` (or only count them)."""
+    def prune(
+        self, older_than_ns: int, *, dry_run: bool = False, force: bool = False
+    ) -> PruneReport:
+        """Delete events that started before ``older_than_ns`` (or only count them).
+
+        Raises:
+            UnshippedEventsError: some of them a shipping destination has not
+                acknowledged (only a ledger that ships), and ``force`` is false.
+        """
         ...
 
     def size_bytes(self) -> tuple[int, int]:

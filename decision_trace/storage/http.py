@@ -280,7 +280,9 @@ class HTTPLedger:
         """Always raises :class:`StoreError`: writing goes through OTLP or shipping."""
         self._read_only("write events")
 
-    def prune(self, older_than_ns: int, *, dry_run: bool = False) -> PruneReport:
+    def prune(
+        self, older_than_ns: int, *, dry_run: bool = False, force: bool = False
+    ) -> PruneReport:
         """Always raises :class:`StoreError`: run ``decision-trace prune`` against the
         service's own ledger (``--db`` its path or PostgreSQL URL)."""
         self._read_only(

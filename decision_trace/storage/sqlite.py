@@ -16,12 +16,14 @@ from ..models import ObjectType, TraceEvent
 from ..record import EventRecord
 from ..store import Durability, PruneReport, Store, check_integrity, compact
 from .filters import EventFilters, Order
+from .outbox import DestinationStatus, Rejection
 
 __all__ = ["SQLiteLedger"]
 
 
 class SQLiteLedger:
-    """A :class:`~decision_trace.storage.Ledger` in one SQLite file.
+    """A :class:`~decision_trace.storage.Ledger` in one SQLite file, and an
+    :class:`~decision_trace.storage.outbox.Outbox` (it can ship).
 
     Args:
         path: The file; created (0600, folders 0700) unless ``create`` is false.
@@ -131,8 +133,10 @@ class SQLiteLedger:
     def summary(self, *, days: int | None = None) -> q.LedgerSummary:
         return q.summarize(self.store.read_connection(), days=days)
 
-    def prune(self, older_than_ns: int, *, dry_run: bool = False) -> PruneReport:
-        return self.store.prune(older_than_ns, dry_run=dry_run)
+    def prune(
+        self, older_than_ns: int, *, dry_run: bool = False, force: bool = False
+    ) -> PruneReport:
+        return self.store.prune(older_than_ns, dry_run=dry_run, force=force)
 
     def size_bytes(self) -> tuple[int, int]:
         wal = Path(f"{self.store.path}-wal")
@@ -149,3 +153,30 @@ class SQLiteLedger:
 
     def close(self) -> None:
         self.store.close()
+
+    # -- Outbox --------------------------------------------------------------------------
+
+    def register_destination(self, destination: str) -> int:
+        return self.store.register_destination(destination)
+
+    def acknowledge(
+        self, destination: str, position: int, *, shipped: int, rejected: Sequence[Rejection] = ()
+    ) -> None:
+        self.store.acknowledge(
+            destination,
+            position,
+            shipped=shipped,
+            rejected=[(r.position, r.event_id, r.message) for r in rejected],
+        )
+
+    def note_ship_error(self, destination: str, message: str) -> None:
+        self.store.note_ship_error(destination, message)
+
+    def outbox_status(self) -> list[DestinationStatus]:
+        return q.outbox_status(self.store.read_connection())
+
+    def rejections(self, destination: str, *, limit: int | None = 100) -> list[Rejection]:
+        return q.rejections(self.store.read_connection(), destination, limit=limit)
+
+    def forget_destination(self, destination: str) -> bool:
+        return self.store.forget_destination(destination)

@@ -81,6 +81,7 @@ def _environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        auto_reload=False,  # the templates ship with the package: no stat() per page
     )
     env.globals.update(
         object_href=_format.object_href,
@@ -305,7 +306,7 @@ class Pages:
         if not self.session.required:
             return _redirect("/")
         nxt = _safe_next(request.query_params.get("next"))
-        return self.render("login.html", next=nxt, failed=False)
+        return self.render("login.html", next=nxt, failed=False, login_required=False)
 
     async def login(self, request: Request) -> Response:
         """``POST /login``: check the typed token; set the cookie and go on, or say no."""
@@ -319,7 +320,7 @@ class Pages:
         if not self.session.required:
             return _redirect(nxt)
         if not self.session.check_typed(fields.get("token", "")):
-            return self.render("login.html", 401, next=nxt, failed=True)
+            return self.render("login.html", 401, next=nxt, failed=True, login_required=False)
         response = _redirect(nxt)
         self.session.login(response, secure=request.url.scheme == "https")
         return response

@@ -1149,9 +1149,12 @@ class PostgresLedger:
 
     # -- retention and maintenance ----------------------------------------------------
 
-    def prune(self, older_than_ns: int, *, dry_run: bool = False) -> PruneReport:
+    def prune(
+        self, older_than_ns: int, *, dry_run: bool = False, force: bool = False
+    ) -> PruneReport:
         """Delete events that started before ``older_than_ns`` (with their objects and
-        tags); with ``dry_run``, only count them.
+        tags); with ``dry_run``, only count them. ``force`` changes nothing here: a
+        PostgreSQL ledger does not ship (it is the destination), so nothing waits in it.
 
         Partitions that lie wholly before the cut-off are dropped (their space goes back
         to the operating system at once); only the partition the cut-off falls in is
