@@ -203,6 +203,12 @@ def test_the_search_box_goes_straight_to_an_object_or_an_event(
     assert fetch(base, "/objects/order/ord%2F1").status == 200
     page = fetch(base, "/search?q=" + shop.ids["refund"].upper())
     assert (page.status, page.header("location")) == (303, f"/events/{shop.ids['refund']}")
+    # The start of an id, as `decision-trace show 3f2a` takes it, when only one matches.
+    page = fetch(base, "/search?q=" + shop.ids["refund"][:10])
+    assert (page.status, page.header("location")) == (303, f"/events/{shop.ids['refund']}")
+    page = fetch(base, "/events/" + shop.ids["fraud"][:12])
+    assert (page.status, page.header("location")) == (303, f"/events/{shop.ids['fraud']}")
+    assert fetch(base, "/events/" + shop.ids["fraud"][:3]).status == 404
     # Words that are not an object type are a full-text search; so is "order WORD"
     # when no order has that id (but "order:WORD" asks for the object).
     assert fetch(base, "/search?q=" + quote("parcel crushed")).status == 200

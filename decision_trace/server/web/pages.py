@@ -47,7 +47,7 @@ CHAIN_ROWS = 500
 STATS_DAYS = (7, 30, 90, 365)
 """The windows the overview offers; the first page shows 30 days."""
 
-STATS_SAMPLE = 500
+STATS_SAMPLE = 200
 """The newest events of the overview's window that its breakdowns count."""
 
 _DAY_NS = 86_400 * 10**9
@@ -72,6 +72,7 @@ _TEMPLATES = Path(__file__).parent / "templates"
 
 _OBJECT_QUERY = re.compile(r"^\s*([A-Za-z_]+)(?::\s*|\s+)(\S(?:.*\S)?)\s*$", re.DOTALL)
 _EVENT_ID = re.compile(r"^\s*([0-9a-fA-F]{16})\s*$")
+_ID_PREFIX = re.compile(r"[0-9a-fA-F]{4,15}")
 
 
 def _environment() -> jinja2.Environment:
@@ -231,8 +232,19 @@ class Pages:
         event_id = request.path_params["event_id"]
         event = await run_in_threadpool(self.ledger.get_event, event_id)
         if event is None:
+            full = await run_in_threadpool(self._unique_id, event_id)
+            if full is not None:
+                return _redirect(_format.event_href(full))
             return self.error(404, "No such event", f"No event with id {event_id!r}.")
         return self.render("event.html", event=event)
+
+    def _unique_id(self, prefix: str) -> str | None:
+        """The one stored event id starting with ``prefix`` (4 to 15 hex digits, as
+        ``decision-trace show 3f2a`` takes), or None."""
+        if not _ID_PREFIX.fullmatch(prefix):
+            return None
+        ids = self.ledger.event_ids_with_prefix(prefix.lower(), limit=2)
+        return ids[0] if len(ids) == 1 else None
 
     async def chain(self, request: Request) -> Response:
         """``/events/{id}/chain``: the workflow's tree as a waterfall."""
@@ -285,6 +297,10 @@ class Pages:
         match = _EVENT_ID.match(text)
         if match is not None and self.ledger.get_event(match.group(1).lower()) is not None:
             return _format.event_href(match.group(1).lower())
+        if len(text) >= 8:
+            full = self._unique_id(text)
+            if full is not None:
+                return _format.event_href(full)
         return None
 
     async def stats(self, request: Request) -> Response:
