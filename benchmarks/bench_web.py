@@ -357,7 +357,7 @@ def pages(t: Targets) -> list[Page]:
 
 
 DAY_NS = 86_400 * 10**9
-STATS_SAMPLE = 500
+STATS_SAMPLE = 200
 """The newest events of the window the overview's breakdowns count (``STATS_SAMPLE``)."""
 
 
