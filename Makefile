@@ -35,14 +35,15 @@ typecheck: $(STAMP)
 	MYPYPATH=build/mypy $(VENV)/bin/mypy -p decision_trace -p decision_trace.exporters
 
 # pytest-xdist workers: 2 cut the suite's wall time by a third on a loaded 2-core machine
-# (see the commit that set it); PYTEST_WORKERS=0 runs everything in one process.
+# (see the commit that set it); PYTEST_WORKERS=0 runs everything in one process. With
+# --dist loadgroup, tests marked xdist_group (the browser tests) share one worker.
 PYTEST_WORKERS ?= 2
 
 pytest: $(STAMP)
-	$(VENV)/bin/pytest -n $(PYTEST_WORKERS)
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 pytest-quick: $(STAMP)
-	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) -m "not slow"
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow"
 
 # The demo records into the default ledger ($$DECISION_TRACE_DB, else the XDG data folder);
 # the last line is the command that opens that ledger in the web view.

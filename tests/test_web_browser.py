@@ -36,6 +36,10 @@ from server_support import Server, running_server
 from decision_trace import DecisionTraceClient, TraceEvent
 from decision_trace.storage import EventFilters, open_ledger
 
+# One worker runs every test here (make test runs pytest with --dist loadgroup), so the
+# module's server and browser start once, not once per worker.
+pytestmark = pytest.mark.xdist_group("browser")
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "browser-test-token-5f1c"
 TIMEZONE = "Asia/Kolkata"
