@@ -303,6 +303,12 @@ def pages(t: Targets) -> list[Page]:
             timeline(EventFilters.build(actor_types=["user"], actor_ids=[t.actor_id])),
         ),
         Page(
+            "timeline by actor type",
+            "/?" + urlencode({"actor_type": "ai_agent"}),
+            "query(actor_types)",
+            timeline(EventFilters.build(actor_types=["ai_agent"])),
+        ),
+        Page(
             "timeline by object",
             "/?" + urlencode({"object_type": "order", "object_id": t.order_id}),
             "query(object)",
@@ -313,6 +319,12 @@ def pages(t: Targets) -> list[Page]:
             "/?" + urlencode({"tag": "fraud"}),
             "query(tags)",
             timeline(EventFilters.build(tags=["fraud"])),
+        ),
+        Page(
+            "timeline by absent tag",
+            "/?" + urlencode({"tag": "no-such-tag"}),
+            "query(tags)",
+            timeline(EventFilters.build(tags=["no-such-tag"])),
         ),
         Page(
             f"timeline {DEEP_PAGES} pages in",
@@ -402,6 +414,9 @@ def time_calls(fn: Callable[[], Any], n: int) -> list[float]:
 
 
 def main() -> None:
+    if "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:
+        print(__doc__)
+        return
     count = _arg("--events", size(1_000_000, 20_000))
     requests = _arg("--requests", size(20, 3))
     header(
