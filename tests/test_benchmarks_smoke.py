@@ -16,6 +16,7 @@ except under ``CI=true``, where they fail.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -29,14 +30,25 @@ SCRIPTS = sorted((REPO_ROOT / "benchmarks").glob("bench_*.py"))
 
 WITH_POSTGRES = {"bench_ingest": ("ratio ingest/write postgresql", "postgresql: server peak RSS")}
 """Scripts that also measure PostgreSQL, and the lines they must print when given one."""
-REQUIRED = {"bench_ingest": ("ratio ingest/write sqlite", "sqlite: server peak RSS")}
+REQUIRED = {
+    "bench_ingest": ("ratio ingest/write sqlite", "sqlite: server peak RSS"),
+    "bench_shipping": (
+        "ratio ship/ingest sqlite",
+        "ratio record ship/no-ship tight",
+        "ratio record ship/no-ship realistic",
+        "shipped during a burst",
+    ),
+}
 """Lines a script must always print."""
+RATIO_LINE = re.compile(r"ratio [^:]+: \d+\.\d\dx \(target (<=|>=) [\d.]+x\) (MET|MISSED)")
+"""What ``_common.report_ratio`` prints: a number that parses, and the target."""
 
 
 def test_every_benchmark_is_found() -> None:
     assert len(SCRIPTS) >= 10
     names = {script.stem for script in SCRIPTS}
     assert {"bench_pg_write", "bench_pg_end_to_end", "bench_pg_queries"} <= names
+    assert "bench_shipping" in names
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
@@ -72,6 +84,7 @@ def test_benchmark_runs_in_quick_mode(
     assert ratio_lines, result.stdout
     for line in ratio_lines:
         assert "target" in line and ("MET" in line or "MISSED" in line), line
+        assert RATIO_LINE.fullmatch(line), line
     for text in required:
         assert text in result.stdout, result.stdout
 
