@@ -121,9 +121,14 @@ def make_events(count: int, seed: int = 7, *, orders: int | None = None) -> list
     """``count`` events of the issue's shape: a user or AI-agent actor, one or two objects
     with a small state dict, a ~120-character reasoning with a 5-key context, one
     alternative with its rejection reason, two tags."""
+    return list(iter_events(count, seed, orders=orders))
+
+
+def iter_events(count: int, seed: int = 7, *, orders: int | None = None) -> Iterator[EventData]:
+    """:func:`make_events` one at a time (the same events for the same arguments), for
+    ledgers too big to hold as a list."""
     rng = random.Random(seed)
     order_space = orders if orders is not None else max(10, count // 5)
-    events = []
     for i in range(count):
         is_agent = i % 2 == 1
         words = []
@@ -138,30 +143,27 @@ def make_events(count: int, seed: int = 7, *, orders: int | None = None) -> list
             sku = f"SKU-{rng.randrange(order_space // 4 + 1):06d}"
             objects.append(("product", sku, {"price": round(rng.uniform(5, 500), 2)}))
         action = rng.choice(_ACTIONS)
-        events.append(
-            EventData(
-                index=i,
-                event_type=EVENT_TYPES[rng.randrange(len(EVENT_TYPES))],
-                description=f"Decision {i} on {order_id}",
-                is_agent=is_agent,
-                actor_id=f"agent-{i % 7}" if is_agent else f"user-{rng.randrange(5000)}",
-                actor_name="Pricing Agent" if is_agent else "Support Rep",
-                model="gpt-4o" if is_agent else None,
-                objects=tuple(objects),
-                reasoning=reasoning,
-                context={
-                    "customer_tier": rng.choice(_TIERS),
-                    "order_total": round(rng.uniform(10, 900), 2),
-                    "items": rng.randrange(1, 9),
-                    "channel": rng.choice(_CHANNELS),
-                    "region": rng.choice(_REGIONS),
-                },
-                alternative={"action": action, "reason": f"consider {action}"},
-                rejection={action: "not justified by the evidence at hand"},
-                tags=(rng.choice(("refund", "pricing", "fraud", "ops")), rng.choice(_REGIONS)),
-            )
+        yield EventData(
+            index=i,
+            event_type=EVENT_TYPES[rng.randrange(len(EVENT_TYPES))],
+            description=f"Decision {i} on {order_id}",
+            is_agent=is_agent,
+            actor_id=f"agent-{i % 7}" if is_agent else f"user-{rng.randrange(5000)}",
+            actor_name="Pricing Agent" if is_agent else "Support Rep",
+            model="gpt-4o" if is_agent else None,
+            objects=tuple(objects),
+            reasoning=reasoning,
+            context={
+                "customer_tier": rng.choice(_TIERS),
+                "order_total": round(rng.uniform(10, 900), 2),
+                "items": rng.randrange(1, 9),
+                "channel": rng.choice(_CHANNELS),
+                "region": rng.choice(_REGIONS),
+            },
+            alternative={"action": action, "reason": f"consider {action}"},
+            rejection={action: "not justified by the evidence at hand"},
+            tags=(rng.choice(("refund", "pricing", "fraud", "ops")), rng.choice(_REGIONS)),
         )
-    return events
 
 
 def record_event(

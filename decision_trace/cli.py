@@ -2433,3 +2433,57 @@ def serve(
         ssl_keyfile=ssl_keyfile,
     )
     run_server(options)
+
+
+@main.command(short_help="Browse a ledger in the web view (read-only, local).")
+@_db_option
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (keep the default: the view has no login unless "
+    "$DECISION_TRACE_TOKEN is set).",
+)
+@click.option(
+    "--port",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port (0: any free port).",
+)
+@click.option("--no-browser", is_flag=True, help="Only print the URL; do not open a browser.")
+def ui(db: str | None, host: str, port: int, no_browser: bool) -> None:
+    """Serve the web view of a ledger on this machine, read-only, print its URL and
+    open it in the browser, until Ctrl-C.
+
+    The timeline, an object's story ("why was order 123 refunded?"), each event,
+    its chain, search and an overview; the read API under /api/v1 too. Nothing is
+    written: the ledger is opened read-only and there is no ingest. Needs the
+    server extra: pip install 'decision-trace-otel[server]'. See docs/web.md.
+
+    \b
+    Examples:
+      decision-trace ui --db traces.db
+      decision-trace ui --db postgresql://db/ledger --port 8080 --no-browser
+    """
+    try:
+        from .server.ui import run_ui
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in (*_SERVER_MODULES, "jinja2", "markupsafe"):
+            raise
+        raise _Fail(
+            f"decision-trace ui needs the server extra: {_SERVER_EXTRA} (missing: {exc.name})"
+        ) from None
+    target = _target(db)
+    if not is_url(target):
+        target = str(Path(target).expanduser())
+        if not Path(target).exists():
+            raise _Fail(f"no ledger at {target}")
+
+    def announce(url: str) -> None:
+        click.echo(url)
+
+    try:
+        run_ui(target, host=host, port=port, open_browser=not no_browser, announce=announce)
+    except (DecisionTraceError, OSError, ValueError) as exc:
+        raise _Fail(str(exc)) from None

@@ -37,6 +37,18 @@ class QueryFilters:
 
     where: str
     params: tuple[Any, ...]
+    tags: tuple[str, ...] | None = None
+    """The tag filter's values (its clause is in ``where``), for :meth:`tags_first`."""
+
+    def tags_first(self) -> QueryFilters:
+        """The same filter with the tag clause as a set of rows to look up, instead of a
+        check on each candidate event: far faster for a tag few events carry, far
+        slower (a sort of them all) for a tag many carry; see :func:`_rare_tags`."""
+        if self.tags is None:
+            return self
+        exists = _TAG_EXISTS.format(values=_placeholders(self.tags))
+        lookup = _TAG_LOOKUP.format(values=_placeholders(self.tags))
+        return QueryFilters(self.where.replace(exists, lookup, 1), self.params, None)
 
     @classmethod
     def build(cls, **filters: Any) -> QueryFilters:
@@ -95,10 +107,7 @@ class QueryFilters:
                     f"EXISTS (SELECT 1 FROM event_objects AS o WHERE {' AND '.join(sub)})"
                 )
         if filters.tags is not None:
-            clauses.append(
-                "EXISTS (SELECT 1 FROM event_tags AS t WHERE t.event_rowid = e.rowid "
-                f"AND t.tag IN ({_placeholders(filters.tags)}))"
-            )
+            clauses.append(_TAG_EXISTS.format(values=_placeholders(filters.tags)))
             params.extend(filters.tags)
         if filters.outcome is not None:
             clauses.append("e.outcome = ?")
@@ -107,7 +116,31 @@ class QueryFilters:
             clauses.append("e.trace_id = ?")
             params.append(filters.correlation_id)
         where = " WHERE " + " AND ".join(clauses) if clauses else ""
-        return cls(where=where, params=tuple(params))
+        return cls(where=where, params=tuple(params), tags=filters.tags)
+
+
+_TAG_EXISTS = (
+    "EXISTS (SELECT 1 FROM event_tags AS t WHERE t.event_rowid = e.rowid AND t.tag IN ({values}))"
+)
+_TAG_LOOKUP = "e.rowid IN (SELECT t.event_rowid FROM event_tags AS t WHERE t.tag IN ({values}))"
+
+RARE_TAG_ROWS = 2_000
+"""Up to this many events with the filter's tags, a page of events is found from the tag
+index and sorted (milliseconds); beyond it, by walking the time index newest first and
+checking each event's tags, which finds a page of a common tag at once but walks the
+whole ledger for a tag no event has (2 s on 1,000,000 events)."""
+
+
+def _rare_tags(conn: sqlite3.Connection, tags: tuple[str, ...]) -> bool:
+    """Whether at most :data:`RARE_TAG_ROWS` events carry one of ``tags`` (one bounded
+    read of the tag index)."""
+    found = _run(
+        conn,
+        f"SELECT count(*) FROM (SELECT 1 FROM event_tags WHERE tag IN ({_placeholders(tags)}) "
+        "LIMIT ?)",
+        [*tags, RARE_TAG_ROWS + 1],
+    )
+    return int(found[0][0]) <= RARE_TAG_ROWS
 
 
 def _check_limit(limit: int | None, offset: int) -> tuple[int, int]:
@@ -199,6 +232,8 @@ def query_events(
     if order not in ("desc", "asc"):
         raise InvalidInputError("order", f"must be 'desc' or 'asc', got {order!r}")
     direction = "DESC" if order == "desc" else "ASC"
+    if filters.tags is not None and _rare_tags(conn, filters.tags):
+        filters = filters.tags_first()
     sql = f"{_SELECT}{filters.where} ORDER BY e.start_ns {direction}, e.rowid {direction}"
     params = list(filters.params)
     if limit is not None or offset:
@@ -209,6 +244,8 @@ def query_events(
 
 def count_events(conn: sqlite3.Connection, filters: QueryFilters) -> int:
     """How many events match ``filters``."""
+    # A count visits every match: from the tag index it never walks the other events.
+    filters = filters.tags_first()
     return int(_run(conn, f"SELECT count(*) FROM events AS e{filters.where}", filters.params)[0][0])
 
 

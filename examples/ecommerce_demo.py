@@ -230,6 +230,7 @@ def record_day(client: EcommerceClient, run: str) -> dict[str, str]:
         payment_id=ids["old_payment"],
         customer_id=other_customer,
         order_total=Decimal("89.00"),
+        previous_status="delivered",
     ).by_user("agent-sam", "Sam Patel", role="support").child_of(approved).record()
 
     # 6. Loyalty.

@@ -37,15 +37,19 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 SLOW_DIRECTORIES = (REPO_ROOT / "tests" / "reliability",)
 """Every test under these folders is marked slow (new files there are covered too)."""
-SLOW_FILES = (REPO_ROOT / "tests" / "test_benchmarks_smoke.py",)
+SLOW_FILES = (
+    REPO_ROOT / "tests" / "test_benchmarks_smoke.py",
+    # A real browser against a real server: about two minutes on a loaded 2-core machine.
+    REPO_ROOT / "tests" / "test_web_browser.py",
+)
 SLOW_TESTS = ("tests/test_cli.py::test_export_streams_in_bounded_memory",)
 """Single slow tests in otherwise quick files (up to a minute each on a loaded machine)."""
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark the reliability tests and the benchmark smoke tests ``slow`` by their path, so
-    that ``make quick`` (``pytest -m "not slow"``) leaves them out. Other slow tests carry
-    ``@pytest.mark.slow`` themselves."""
+    """Mark the reliability tests, the benchmark smoke tests and the browser tests ``slow``
+    by their path, so that ``make quick`` (``pytest -m "not slow"``) leaves them out.
+    Other slow tests carry ``@pytest.mark.slow`` themselves."""
     for item in items:
         path = item.path.resolve()
         slow_test = item.nodeid.split("[")[0] in SLOW_TESTS

@@ -87,3 +87,47 @@ def test_benchmark_runs_in_quick_mode(
         assert RATIO_LINE.fullmatch(line), line
     for text in required:
         assert text in result.stdout, result.stdout
+
+
+WEB_PAGES = (
+    "timeline",
+    "timeline by type",
+    "timeline by actor",
+    "timeline by object",
+    "timeline by tag",
+    "timeline 20 pages in",
+    "object story",
+    "event",
+    "chain",
+    "search",
+    "stats",
+)
+"""The pages ``bench_web.py`` times, as its table names them."""
+
+
+def test_bench_web_prints_a_row_of_numbers_per_page(tmp_path: Path) -> None:
+    """A small ledger (``--events``): every page has its median, p95, query time and
+    ratio, all numbers (none asserted: the full-size figures are in RESULTS.md)."""
+    env = {**os.environ, "DECISION_TRACE_BENCH_CACHE": str(tmp_path / "cache")}
+    env["TMPDIR"] = str(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "benchmarks/bench_web.py", "--events", "3000", "--requests", "2"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert any("3,000 events" in line for line in lines), result.stdout
+    for page in WEB_PAGES:
+        (row,) = [line for line in lines if line.strip().startswith(page + "  ")]
+        fields = row.strip()[len(page) :].split()
+        median_ms, p95_ms = float(fields[0]), float(fields[1])
+        query_ms, ratio, kib = float(fields[-3]), float(fields[-2].rstrip("x")), float(fields[-1])
+        assert 0 < median_ms <= p95_ms or median_ms == p95_ms, row
+        assert query_ms >= 0 and ratio > 0 and kib > 0, row
+        (verdict,) = [line for line in lines if line.startswith(f"ratio {page} / 300 ms: ")]
+        assert verdict.endswith(("MET", "MISSED")), verdict
+    assert any(line.strip().startswith("all pages within target:") for line in lines)

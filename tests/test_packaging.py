@@ -166,6 +166,7 @@ def test_wheel_and_sdist_build_and_the_wheel_works_installed(tmp_path: Path) -> 
         in_sdist = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
     assert {"pyproject.toml", "README.md", "LICENSE", "exporters/sqlite.py"} <= in_sdist
     assert {"decision_trace/cli.py", "decision_trace/py.typed"} <= in_sdist
+    assert "decision_trace/server/web/templates/base.html" in in_sdist
     with zipfile.ZipFile(wheel) as archive:
         in_wheel = set(archive.namelist())
         (metadata_name,) = [n for n in in_wheel if n.endswith(".dist-info/METADATA")]
@@ -173,6 +174,16 @@ def test_wheel_and_sdist_build_and_the_wheel_works_installed(tmp_path: Path) -> 
     assert f"Name: {DIST_NAME}\n" in metadata
     assert {"decision_trace/py.typed", "decision_trace/exporters/sqlite.py"} <= in_wheel
     assert {"decision_trace/server/app.py", "decision_trace/server/ingest.py"} <= in_wheel
+    # The web view's templates and static files, every one of them (the pages need all).
+    web = Path(__file__).parent.parent / "decision_trace" / "server" / "web"
+    web_files = {
+        f"decision_trace/server/web/{path.relative_to(web).as_posix()}"
+        for folder in ("templates", "static")
+        for path in (web / folder).iterdir()
+    }
+    assert len(web_files) >= 10
+    assert web_files <= in_wheel, web_files - in_wheel
+    assert web_files <= in_sdist, web_files - in_sdist
     assert {name.split("/")[0] for name in in_wheel} == {
         "decision_trace",
         metadata_name.split("/")[0],

@@ -460,7 +460,7 @@ def test_answers_are_strict_json_even_for_a_nan_a_foreign_span_carried() -> None
 def test_a_cursor_finds_its_place_again_after_inserts_and_deletes() -> None:
     from read_api_support import BASE as when
 
-    from decision_trace.server import api as api_module
+    from decision_trace.server import _paging as api_module
 
     def events(*names: str) -> list[Any]:
         return [

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from starlette.requests import HTTPConnection
 
-__all__ = ["TOKEN_ENV_VAR", "BearerToken"]
+__all__ = ["TOKEN_ENV_VAR", "BearerToken", "session_mac"]
 
 TOKEN_ENV_VAR = "DECISION_TRACE_TOKEN"
 """Environment variable holding the service's token (``decision-trace serve --token``)."""
@@ -81,3 +81,12 @@ class BearerToken:
 
     def __repr__(self) -> str:
         return f"BearerToken({'<set>' if self.required else 'None'})"
+
+
+def session_mac(token: BearerToken, message: bytes) -> bytes | None:
+    """An HMAC-SHA256 of ``message`` keyed with the token (None when no token is set):
+    what the web view's login cookie carries instead of the token itself."""
+    expected = token._expected
+    if expected is None:
+        return None
+    return hmac.new(expected, b"decision-trace web session\x00" + message, "sha256").digest()

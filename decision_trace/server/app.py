@@ -7,6 +7,11 @@ Routes:
   :func:`decision_trace.server.api.routes`, given the ledger (shared with ingest, and
   closed by the factory, when it opened it, after the last request) and the token check
   as the read API takes it (a JSON 401 answer, or None to go on).
+- The web view (``/``, ``/events/...``, ``/objects/...``, ``/search``, ``/stats``,
+  ``/login``, ``/static/...``): :func:`decision_trace.server.web.routes` (docs/web.md),
+  behind the same token (header or login cookie).
+
+``read_only=True`` (``decision-trace ui``) leaves out ingest: no ``/v1/traces``.
 
 The application runs under any asyncio ASGI server (``uvicorn --factory
 decision_trace.server:create_app``); ``decision-trace serve`` runs it under uvicorn
@@ -25,7 +30,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from ..storage import Ledger, open_ledger
-from . import api
+from . import api, web
 from ._auth import BearerToken
 from ._service import IngestService
 from .ingest import MIB, OtlpHttpReceiver
@@ -42,6 +47,7 @@ def create_app(
     write_timeout: float = 5.0,
     max_pending_spans: int = 50_000,
     ingest: IngestService | None = None,
+    read_only: bool = False,
 ) -> Starlette:
     """The ledger service as a Starlette application.
 
@@ -69,6 +75,8 @@ def create_app(
         ingest: A running :class:`~decision_trace.server.IngestService` to share
             (``decision-trace serve`` shares one with the gRPC receiver); the caller
             closes it. By default the app makes its own on the ledger.
+        read_only: Serve only the read API and the web view, no ingest route (a
+            ledger opened here is opened read-only).
 
     Raises:
         StoreError: the ledger cannot be opened.
@@ -82,29 +90,38 @@ def create_app(
     elif ingest is not None:
         ledger = ingest.ledger
         owns_ledger = False
+    elif read_only:
+        ledger = open_ledger(db, read_only=True, create=False)
     else:
         ledger = open_ledger(db, durability="sync")
-    owns_ingest = ingest is None
-    service = (
-        ingest
-        if ingest is not None
-        else IngestService(ledger, write_timeout=write_timeout, max_pending_spans=max_pending_spans)
-    )
-    receiver = OtlpHttpReceiver(
-        service,
-        token_check,
-        max_body_bytes=max_body_bytes,
-        body_timeout=request_timeout,
-    )
-    routes: list[BaseRoute] = [Route("/v1/traces", receiver.handle, methods=["POST"])]
+    routes: list[BaseRoute] = []
+    service: IngestService | None = None
+    owns_ingest = False
+    if not read_only:
+        owns_ingest = ingest is None
+        service = (
+            ingest
+            if ingest is not None
+            else IngestService(
+                ledger, write_timeout=write_timeout, max_pending_spans=max_pending_spans
+            )
+        )
+        receiver = OtlpHttpReceiver(
+            service,
+            token_check,
+            max_body_bytes=max_body_bytes,
+            body_timeout=request_timeout,
+        )
+        routes.append(Route("/v1/traces", receiver.handle, methods=["POST"]))
     routes.extend(_read_api_routes(ledger, token_check))
+    routes.extend(web.routes(ledger, token_check))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            if owns_ingest:
+            if owns_ingest and service is not None:
                 service.close()
             if owns_ledger:
                 ledger.close()

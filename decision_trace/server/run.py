@@ -133,11 +133,12 @@ class _Server(uvicorn.Server):
             threading.Thread(target=stop, name="decision-trace-grpc-stop", daemon=True).start()
 
 
-def _configure_logging() -> None:
-    """Our lines and uvicorn's warnings to stderr, one line each, with a timestamp."""
+def _configure_logging(command: str = "serve") -> None:
+    """Our lines and uvicorn's warnings to stderr, one line each, with a timestamp and
+    the command's name."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        logging.Formatter("%(asctime)s decision-trace serve: %(message)s", "%Y-%m-%dT%H:%M:%S")
+        logging.Formatter(f"%(asctime)s decision-trace {command}: %(message)s", "%Y-%m-%dT%H:%M:%S")
     )
     ours = logging.getLogger("decision_trace")
     ours.handlers[:] = [handler]
@@ -281,8 +282,8 @@ def _serve(options: ServeOptions, stop: threading.Event) -> None:
             + ("" if token_check.required else "; no token: anyone who reaches it can write")
         )
         logger.info(
-            "listening on %s://%s:%d (OTLP/HTTP /v1/traces, read API /api/v1), %s; ledger %s; "
-            "%s; token %s",
+            "listening on %s://%s:%d (OTLP/HTTP /v1/traces, read API /api/v1, web view /), "
+            "%s; ledger %s; %s; token %s",
             scheme,
             options.host,
             http_port,

@@ -1,5 +1,5 @@
-"""The Guarantees section of docs/guarantees.md names only tests that exist, and every
-reliability test module is named there."""
+"""The Guarantees sections of docs/guarantees.md and docs/shipping.md name only tests
+that exist, and every reliability test module is named in docs/guarantees.md."""
 
 from __future__ import annotations
 
@@ -37,3 +37,16 @@ def test_every_reliability_module_backs_a_guarantee() -> None:
     for path in sorted(HERE.glob("test_rel_*.py")):
         if path.name != Path(__file__).name:
             assert f"`{path.name}::" in section, path.name
+
+
+SHIPPING = HERE.parent.parent / "docs" / "shipping.md"
+
+
+def test_every_shipping_guarantee_names_an_existing_test() -> None:
+    text = SHIPPING.read_text(encoding="utf-8")
+    section = text.split("\n## Guarantees\n", 1)[1].split("\n## ", 1)[0]
+    named = re.findall(r"`(?:tests/(?:reliability/)?)?(test_\w+\.py)::(test_\w+)`", section)
+    assert len(named) >= 20
+    for module, test in named:
+        folder = HERE if module.startswith("test_rel_") else HERE.parent
+        assert test in _tests_in(folder / module), f"{module}::{test} named in docs/shipping.md"
