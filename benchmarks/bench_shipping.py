@@ -61,7 +61,8 @@ from _common import (
     scratch_dir,
     size,
 )
-from bench_ingest import BATCH, WARMUP, ingest, running_server, stored
+from _server import running_server
+from bench_ingest import BATCH, WARMUP, ingest, stored
 
 from decision_trace import DecisionTraceClient
 from decision_trace._otlp_request import encode_request
