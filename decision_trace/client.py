@@ -244,8 +244,12 @@ class DecisionTraceClient:
     def _start_shipping(self, ship: tuple[str, str | None] | None) -> BackgroundShipper | None:
         if ship is None:
             return None
-        from .shipping import BackgroundShipper
+        from .shipping import BackgroundShipper, destination_url
 
+        if isinstance(self._storage, Outbox):
+            # Known to the ledger from the start: stats list it, and prune keeps what it
+            # lacks, before the thread's first look.
+            self._storage.register_destination(destination_url(ship[0]))
         return BackgroundShipper(self._storage, ship[0], token=ship[1])
 
     @property

@@ -639,3 +639,11 @@ def test_a_stalled_destination_times_out_and_is_retried(ledger: Ledger) -> None:
     assert report.gave_up and report.remaining == 3 and report.retries >= 2
     assert report.last_error == "no answer in time (timed out)"
     assert took < 30  # a bound (max_wait), not a speed
+
+
+def test_a_shipping_client_knows_its_destination_from_the_start(db_path: Path) -> None:
+    """stats and prune know the destination before the background thread's first look."""
+    with DecisionTraceClient(db_path, ship_to="http://127.0.0.1:9", shutdown_timeout_s=1) as client:
+        (status,) = client.shipping_status()
+        assert status.destination == "http://127.0.0.1:9/v1/traces"
+        assert status.position == 0
