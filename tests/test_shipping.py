@@ -647,3 +647,46 @@ def test_a_shipping_client_knows_its_destination_from_the_start(db_path: Path) -
         (status,) = client.shipping_status()
         assert status.destination == "http://127.0.0.1:9/v1/traces"
         assert status.position == 0
+
+
+def test_a_ledger_of_the_previous_release_migrates_and_ships_its_whole_history(
+    db_path: Path,
+) -> None:
+    """A schema-2 ledger (before the outbox) gains the outbox tables in place, keeps its
+    events, and every one of them is the new destination's backlog."""
+    import sqlite3
+
+    ledger = open_ledger(db_path)
+    ids = write_events(ledger, 7)
+    ledger.close()
+    conn = sqlite3.connect(db_path)  # what the previous release left: no outbox, version 2
+    for statement in (
+        "DROP TABLE outbox",
+        "DROP TABLE outbox_rejected",
+        "DROP TABLE ledger_state",
+        "DROP INDEX events_by_actor_type",
+        "PRAGMA user_version = 2",
+    ):
+        conn.execute(statement)
+    conn.commit()
+    conn.close()
+
+    old = open_ledger(db_path, read_only=True)  # read as it is, not migrated
+    assert isinstance(old, Outbox) and old.outbox_status() == []
+    old.close()
+
+    ledger = open_ledger(db_path)
+    try:
+        assert isinstance(ledger, Outbox)
+        assert ledger.register_destination("http://ledger:4318/v1/traces") == 0
+        (status,) = ledger.outbox_status()
+        assert status.backlog == 7
+        assert [record.id for _, record in ledger.iter_records()] == ids
+    finally:
+        ledger.close()
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert conn.execute(
+        "SELECT count(*) FROM sqlite_master WHERE name = 'events_by_actor_type'"
+    ).fetchone() == (1,)
+    conn.close()

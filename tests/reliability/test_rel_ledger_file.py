@@ -143,6 +143,14 @@ def test_a_version_1_ledger_of_an_earlier_release_is_accepted_and_stamped(tmp_pa
     with DecisionTraceClient(db_path=db, durability="sync") as client:
         old_id = client.trace("before.upgrade", "kept").by_system("old").record()
     conn = sqlite3.connect(db)  # exactly what releases before application ids left
+    # (without what migration 3 added since: the outbox and an index)
+    for statement in (
+        "DROP TABLE outbox",
+        "DROP TABLE outbox_rejected",
+        "DROP TABLE ledger_state",
+        "DROP INDEX events_by_actor_type",
+    ):
+        conn.execute(statement)
     conn.execute("PRAGMA application_id = 0")
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
