@@ -73,8 +73,9 @@ _RECENT_EVENTS = 10_000
 
 
 def _shipping_target(to: str | None, token: str | None) -> tuple[str, str | None] | None:
-    """``(destination, token)`` of in-process shipping from the arguments or the
-    environment, checked; None when the client does not ship."""
+    """``(destination URL, token)`` of in-process shipping from the arguments or the
+    environment, the URL checked and made the destination's key (``destination_url``);
+    None when the client does not ship."""
     to = to if to is not None else (os.environ.get(SHIP_TO_ENV_VAR) or None)
     if to is None:
         return None
@@ -84,8 +85,7 @@ def _shipping_target(to: str | None, token: str | None) -> tuple[str, str | None
         raise InvalidInputError("ship_token", f"must be a string, got {type(token).__name__}")
     from .shipping import destination_url  # lazily: see _start_shipping
 
-    destination_url(to)  # raises InvalidInputError naming ship_to
-    return to, token
+    return destination_url(to), token  # a bad URL raises InvalidInputError naming ship_to
 
 
 def _millis_until(deadline: float) -> int:
@@ -244,12 +244,12 @@ class DecisionTraceClient:
     def _start_shipping(self, ship: tuple[str, str | None] | None) -> BackgroundShipper | None:
         if ship is None:
             return None
-        from .shipping import BackgroundShipper, destination_url
+        from .shipping import BackgroundShipper
 
         if isinstance(self._storage, Outbox):
             # Known to the ledger from the start: stats list it, and prune keeps what it
             # lacks, before the thread's first look.
-            self._storage.register_destination(destination_url(ship[0]))
+            self._storage.register_destination(ship[0])
         return BackgroundShipper(self._storage, ship[0], token=ship[1])
 
     @property

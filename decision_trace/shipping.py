@@ -34,7 +34,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -586,11 +586,8 @@ class Shipper:
             for index, reason in encoded.unencodable
         ]
         sendable = [batch[index] for index in encoded.sent]
-        if sendable:
-            body = encoded.body
-            if len(encoded.sent) != len(batch):
-                body = encode_request([r for _, r in sendable], scope_version=_VERSION).body
-            rejected.extend(self._send(sendable, body, progress, limit))
+        if sendable:  # (the body holds only these: encode_request leaves the others out)
+            rejected.extend(self._send(sendable, encoded.body, progress, limit))
         rejected.sort(key=lambda r: r.position)
         return rejected
 
@@ -740,6 +737,7 @@ class BackgroundShipper:
             )
         self.destination = destination_url(to)
         self._ledger = ledger
+        self._outbox: Outbox = ledger
         self._token = token
         self._batch_size = batch_size
         self._poll = poll_interval
@@ -748,7 +746,9 @@ class BackgroundShipper:
         self._closing = threading.Event()
         self._shipper: Shipper | None = None
         self._guard = threading.Lock()
+        self._close_deadline = 0.0
         self.reports: list[ShipReport] = []
+        """The report of the shipper this one ran, once it has stopped."""
         self._thread = threading.Thread(
             target=self._main, name="decision-trace-shipper", daemon=True
         )
@@ -784,18 +784,12 @@ class BackgroundShipper:
             except Exception as exc:
                 _logger.exception("decision-trace shipping stopped (%s); restarting in 30 s", exc)
                 with contextlib.suppress(StoreError):
-                    self._ledger_note(f"{type(exc).__name__}: {exc}")
+                    self._outbox.note_ship_error(self.destination, f"{type(exc).__name__}: {exc}")
                 self._closing.wait(30.0)
             finally:
                 with self._guard:
                     self._shipper = None
                 shipper.close()
-
-    _close_deadline: float = 0.0
-
-    def _ledger_note(self, message: str) -> None:
-        if isinstance(self._ledger, Outbox):
-            self._ledger.note_ship_error(self.destination, message)
 
     def close(self, timeout: float = 5.0) -> None:
         """Ship what can be shipped within ``timeout`` seconds, then stop; what is left
@@ -817,7 +811,3 @@ class BackgroundShipper:
             if shipper is not None:
                 shipper.stop()
             self._thread.join(0.5)
-
-    def iter_reports(self) -> Iterator[ShipReport]:
-        """The reports of the shippers this one ran (one, once closed)."""
-        return iter(list(self.reports))
