@@ -5,11 +5,13 @@ Every error derives from one base class, so ``except DecisionTraceError`` catche
     DecisionTraceError
     ├── InvalidInputError      bad input at the call that made it (also a ValueError)
     ├── EventNotFoundError     an event id that the store does not hold (also a KeyError)
-    └── StoreError             the store cannot be opened, read or written
-        ├── SchemaVersionError the file was written by a newer decision-trace
-        ├── RejectedRecordsError  some records of a write cannot be stored (the rest were)
-        └── UnshippedEventsError  prune would delete events a destination has not
-                                  acknowledged (shipping, docs/shipping.md)
+    ├── StoreError             the store cannot be opened, read or written
+    │   ├── SchemaVersionError the file was written by a newer decision-trace
+    │   ├── RejectedRecordsError  some records of a write cannot be stored (the rest were)
+    │   └── UnshippedEventsError  prune would delete events a destination has not
+    │                             acknowledged (shipping, docs/shipping.md)
+    └── CheckpointError        a checkpoint or key file cannot be read, written or
+                               verified (decision_trace.checkpoint)
 
 The export thread never raises into the application: failures there are logged and
 counted (see ``DecisionTraceClient.stats``), and ``flush()`` reports them.
@@ -21,6 +23,7 @@ import os
 from collections.abc import Sequence
 
 __all__ = [
+    "CheckpointError",
     "DecisionTraceError",
     "EventNotFoundError",
     "InvalidInputError",
@@ -106,3 +109,7 @@ class UnshippedEventsError(StoreError):
             "ship them first (decision-trace ship), or prune with --force (force=True) to "
             "delete them anyway"
         )
+
+
+class CheckpointError(DecisionTraceError):
+    """A checkpoint or key file cannot be read, written or verified."""
