@@ -29,7 +29,12 @@ import hmac
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, Literal
+
+from ._rows import EVENT_COLUMNS, StoredRow
+from .errors import InvalidInputError
+from .models import ObjectType
 
 __all__ = [
     "GENESIS",
@@ -37,17 +42,24 @@ __all__ = [
     "KIND_EVENT",
     "PAYLOAD_COLUMNS",
     "SKELETON_COLUMNS",
+    "USER_SUBJECT",
     "Act",
     "ChainEntry",
+    "ChainState",
     "Checkpoint",
+    "ErasureReport",
     "FoundEvent",
     "Problem",
     "VerifyReport",
     "act_body",
     "entry_hash",
     "event_digests",
+    "link_act",
+    "link_events",
+    "parse_subject",
     "payload_bytes",
     "pseudonym",
+    "row_digests",
     "skeleton_bytes",
     "verify_entries",
 ]
@@ -130,6 +142,49 @@ def event_digests(
     )
 
 
+_skeleton_of = itemgetter(*(EVENT_COLUMNS.index(c) for c in SKELETON_COLUMNS))
+_payload_of = itemgetter(*(EVENT_COLUMNS.index(c) for c in PAYLOAD_COLUMNS))
+
+
+def row_digests(
+    row: StoredRow, object_types: Sequence[str], object_ids: Sequence[str], salt: bytes | None
+) -> tuple[bytes, bytes | None]:
+    """:func:`event_digests` of a stored row (:data:`~decision_trace._rows.EVENT_COLUMNS`
+    order); the commitment is None when the row has no salt (its payload was removed)."""
+    skeleton = _sha256(skeleton_bytes(_skeleton_of(row), object_types)).digest()
+    if salt is None:
+        return skeleton, None
+    return skeleton, _sha256(salt + payload_bytes(_payload_of(row), object_ids)).digest()
+
+
+def link_events(
+    rows: Sequence[StoredRow],
+    objects: Sequence[tuple[Sequence[str], Sequence[str]]],
+    salts: Sequence[bytes],
+    previous: bytes,
+) -> list[ChainEntry]:
+    """The chain entries of ``rows`` (stored rows about to be committed, in commit order,
+    each led by its position), after the entry whose hash is ``previous``; ``objects``
+    gives each row's ``(object types, object ids)`` and ``salts`` its salt."""
+    entries: list[ChainEntry] = []
+    for row, (types, ids), salt in zip(rows, objects, salts, strict=True):
+        skeleton, commitment = row_digests(row, types, ids, salt)
+        assert commitment is not None
+        position, start_ns = row[0], row[4]
+        previous = entry_hash(previous, position, KIND_EVENT, start_ns, skeleton, commitment)
+        entries.append(
+            ChainEntry(position, KIND_EVENT, row[1], start_ns, skeleton, commitment, previous)
+        )
+    return entries
+
+
+def link_act(previous: bytes, position: int, at_ns: int, body: str) -> ChainEntry:
+    """The chain entry of an act (its body from :func:`act_body`) at ``position``."""
+    skeleton = _sha256(body.encode()).digest()
+    digest = entry_hash(previous, position, KIND_ACT, at_ns, skeleton, NO_COMMITMENT)
+    return ChainEntry(position, KIND_ACT, None, at_ns, skeleton, NO_COMMITMENT, digest, body)
+
+
 def entry_hash(
     previous: bytes, position: int, kind: int, start_ns: int, skeleton: bytes, commitment: bytes
 ) -> bytes:
@@ -159,6 +214,63 @@ def pseudonym(key: bytes, subject_type: str, subject_id: str) -> str:
 def act_body(values: dict[str, Any]) -> str:
     """The canonical JSON body of an act (keys sorted): what its skeleton digest hashes."""
     return json.dumps(values, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+USER_SUBJECT = "user"
+"""The subject type of a user actor (``user:ID``); every other subject type is an
+object type (``customer:ID``)."""
+
+
+def parse_subject(text: str) -> tuple[str, str]:
+    """``(type, id)`` of an erasure subject written ``TYPE:ID``: ``user:42`` (a user
+    actor) or an object type and id (``customer:c-9``; the id may hold colons).
+
+    Raises:
+        InvalidInputError: no colon, an empty id, or an unknown type (the message lists
+            the types).
+    """
+    kind, sep, subject_id = text.partition(":")
+    kind = kind.strip().lower()
+    types = [USER_SUBJECT, *(t.value for t in ObjectType)]
+    if not sep or not subject_id:
+        raise InvalidInputError(
+            "subject", f"{text!r} is not TYPE:ID (for example user:42 or customer:c-9)"
+        )
+    if kind not in types:
+        raise InvalidInputError(
+            "subject",
+            f"type {kind!r} is not one of: {', '.join(types)} (user is a user actor; the "
+            "others are object types)",
+        )
+    return kind, subject_id
+
+
+@dataclass(frozen=True)
+class ErasureReport:
+    """What an erasure removed (or would remove, on a dry run)."""
+
+    subject_type: str
+    pseudonym: str
+    """What now stands in the ledger for the subject's id."""
+    events: int
+    """Events whose payload was (or would be) erased."""
+    event_ids: tuple[str, ...]
+    """Their ids, oldest first."""
+    position: int | None
+    """The chain position of the erasure's act; None on a dry run or when nothing was
+    erased."""
+
+
+@dataclass(frozen=True)
+class ChainState:
+    """Where a ledger's chain stands: what a checkpoint signs."""
+
+    ledger_id: str
+    position: int
+    """The last entry's position (0 for an empty chain)."""
+    entries: int
+    hash: bytes
+    """The last entry's stored hash (:data:`GENESIS` for an empty chain)."""
 
 
 @dataclass(frozen=True)
@@ -358,12 +470,14 @@ def verify_entries(
                 "the chain does not link here: an entry before it was deleted, or entries "
                 "were inserted, reordered or edited",
             )
-        previous = computed
+        # Go on from the stored hash: each break is reported once, not at every later
+        # entry (each stored hash is itself checked against the one before it).
+        previous = entry.hash
         head_position = position
         checkpoint = wanted.get(position)
         if checkpoint is not None:
             reached.add(position)
-            if checkpoint.hash != computed or checkpoint.entries != entries:
+            if checkpoint.hash != entry.hash or checkpoint.entries != entries:
                 problem(
                     "checkpoint",
                     position,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from . import integrity
 from ._rows import EVENT_COLUMNS, build_chain, events_from_rows, records_from_rows
 from .errors import EventNotFoundError, InvalidInputError, StoreError
 from .models import ChainNode, ObjectType, TraceEvent, clean_text
@@ -671,3 +672,125 @@ def rejections(
     except sqlite3.Error as exc:
         raise StoreError(f"query failed: {exc}") from exc
     return [Rejection(int(p), str(e), str(m)) for p, e, m in rows]
+
+
+# -- the chain (decision_trace/integrity.py, docs/proving.md) ----------------------------
+
+_CHAIN_SELECT = (
+    "SELECT position, kind, event_id, start_ns, skeleton, commitment, hash, body FROM chain"
+)
+
+
+def _has_chain(conn: sqlite3.Connection) -> bool:
+    found = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'chain'"
+    ).fetchone()
+    if found is None:
+        raise StoreError(
+            "this ledger has no chain yet (it was written by an earlier release): open it "
+            "writable once (any decision-trace command that writes, or the client) to "
+            "adopt its events"
+        )
+    return True
+
+
+def _entry(row: Sequence[Any]) -> integrity.ChainEntry:
+    return integrity.ChainEntry(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        bytes.fromhex(row[4]),
+        bytes.fromhex(row[5]),
+        bytes.fromhex(row[6]),
+        row[7],
+    )
+
+
+def chain_acts(conn: sqlite3.Connection) -> list[integrity.Act]:
+    """Every act recorded in the chain (erasures, prunes, adoption), in chain order; an
+    entry whose body is not an act is left out (``verify`` reports it as changed)."""
+    _has_chain(conn)
+    acts = []
+    for row in conn.execute(f"{_CHAIN_SELECT} WHERE kind = 1 ORDER BY position"):
+        act = integrity.decode_act(_entry(row))
+        if act is not None:
+            acts.append(act)
+    return acts
+
+
+def chain_state(conn: sqlite3.Connection) -> integrity.ChainState:
+    """Where the chain stands (what a checkpoint signs)."""
+    _has_chain(conn)
+    with _snapshot(conn):
+        meta = conn.execute("SELECT value FROM ledger_meta WHERE key = 'ledger_id'").fetchone()
+        head = conn.execute("SELECT position, hash FROM chain ORDER BY position DESC LIMIT 1")
+        last = head.fetchone()
+        entries = conn.execute("SELECT count(*) FROM chain").fetchone()[0]
+    return integrity.ChainState(
+        ledger_id=meta[0] if meta else "",
+        position=int(last[0]) if last else 0,
+        entries=int(entries),
+        hash=bytes.fromhex(last[1]) if last else integrity.GENESIS,
+    )
+
+
+class _snapshot:
+    """One read transaction: the reads inside see one state of the file."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.began = False
+
+    def __enter__(self) -> None:
+        if not self.conn.in_transaction:
+            self.conn.execute("BEGIN")
+            self.began = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self.began and self.conn.in_transaction:
+            self.conn.execute("COMMIT")
+
+
+def iter_chain(
+    conn: sqlite3.Connection,
+) -> Generator[tuple[integrity.ChainEntry | None, integrity.FoundEvent | None], None, None]:
+    """Every chain entry and every stored event, merged by position (what
+    :func:`integrity.verify_entries` takes), read in one snapshot."""
+    _has_chain(conn)
+    with _snapshot(conn):
+        chain = conn.execute(f"{_CHAIN_SELECT} ORDER BY position")
+        events = conn.cursor()
+        events.execute(f"SELECT {_COLUMNS}, e.salt FROM events AS e ORDER BY e.rowid")
+        objects = conn.cursor()
+        objects.execute(
+            "SELECT event_rowid, object_type, external_id FROM event_objects "
+            "ORDER BY event_rowid, position"
+        )
+        link = objects.fetchone()
+        digests = integrity.row_digests
+        entry_row = chain.fetchone()
+        event_row = events.fetchone()
+        while entry_row is not None or event_row is not None:
+            found = None
+            if event_row is not None and (entry_row is None or event_row[0] <= entry_row[0]):
+                rowid = event_row[0]
+                types: list[str] = []
+                ids: list[str] = []
+                while link is not None and link[0] <= rowid:
+                    if link[0] == rowid:
+                        types.append(link[1])
+                        ids.append(link[2])
+                    link = objects.fetchone()
+                salt = event_row[-1]
+                skeleton, commitment = digests(
+                    event_row, types, ids, bytes.fromhex(salt) if salt is not None else None
+                )
+                found = integrity.FoundEvent(rowid, event_row[1], skeleton, commitment)
+                event_row = events.fetchone()
+                if entry_row is None or entry_row[0] != rowid:
+                    yield None, found
+                    continue
+            assert entry_row is not None
+            yield _entry(entry_row), found
+            entry_row = chain.fetchone()

@@ -3,8 +3,8 @@
 All SQL that writes lives here; the SQL that reads lives in ``query.py``. The store knows
 nothing of OpenTelemetry: it writes :class:`~decision_trace.attributes.EventRecord` rows.
 
-Layout (schema version 3; version 2 only adds the ``application_id``, version 3 the
-outbox tables)::
+Layout (schema version 4; version 2 only adds the ``application_id``, version 3 the
+outbox tables, version 4 the chain)::
 
     events         one row per event (span); indexed by time, type, actor, trace, parent
     event_objects  one row per object an event touched; indexed by (type, id, time)
@@ -14,6 +14,10 @@ outbox tables)::
     outbox         per shipping destination: the last row acknowledged, counts, last error
     outbox_rejected  the events a destination refused, with its reason
     ledger_state   the highest row number given out (row numbers are never reused)
+    chain          one entry per event and per act (erasure, prune, adoption), in commit
+                   order: the tamper-evident hash chain (decision_trace/integrity.py);
+                   an event's position is its row number
+    ledger_meta    the ledger's id and the key of its erasure pseudonyms
 
 Connections: one writer connection per process (the exporter's), and a reader
 connection per thread. WAL mode lets readers run while the writer commits; a busy
@@ -35,6 +39,7 @@ import functools
 import json
 import logging
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -46,8 +51,17 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
+from . import integrity
 from ._rows import EVENT_COLUMNS
-from .errors import RejectedRecordsError, SchemaVersionError, StoreError, UnshippedEventsError
+from .errors import (
+    InvalidInputError,
+    RejectedRecordsError,
+    SchemaVersionError,
+    StoreError,
+    UnshippedEventsError,
+)
+from .integrity import GENESIS, ChainEntry
+from .models import ActorType, ObjectType
 from .record import EventRecord
 
 __all__ = ["SCHEMA_VERSION", "Store", "default_db_path"]
@@ -218,10 +232,148 @@ def _migration_3(conn: sqlite3.Connection) -> None:
     )
 
 
+def _migration_4(conn: sqlite3.Connection) -> None:
+    # The tamper-evident chain (docs/proving.md): each event's salt (hex; NULL once its
+    # payload is erased), one chain entry per event and act, the ledger's id and
+    # pseudonym key; and the search index kept in step when an erasure rewrites a row.
+    # Events written before are adopted: chained now, in row order, with an act saying so.
+    _run_script(
+        conn,
+        """
+        ALTER TABLE events ADD COLUMN salt TEXT;
+        CREATE TABLE chain (
+            position   INTEGER PRIMARY KEY,
+            kind       INTEGER NOT NULL,
+            event_id   TEXT,
+            start_ns   INTEGER NOT NULL,
+            skeleton   TEXT NOT NULL,
+            commitment TEXT NOT NULL,
+            hash       TEXT NOT NULL,
+            body       TEXT
+        );
+        CREATE INDEX chain_acts ON chain (position) WHERE kind = 1;
+        CREATE TABLE ledger_meta (
+            key   TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TRIGGER events_fts_update
+        AFTER UPDATE OF description, reasoning, decision_json ON events BEGIN
+            INSERT INTO events_fts (events_fts, rowid, description, reasoning, context)
+            VALUES ('delete', old.rowid, old.description, old.reasoning,
+                    CASE WHEN json_valid(old.decision_json)
+                    THEN json_extract(old.decision_json, '$.context') END);
+            INSERT INTO events_fts (rowid, description, reasoning, context)
+            VALUES (new.rowid, new.description, new.reasoning,
+                    CASE WHEN json_valid(new.decision_json)
+                    THEN json_extract(new.decision_json, '$.context') END);
+        END;
+        """,
+    )
+    conn.execute(
+        "INSERT INTO ledger_meta (key, value) VALUES ('ledger_id', ?), ('pseudonym_key', ?)",
+        (_new_ledger_id(), secrets.token_hex(32)),
+    )
+    _adopt_events(conn)
+
+
+def _new_ledger_id() -> str:
+    import uuid
+
+    return str(uuid.uuid4())
+
+
+def _adopt_events(conn: sqlite3.Connection) -> None:
+    """Chain the events a ledger held before it had a chain, in row order, and record
+    the adoption: the chain proves them unchanged since now, not before."""
+    count = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    if not count:
+        return
+    conn.execute("UPDATE events SET salt = lower(hex(randomblob(16)))")
+    previous = GENESIS
+    last = 0
+    after = 0
+    while True:
+        rows = conn.execute(
+            f"SELECT {_EVENT_COLUMNS}, salt FROM events WHERE rowid > ? ORDER BY rowid LIMIT 2000",
+            (after,),
+        ).fetchall()
+        if not rows:
+            break
+        objects = _objects_of(conn, rows[0][0], rows[-1][0])
+        entries = integrity.link_events(
+            rows,
+            [objects.get(row[0], ((), ())) for row in rows],
+            [bytes.fromhex(row[-1]) for row in rows],
+            previous,
+        )
+        _insert_chain(conn, entries)
+        previous = entries[-1].hash
+        last = after = rows[-1][0]
+    at_ns = time.time_ns()
+    body = integrity.act_body({"act": "adopt", "at_ns": at_ns, "events": count, "up_to": last})
+    _insert_chain(conn, [integrity.link_act(previous, last + 1, at_ns, body)])
+
+
+def _objects_of(
+    conn: sqlite3.Connection, first: int, last: int
+) -> dict[int, tuple[list[str], list[str]]]:
+    """``rowid -> (object types, object ids)`` of the events from ``first`` to ``last``."""
+    objects: dict[int, tuple[list[str], list[str]]] = {}
+    for rowid, object_type, external_id in conn.execute(
+        "SELECT event_rowid, object_type, external_id FROM event_objects "
+        "WHERE event_rowid BETWEEN ? AND ? ORDER BY event_rowid, position",
+        (first, last),
+    ):
+        pair = objects.get(rowid)
+        if pair is None:
+            objects[rowid] = pair = ([], [])
+        pair[0].append(object_type)
+        pair[1].append(external_id)
+    return objects
+
+
+_CHAIN_COLUMNS = "position, kind, event_id, start_ns, skeleton, commitment, hash, body"
+_INSERT_CHAIN = f"INSERT INTO chain ({_CHAIN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_CHAIN_HEAD = "SELECT hash FROM chain ORDER BY position DESC LIMIT 1"
+
+
+def _chain_row(e: ChainEntry) -> tuple[object, ...]:
+    return (
+        e.position,
+        e.kind,
+        e.event_id,
+        e.start_ns,
+        e.skeleton.hex(),
+        e.commitment.hex(),
+        e.hash.hex(),
+        e.body,
+    )
+
+
+def _insert_chain(conn: sqlite3.Connection, entries: Sequence[ChainEntry]) -> None:
+    rows = [_chain_row(e) for e in entries]
+    _insert_rows(conn, _INSERT_CHAIN_JSON, _INSERT_CHAIN, rows)
+
+
+def _chain_head(conn: sqlite3.Connection) -> bytes:
+    row = conn.execute(_CHAIN_HEAD).fetchone()
+    return GENESIS if row is None else bytes.fromhex(row[0])
+
+
+def _append_act(conn: sqlite3.Connection, values: dict[str, object]) -> ChainEntry:
+    """Append an act to the chain (in the open write transaction)."""
+    position = conn.execute(_LAST_ROWID).fetchone()[0] + 1
+    at_ns = int(values["at_ns"])  # type: ignore[call-overload]
+    entry = integrity.link_act(_chain_head(conn), position, at_ns, integrity.act_body(values))
+    _insert_chain(conn, [entry])
+    return entry
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_1,
     _migration_2,
     _migration_3,
+    _migration_4,
 )
 """Schema migrations in order; migration ``n`` brings ``user_version`` from n-1 to n."""
 
@@ -229,14 +381,18 @@ SCHEMA_VERSION = len(MIGRATIONS)
 """The schema version this release writes (``PRAGMA user_version``)."""
 
 _EVENT_COLUMNS = ", ".join(EVENT_COLUMNS)
+_STORED_COLUMNS = (*EVENT_COLUMNS, "salt")
+"""What a write stores of an event: its columns, and the salt of its commitment."""
 _OBJECT_COLUMNS = "event_rowid, position, object_type, external_id, start_ns"
 _INSERT_EVENT = (
-    f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
+    f"INSERT INTO events ({', '.join(_STORED_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_STORED_COLUMNS))})"
 )
 _INSERT_OBJECT = f"INSERT INTO event_objects ({_OBJECT_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
 _INSERT_TAG = "INSERT OR IGNORE INTO event_tags (tag, event_rowid) VALUES (?, ?)"
 _LAST_ROWID = (
     "SELECT max(coalesce((SELECT max(rowid) FROM events), 0), "
+    "coalesce((SELECT max(position) FROM chain), 0), "
     "coalesce((SELECT value FROM ledger_state WHERE key = 'rowid_floor'), 0))"
 )
 """The highest row number given out so far: new rows are numbered past it, in commit
@@ -255,7 +411,10 @@ def _from_json_rows(columns: int) -> str:
 # executemany() steps SQLite once a row and releases the GIL around each step, so in a
 # busy application the writer waited for the GIL (up to the 5 ms switch interval) once a
 # row; one statement needs it back once a batch. See _insert_rows for exactness.
-_INSERT_EVENTS_JSON = f"INSERT INTO events ({_EVENT_COLUMNS}) {_from_json_rows(len(EVENT_COLUMNS))}"
+_INSERT_EVENTS_JSON = (
+    f"INSERT INTO events ({', '.join(_STORED_COLUMNS)}) {_from_json_rows(len(_STORED_COLUMNS))}"
+)
+_INSERT_CHAIN_JSON = f"INSERT INTO chain ({_CHAIN_COLUMNS}) {_from_json_rows(8)}"
 _INSERT_OBJECTS_JSON = f"INSERT INTO event_objects ({_OBJECT_COLUMNS}) {_from_json_rows(5)}"
 _INSERT_TAGS_JSON = f"INSERT OR IGNORE INTO event_tags (tag, event_rowid) {_from_json_rows(2)}"
 
@@ -457,6 +616,77 @@ def _about_row(exc: sqlite3.Error) -> bool:
     ) or "malformed" in str(exc)
 
 
+def _linked(r: EventRecord) -> tuple[Sequence[str], Sequence[str]]:
+    """The object types and ids ``r`` stores (pairs: an unpaired type or id is dropped)."""
+    types, ids = r.object_types, r.object_ids
+    if len(types) != len(ids):
+        count = min(len(types), len(ids))
+        return types[:count], ids[:count]
+    return types, ids
+
+
+def _salts(count: int) -> list[bytes]:
+    """``count`` fresh 16-byte salts, from one call to the system's random source."""
+    pool = os.urandom(16 * count)
+    return [pool[i : i + 16] for i in range(0, 16 * count, 16)]
+
+
+_ERASE_EVENT = (
+    "UPDATE events SET description = '', actor_id = ?, actor_name = NULL, actor_json = NULL, "
+    "reasoning = NULL, decision_json = NULL, objects_json = NULL, tags_json = NULL, "
+    "error = NULL, metadata_json = NULL, salt = NULL WHERE rowid = ?"
+)
+
+
+def _strip_payloads(conn: sqlite3.Connection, rowids: Sequence[int], key: bytes) -> None:
+    """Remove the personal payload of the events at ``rowids`` (in the open write
+    transaction): clear it and its salt, put keyed pseudonyms in place of the actor's
+    and the objects' ids, drop the tags, and blank the reasons destinations gave for
+    refusing them. The search index follows through its update trigger; the bytes
+    leave the file at the next compaction (``compact``)."""
+    # secure_delete zeroes the space the old values leave in a page, so the page images
+    # written from now on hold none of them; the old images go at the next compaction.
+    conn.execute("PRAGMA secure_delete = ON")
+    try:
+        for i in range(0, len(rowids), 500):
+            part = list(rowids[i : i + 500])
+            marks = ",".join("?" * len(part))
+            events = conn.execute(
+                f"SELECT rowid, id, actor_type, actor_id FROM events WHERE rowid IN ({marks})",
+                part,
+            ).fetchall()
+            conn.executemany(
+                _ERASE_EVENT,
+                [
+                    (
+                        integrity.pseudonym(key, actor_type or "actor", actor_id)
+                        if actor_id
+                        else None,
+                        rowid,
+                    )
+                    for rowid, _, actor_type, actor_id in events
+                ],
+            )
+            conn.executemany(
+                "UPDATE event_objects SET external_id = ? WHERE event_rowid = ? AND position = ?",
+                [
+                    (integrity.pseudonym(key, object_type, external_id), rowid, position)
+                    for rowid, position, object_type, external_id in conn.execute(
+                        "SELECT event_rowid, position, object_type, external_id "
+                        f"FROM event_objects WHERE event_rowid IN ({marks})",
+                        part,
+                    ).fetchall()
+                ],
+            )
+            conn.execute(f"DELETE FROM event_tags WHERE event_rowid IN ({marks})", part)
+            conn.execute(
+                f"UPDATE outbox_rejected SET message = '(erased)' WHERE event_id IN ({marks})",
+                [event_id for _, event_id, _, _ in events],
+            )
+    finally:
+        conn.execute("PRAGMA secure_delete = OFF")
+
+
 def _event_row(rowid: int, r: EventRecord) -> tuple[object, ...]:
     return (
         rowid,
@@ -492,6 +722,8 @@ class PruneReport:
     unshipped: int = 0
     """Of ``events``, how many some shipping destination had not acknowledged (deleted
     only with ``force``)."""
+    kept_skeleton: bool = False
+    """Whether only the events' payloads were removed (``prune --keep-skeleton``)."""
 
 
 class Store:
@@ -943,6 +1175,7 @@ class Store:
             event_rows: list[tuple[object, ...]] = []
             object_rows: list[tuple[object, ...]] = []
             tag_rows: list[tuple[object, ...]] = []
+            linked: list[tuple[Sequence[str], Sequence[str]]] = []
             exact = True  # whether JSON carries every integer exactly (else executemany)
             for rowid, r in enumerate(records, base + 1):
                 start, duration = r.start_ns, r.duration_ns
@@ -954,12 +1187,15 @@ class Store:
                 ):
                     exact = False
                 event_rows.append(_event_row(rowid, r))
-                for position, (object_type, external_id) in enumerate(
-                    zip(r.object_types, r.object_ids, strict=False)
-                ):
+                types, ids = _linked(r)
+                linked.append((types, ids))
+                for position, (object_type, external_id) in enumerate(zip(types, ids, strict=True)):
                     object_rows.append((rowid, position, object_type, external_id, start))
                 for tag in r.tags:
                     tag_rows.append((tag, rowid))
+            salts = _salts(len(event_rows))
+            chained = integrity.link_events(event_rows, linked, salts, _chain_head(conn))
+            event_rows = [(*row, salt.hex()) for row, salt in zip(event_rows, salts, strict=True)]
             if exact:
                 _insert_rows(conn, _INSERT_EVENTS_JSON, _INSERT_EVENT, event_rows)
                 if object_rows:
@@ -970,6 +1206,7 @@ class Store:
                     conn.executemany(_INSERT_OBJECT, object_rows)
             if tag_rows:
                 _insert_rows(conn, _INSERT_TAGS_JSON, _INSERT_TAG, tag_rows)
+            _insert_chain(conn, chained)
             conn.execute("COMMIT")
             return len(event_rows)
         except BaseException:
@@ -998,22 +1235,28 @@ class Store:
                     )
                 )
             rowid = conn.execute(_LAST_ROWID).fetchone()[0]
+            previous = _chain_head(conn)
             for r in records:
                 if r.id in known:
                     continue
                 conn.execute("SAVEPOINT record")
                 try:
-                    conn.execute(_INSERT_EVENT, _event_row(rowid + 1, r))
+                    row = _event_row(rowid + 1, r)
+                    types, object_ids = _linked(r)
+                    salts = _salts(1)
+                    (entry,) = integrity.link_events([row], [(types, object_ids)], salts, previous)
+                    conn.execute(_INSERT_EVENT, (*row, salts[0].hex()))
                     conn.executemany(
                         _INSERT_OBJECT,
                         [
                             (rowid + 1, position, object_type, external_id, r.start_ns)
                             for position, (object_type, external_id) in enumerate(
-                                zip(r.object_types, r.object_ids, strict=False)
+                                zip(types, object_ids, strict=True)
                             )
                         ],
                     )
                     conn.executemany(_INSERT_TAG, [(tag, rowid + 1) for tag in r.tags])
+                    conn.execute(_INSERT_CHAIN, _chain_row(entry))
                 except Exception as exc:
                     if isinstance(exc, sqlite3.Error) and not _about_row(exc):
                         raise
@@ -1022,6 +1265,7 @@ class Store:
                     rejected.append((str(r.id), f"{type(exc).__name__}: {exc}"))
                     continue
                 conn.execute("RELEASE record")
+                previous = entry.hash
                 rowid += 1
                 written += 1
                 known.add(r.id)
@@ -1037,10 +1281,18 @@ class Store:
         return written, rejected
 
     def prune(
-        self, older_than_ns: int, *, dry_run: bool = False, force: bool = False
+        self,
+        older_than_ns: int,
+        *,
+        dry_run: bool = False,
+        force: bool = False,
+        keep_skeleton: bool = False,
     ) -> PruneReport:
         """Delete events that started before ``older_than_ns`` with their objects, tags
-        and search entries. With ``dry_run``, only count them.
+        and search entries, and record the prune in the chain (their chain entries stay,
+        so ``verify`` tells them pruned, not deleted). With ``keep_skeleton``, remove
+        only their payloads (as an erasure does) and keep the events' skeletons. With
+        ``dry_run``, only count them.
 
         Raises:
             UnshippedEventsError: some of them a shipping destination has not
@@ -1052,10 +1304,12 @@ class Store:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 old = "SELECT rowid FROM events WHERE start_ns < ?"
+                if keep_skeleton:
+                    old += " AND salt IS NOT NULL"
                 counts = [
                     conn.execute(sql.format(old=old), (older_than_ns,)).fetchone()[0]
                     for sql in (
-                        "SELECT count(*) FROM events WHERE start_ns < ?",
+                        "SELECT count(*) FROM events WHERE rowid IN ({old})",
                         "SELECT count(*) FROM event_objects WHERE event_rowid IN ({old})",
                         "SELECT count(*) FROM event_tags WHERE event_rowid IN ({old})",
                     )
@@ -1063,8 +1317,8 @@ class Store:
                 unshipped = {
                     str(destination): int(count)
                     for destination, count in conn.execute(
-                        "SELECT o.destination, (SELECT count(*) FROM events "
-                        "WHERE start_ns < ? AND rowid > o.position) FROM outbox o "
+                        f"SELECT o.destination, (SELECT count(*) FROM events "
+                        f"WHERE rowid IN ({old}) AND rowid > o.position) FROM outbox o "
                         "ORDER BY o.destination",
                         (older_than_ns,),
                     )
@@ -1073,13 +1327,25 @@ class Store:
                 lacking = 0
                 if unshipped:
                     lacking = conn.execute(
-                        "SELECT count(*) FROM events WHERE start_ns < ? "
+                        f"SELECT count(*) FROM events WHERE rowid IN ({old}) "
                         "AND rowid > (SELECT min(position) FROM outbox)",
                         (older_than_ns,),
                     ).fetchone()[0]
                 if unshipped and not dry_run and not force:
                     raise UnshippedEventsError(self.path, unshipped)
-                if not dry_run and counts[0]:
+                if not dry_run and counts[0] and keep_skeleton:
+                    rowids = [row[0] for row in conn.execute(old, (older_than_ns,))]
+                    _strip_payloads(conn, rowids, self._pseudonym_key(conn))
+                    _append_act(
+                        conn,
+                        {
+                            "act": "prune-payload",
+                            "at_ns": time.time_ns(),
+                            "before_ns": older_than_ns,
+                            "events": counts[0],
+                        },
+                    )
+                elif not dry_run and counts[0]:
                     # Row numbers are never given out twice (see _LAST_ROWID).
                     conn.execute(
                         "INSERT INTO ledger_state (key, value) "
@@ -1093,6 +1359,15 @@ class Store:
                         f"DELETE FROM event_tags WHERE event_rowid IN ({old})", (older_than_ns,)
                     )
                     conn.execute("DELETE FROM events WHERE start_ns < ?", (older_than_ns,))
+                    _append_act(
+                        conn,
+                        {
+                            "act": "prune",
+                            "at_ns": time.time_ns(),
+                            "before_ns": older_than_ns,
+                            "events": counts[0],
+                        },
+                    )
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 if conn.in_transaction:
@@ -1102,7 +1377,102 @@ class Store:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-        return PruneReport(events=counts[0], objects=counts[1], tags=counts[2], unshipped=lacking)
+        return PruneReport(
+            events=counts[0],
+            objects=counts[1],
+            tags=counts[2],
+            unshipped=lacking,
+            kept_skeleton=keep_skeleton,
+        )
+
+    # -- erasure (docs/proving.md) -------------------------------------------------------
+
+    @staticmethod
+    def _pseudonym_key(conn: sqlite3.Connection) -> bytes:
+        row = conn.execute("SELECT value FROM ledger_meta WHERE key = 'pseudonym_key'").fetchone()
+        if row is None:
+            raise StoreError("the ledger has no pseudonym key (its schema predates the chain)")
+        return bytes.fromhex(row[0])
+
+    def erase(
+        self,
+        subject_type: str,
+        subject_id: str,
+        *,
+        reason: str,
+        requested_by: str,
+        dry_run: bool = False,
+    ) -> integrity.ErasureReport:
+        """Remove the personal payload of every event involving a subject (a user actor,
+        or an object), keep their skeletons, and record the erasure in the chain.
+
+        Args:
+            subject_type: ``"user"`` (events the user acted in) or an object type
+                (events that touched the object); see :func:`integrity.parse_subject`.
+            subject_id: The user's or the object's id.
+            reason: Why (kept in the chain's record of the erasure).
+            requested_by: Who asked (kept likewise).
+            dry_run: Only find the events.
+
+        Raises:
+            InvalidInputError: an empty reason or requester, or an unknown subject type.
+            StoreError: the ledger cannot be written.
+        """
+        subject_type, subject_id = integrity.parse_subject(f"{subject_type}:{subject_id}")
+        if not reason.strip() or not requested_by.strip():
+            raise InvalidInputError("reason", "an erasure needs a reason and who asked for it")
+        if subject_type == integrity.USER_SUBJECT:
+            find = (
+                "SELECT rowid, id FROM events WHERE actor_type = ? AND actor_id = ? "
+                "AND salt IS NOT NULL ORDER BY rowid"
+            )
+            params: tuple[str, str] = (ActorType.USER.value, subject_id)
+        else:
+            find = (
+                "SELECT e.rowid, e.id FROM events AS e WHERE e.rowid IN (SELECT event_rowid "
+                "FROM event_objects WHERE object_type = ? AND external_id = ?) "
+                "AND e.salt IS NOT NULL ORDER BY e.rowid"
+            )
+            params = (ObjectType.parse(subject_type, "subject type").value, subject_id)
+        found: list[tuple[int, str]] = []
+        report: list[integrity.ErasureReport] = []
+
+        def statements(conn: sqlite3.Connection) -> None:
+            key = self._pseudonym_key(conn)
+            found.extend(conn.execute(find, params))
+            alias = integrity.pseudonym(key, subject_type, subject_id)
+            position = None
+            if found and not dry_run:
+                _strip_payloads(conn, [rowid for rowid, _ in found], key)
+                position = _append_act(
+                    conn,
+                    {
+                        "act": "erasure",
+                        "at_ns": time.time_ns(),
+                        "subject": alias,
+                        "subject_type": subject_type,
+                        "reason": reason,
+                        "requested_by": requested_by,
+                        "events": len(found),
+                        "positions": [rowid for rowid, _ in found],
+                    },
+                ).position
+            report.append(
+                integrity.ErasureReport(
+                    subject_type=subject_type,
+                    pseudonym=alias,
+                    events=len(found),
+                    event_ids=tuple(str(event_id) for _, event_id in found),
+                    position=position,
+                )
+            )
+
+        if dry_run:
+            with self.reader() as conn:
+                statements(conn)
+        else:
+            self._write_transaction("erase", statements)
+        return report[0]
 
     # -- the outbox (docs/shipping.md) --------------------------------------------------
 

@@ -651,7 +651,7 @@ def test_stats(ledger: Ledger) -> None:
         assert stats["schema_version"] == 1
     else:
         assert stats["size_bytes"] == Path(ledger.db).stat().st_size > 0
-        assert stats["schema_version"] == SCHEMA_VERSION == 3
+        assert stats["schema_version"] == SCHEMA_VERSION == 4
     human = run_db(ledger, "stats").stdout
     assert "order.created" in human and "By actor type" in human and "Size" in human
     assert f"Ledger      {ledger.db}" in human.replace("\n" + " " * 12, "")  # wrapped

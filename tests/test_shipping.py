@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from ledger_versions import make_older_ledger
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from shipping_support import (
@@ -49,6 +50,7 @@ from decision_trace.shipping import (
 )
 from decision_trace.storage import Ledger, open_ledger
 from decision_trace.storage.outbox import Outbox, Rejection
+from decision_trace.store import SCHEMA_VERSION
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FAST = {"backoff": 0.01, "max_backoff": 0.05}
@@ -659,17 +661,7 @@ def test_a_ledger_of_the_previous_release_migrates_and_ships_its_whole_history(
     ledger = open_ledger(db_path)
     ids = write_events(ledger, 7)
     ledger.close()
-    conn = sqlite3.connect(db_path)  # what the previous release left: no outbox, version 2
-    for statement in (
-        "DROP TABLE outbox",
-        "DROP TABLE outbox_rejected",
-        "DROP TABLE ledger_state",
-        "DROP INDEX events_by_actor_type",
-        "PRAGMA user_version = 2",
-    ):
-        conn.execute(statement)
-    conn.commit()
-    conn.close()
+    make_older_ledger(db_path, 2)  # what the release before the outbox left
 
     old = open_ledger(db_path, read_only=True)  # read as it is, not migrated
     assert isinstance(old, Outbox) and old.outbox_status() == []
@@ -685,7 +677,7 @@ def test_a_ledger_of_the_previous_release_migrates_and_ships_its_whole_history(
     finally:
         ledger.close()
     conn = sqlite3.connect(db_path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert conn.execute(
         "SELECT count(*) FROM sqlite_master WHERE name = 'events_by_actor_type'"
     ).fetchone() == (1,)

@@ -168,7 +168,8 @@ def test_one_column_order_for_every_row(
         table = tuple(row[1] for row in conn.execute("PRAGMA table_info(events)"))
     finally:
         conn.close()
-    assert table == EVENT_COLUMNS
+    # The salt of the event's commitment follows them (the chain's, never read as a field).
+    assert table == (*EVENT_COLUMNS, "salt")
     assert query._SELECT.startswith("SELECT " + ", ".join(f"e.{c}" for c in EVENT_COLUMNS))
     values = {f.name: f"<{f.name}>" for f in dataclasses.fields(EventRecord)}
     values.update(object_types=(), object_ids=(), tags=("web",), start_ns=5, duration_ns=7)

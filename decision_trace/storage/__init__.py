@@ -33,6 +33,7 @@ from ..store import DB_ENV_VAR, Durability, default_db_path
 from .filters import EventFilters, Order
 
 if TYPE_CHECKING:
+    from ..integrity import ChainState, Checkpoint, ErasureReport, VerifyReport
     from ..models import ObjectType, TraceEvent
     from ..query import ChainNode, LedgerSummary
     from ..record import EventRecord
@@ -176,13 +177,51 @@ class Ledger(Protocol):
         ...
 
     def prune(
-        self, older_than_ns: int, *, dry_run: bool = False, force: bool = False
+        self,
+        older_than_ns: int,
+        *,
+        dry_run: bool = False,
+        force: bool = False,
+        keep_skeleton: bool = False,
     ) -> PruneReport:
-        """Delete events that started before ``older_than_ns`` (or only count them).
+        """Delete events that started before ``older_than_ns`` (or only count them), and
+        record the prune in the chain. With ``keep_skeleton``, remove only their
+        payloads (as an erasure does), keeping what the chain proves of them.
 
         Raises:
             UnshippedEventsError: some of them a shipping destination has not
                 acknowledged (only a ledger that ships), and ``force`` is false.
+        """
+        ...
+
+    def chain_state(self) -> ChainState:
+        """Where the tamper-evident chain stands: what a checkpoint signs
+        (docs/proving.md)."""
+        ...
+
+    def verify(
+        self, *, checkpoints: Sequence[Checkpoint] = (), max_problems: int = 100
+    ) -> VerifyReport:
+        """Recompute the chain over every stored event and act, and check it reaches
+        each of ``checkpoints`` (whose signatures the caller has checked)."""
+        ...
+
+    def erase(
+        self,
+        subject_type: str,
+        subject_id: str,
+        *,
+        reason: str,
+        requested_by: str,
+        dry_run: bool = False,
+    ) -> ErasureReport:
+        """Remove the personal payload of every event involving a subject (``"user"``
+        and a user actor's id, or an object type and id), keep their skeletons, and
+        record the erasure in the chain. The bytes leave the storage at its next
+        :meth:`compact`.
+
+        Raises:
+            InvalidInputError: an unknown subject type, or no reason or requester.
         """
         ...
 

@@ -30,6 +30,7 @@ from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 from urllib.request import Request, urlopen
 
 from ..errors import EventNotFoundError, InvalidInputError, StoreError
+from ..integrity import ChainState, Checkpoint, ErasureReport, VerifyReport
 from ..models import ChainNode, ObjectType, TraceEvent, clean_text
 from ..query import LedgerSummary
 from ..record import MAX_NS, MIN_NS, EventRecord
@@ -281,7 +282,12 @@ class HTTPLedger:
         self._read_only("write events")
 
     def prune(
-        self, older_than_ns: int, *, dry_run: bool = False, force: bool = False
+        self,
+        older_than_ns: int,
+        *,
+        dry_run: bool = False,
+        force: bool = False,
+        keep_skeleton: bool = False,
     ) -> PruneReport:
         """Always raises :class:`StoreError`: run ``decision-trace prune`` against the
         service's own ledger (``--db`` its path or PostgreSQL URL)."""
@@ -289,6 +295,28 @@ class HTTPLedger:
             "prune (run `decision-trace prune --db` on the service's own ledger, its file "
             "or postgresql:// URL)"
         )
+
+    def chain_state(self) -> ChainState:
+        """Always raises :class:`StoreError`: the chain is read from the ledger itself."""
+        self._read_only("read the chain (checkpoint the service's own ledger, with --db)")
+
+    def verify(
+        self, *, checkpoints: Sequence[Checkpoint] = (), max_problems: int = 100
+    ) -> VerifyReport:
+        """Always raises :class:`StoreError`: verify the service's own ledger."""
+        self._read_only("verify (run `decision-trace verify --db` on the service's own ledger)")
+
+    def erase(
+        self,
+        subject_type: str,
+        subject_id: str,
+        *,
+        reason: str,
+        requested_by: str,
+        dry_run: bool = False,
+    ) -> ErasureReport:
+        """Always raises :class:`StoreError`: erase in the service's own ledger."""
+        self._read_only("erase (run `decision-trace erase --db` on the service's own ledger)")
 
     def compact(self) -> bool:
         """Always raises :class:`StoreError` (as :meth:`prune`)."""

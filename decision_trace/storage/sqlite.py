@@ -12,6 +12,7 @@ from collections.abc import Generator, Sequence
 from pathlib import Path
 
 from .. import query as q
+from ..integrity import ChainState, Checkpoint, ErasureReport, VerifyReport, verify_entries
 from ..models import ObjectType, TraceEvent
 from ..record import EventRecord
 from ..store import Durability, PruneReport, Store, check_integrity, compact
@@ -134,9 +135,46 @@ class SQLiteLedger:
         return q.summarize(self.store.read_connection(), days=days)
 
     def prune(
-        self, older_than_ns: int, *, dry_run: bool = False, force: bool = False
+        self,
+        older_than_ns: int,
+        *,
+        dry_run: bool = False,
+        force: bool = False,
+        keep_skeleton: bool = False,
     ) -> PruneReport:
-        return self.store.prune(older_than_ns, dry_run=dry_run, force=force)
+        return self.store.prune(
+            older_than_ns, dry_run=dry_run, force=force, keep_skeleton=keep_skeleton
+        )
+
+    # -- the chain ------------------------------------------------------------------------
+
+    def chain_state(self) -> ChainState:
+        return q.chain_state(self.store.read_connection())
+
+    def verify(
+        self, *, checkpoints: Sequence[Checkpoint] = (), max_problems: int = 100
+    ) -> VerifyReport:
+        conn = self.store.read_connection()
+        chain = q.iter_chain(conn)
+        try:
+            return verify_entries(
+                chain, q.chain_acts(conn), checkpoints=checkpoints, max_problems=max_problems
+            )
+        finally:
+            chain.close()
+
+    def erase(
+        self,
+        subject_type: str,
+        subject_id: str,
+        *,
+        reason: str,
+        requested_by: str,
+        dry_run: bool = False,
+    ) -> ErasureReport:
+        return self.store.erase(
+            subject_type, subject_id, reason=reason, requested_by=requested_by, dry_run=dry_run
+        )
 
     def size_bytes(self) -> tuple[int, int]:
         wal = Path(f"{self.store.path}-wal")

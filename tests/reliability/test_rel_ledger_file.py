@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from ledger_versions import make_older_ledger
 from reliability_support import CHILD_TIMEOUT_S, child_env, run_python, write_script
 
 from decision_trace import DecisionTraceClient, StoreError
@@ -142,19 +143,7 @@ def test_a_version_1_ledger_of_an_earlier_release_is_accepted_and_stamped(tmp_pa
     db = tmp_path / "traces.db"
     with DecisionTraceClient(db_path=db, durability="sync") as client:
         old_id = client.trace("before.upgrade", "kept").by_system("old").record()
-    conn = sqlite3.connect(db)  # exactly what releases before application ids left
-    # (without what migration 3 added since: the outbox and an index)
-    for statement in (
-        "DROP TABLE outbox",
-        "DROP TABLE outbox_rejected",
-        "DROP TABLE ledger_state",
-        "DROP INDEX events_by_actor_type",
-    ):
-        conn.execute(statement)
-    conn.execute("PRAGMA application_id = 0")
-    conn.execute("PRAGMA user_version = 1")
-    conn.commit()
-    conn.close()
+    make_older_ledger(db, 1)  # exactly what releases before application ids left
     assert Store(db, read_only=True) is not None  # readable as it is, not migrated
     with DecisionTraceClient(db_path=db, durability="sync") as client:
         assert client.get_event(old_id) is not None

@@ -43,6 +43,7 @@ from ...errors import (
     SchemaVersionError,
     StoreError,
 )
+from ...integrity import ChainState, Checkpoint, ErasureReport, VerifyReport
 from ...models import ObjectType, TraceEvent, clean_text
 from ...query import ChainNode, LedgerSummary
 from ...record import MAX_NS, MIN_NS, EventRecord, datetime_from_ns
@@ -1149,8 +1150,34 @@ class PostgresLedger:
 
     # -- retention and maintenance ----------------------------------------------------
 
+    # TEMPORARY (issue 17 in progress): the chain on PostgreSQL is being built; these
+    # three raise until it lands.
+    def chain_state(self) -> ChainState:
+        raise StoreError("the chain is not built on PostgreSQL yet")
+
+    def verify(
+        self, *, checkpoints: Sequence[Checkpoint] = (), max_problems: int = 100
+    ) -> VerifyReport:
+        raise StoreError("the chain is not built on PostgreSQL yet")
+
+    def erase(
+        self,
+        subject_type: str,
+        subject_id: str,
+        *,
+        reason: str,
+        requested_by: str,
+        dry_run: bool = False,
+    ) -> ErasureReport:
+        raise StoreError("erasure is not built on PostgreSQL yet")
+
     def prune(
-        self, older_than_ns: int, *, dry_run: bool = False, force: bool = False
+        self,
+        older_than_ns: int,
+        *,
+        dry_run: bool = False,
+        force: bool = False,
+        keep_skeleton: bool = False,
     ) -> PruneReport:
         """Delete events that started before ``older_than_ns`` (with their objects and
         tags); with ``dry_run``, only count them. ``force`` changes nothing here: a
