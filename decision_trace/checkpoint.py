@@ -40,10 +40,12 @@ import base64
 import binascii
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import shlex
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -58,9 +60,15 @@ if TYPE_CHECKING:
         Ed25519PublicKey,
     )
 
+    from .storage import Ledger
+
+_logger = logging.getLogger(__name__)
+
 __all__ = [
     "FORMAT_VERSION",
+    "BackgroundCheckpointer",
     "SignedCheckpoint",
+    "checkpoint_ledger",
     "format_checkpoint",
     "generate_key_pair",
     "key_id",
@@ -547,3 +555,104 @@ def _sync_folder(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def checkpoint_ledger(ledger: Ledger, private_key: Ed25519PrivateKey, out: Path) -> Path:
+    """Sign where ``ledger``'s chain stands now and write it to ``out`` (a file, or a
+    folder: see :func:`write_checkpoint_file`); return the file written."""
+    import time
+
+    state = ledger.chain_state()
+    cp = Checkpoint(state.ledger_id, state.position, state.entries, state.hash, time.time_ns())
+    return write_checkpoint_file(out, format_checkpoint(cp, private_key))
+
+
+class BackgroundCheckpointer:
+    """A daemon thread that writes a signed checkpoint into ``folder`` once ``every``
+    more events were written, or ``interval_s`` passed with some written (what
+    ``DecisionTraceClient(checkpoint_key=...)`` runs). Its errors are logged, never
+    raised into the application.
+
+    Args:
+        ledger: The ledger whose chain is signed.
+        private_key: The signing key.
+        folder: Where the checkpoints go (made if missing, mode 0700).
+        written: How many events this process has written so far (a cheap counter).
+        every: Events between checkpoints; None for no count limit.
+        interval_s: Seconds between checkpoints; None for no time limit.
+    """
+
+    _POLL_S = 0.5
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        private_key: Ed25519PrivateKey,
+        folder: Path,
+        written: Callable[[], int],
+        *,
+        every: int | None,
+        interval_s: float | None,
+    ) -> None:
+        import threading
+        import time
+
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._ledger = ledger
+        self._key = private_key
+        self._folder = folder
+        self._written = written
+        self._every = every
+        self._interval_s = interval_s
+        self._last_count = written()
+        self._last_time = time.monotonic()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.written: list[Path] = []
+        """The checkpoint files written, oldest first."""
+        self._thread = threading.Thread(
+            target=self._run, name="decision-trace-checkpoint", daemon=True
+        )
+        self._thread.start()
+
+    def _due(self) -> bool:
+        import time
+
+        count = self._written()
+        if count == self._last_count:
+            return False
+        if self._every is not None and count - self._last_count >= self._every:
+            return True
+        return (
+            self._interval_s is not None and time.monotonic() - self._last_time >= self._interval_s
+        )
+
+    def checkpoint_now(self) -> Path | None:
+        """Write a checkpoint now if events were written since the last one; return its
+        file (None if nothing new, or on an error, which is logged)."""
+        import time
+
+        with self._lock:
+            count = self._written()
+            if count == self._last_count:
+                return None
+            try:
+                path = checkpoint_ledger(self._ledger, self._key, self._folder)
+            except Exception as exc:  # never into the application
+                _logger.warning("decision-trace could not write a checkpoint: %s", exc)
+                return None
+            self._last_count, self._last_time = count, time.monotonic()
+            self.written.append(path)
+            return path
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._POLL_S):
+            if self._due():
+                self.checkpoint_now()
+
+    def close(self, timeout_s: float) -> None:
+        """Stop the thread (waiting at most ``timeout_s``), then write a last checkpoint
+        of what was written since the previous one."""
+        self._stop.set()
+        self._thread.join(max(0.0, timeout_s))
+        self.checkpoint_now()

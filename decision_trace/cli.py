@@ -1676,6 +1676,12 @@ def export(
     help="Afterwards compact the ledger (rewrite the file), so the deleted data is gone "
     "from disk too (not only unlinked) and the space is returned.",
 )
+@click.option(
+    "--keep-skeleton",
+    is_flag=True,
+    help="Remove only the events' payloads (descriptions, reasoning, states, ids, tags; "
+    "as erase does), keeping their skeletons and the chain's proof of them.",
+)
 @_common
 def prune(
     db: str | None,
@@ -1684,8 +1690,13 @@ def prune(
     dry_run: bool,
     force: bool,
     vacuum: bool,
+    keep_skeleton: bool,
 ) -> None:
     """Delete old events with their objects, tags and search entries (retention).
+
+    Every prune is recorded in the ledger's chain, so verify tells pruned events from
+    deleted ones. With --keep-skeleton, only the payloads go: each event keeps its id,
+    time, type, actor type, outcome and object types, and verify still proves them.
 
     A ledger that ships (decision-trace ship) is the outbox of the team's ledger: prune
     refuses to delete events a destination has not acknowledged yet, and says how many,
@@ -1716,7 +1727,10 @@ def prune(
         is_file = _ledger_file(ledger) is not None
         try:
             report = ledger.prune(
-                ns_from_datetime(older_than, "--older-than"), dry_run=dry_run, force=force
+                ns_from_datetime(older_than, "--older-than"),
+                dry_run=dry_run,
+                force=force,
+                keep_skeleton=keep_skeleton,
             )
         except UnshippedEventsError as exc:
             listed = ", ".join(
@@ -1750,22 +1764,33 @@ def prune(
                 "objects": report.objects,
                 "tags": report.tags,
                 "unshipped": report.unshipped,
+                "kept_skeleton": report.kept_skeleton,
                 "vacuumed": checkpointed is not None,
                 "checkpointed": checkpointed,
                 "integrity_check": None if problems is None else "ok",
             }
         )
         return
-    verb = "Would delete" if dry_run else "Deleted"
     plural = "s" if report.events != 1 else ""
-    _out(
-        _wrap(
-            f"{verb} {report.events:,} event{plural} older than {_when(older_than)} "
-            f"({_count(report.objects, 'object link')}, {_count(report.tags, 'tag')}, "
-            "and their search entries).",
-            "",
+    if keep_skeleton:
+        verb = "Would remove" if dry_run else "Removed"
+        _out(
+            _wrap(
+                f"{verb} the payloads of {report.events:,} event{plural} older than "
+                f"{_when(older_than)}; their skeletons stay, and the chain proves them.",
+                "",
+            )
         )
-    )
+    else:
+        verb = "Would delete" if dry_run else "Deleted"
+        _out(
+            _wrap(
+                f"{verb} {report.events:,} event{plural} older than {_when(older_than)} "
+                f"({_count(report.objects, 'object link')}, {_count(report.tags, 'tag')}, "
+                "and their search entries).",
+                "",
+            )
+        )
     if report.unshipped:
         _err(
             _wrap(
@@ -1791,6 +1816,309 @@ def prune(
                 if is_file
                 else "The ledger could not finish compacting now: it finishes later (or "
                 "run prune --vacuum again).",
+                "",
+            )
+        )
+
+
+# --- proving the ledger: keygen, checkpoint, verify, erase (docs/proving.md) -------------
+
+
+@main.command(short_help="Make an Ed25519 key pair for signing checkpoints.")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The private key file to create (mode 0600); the public key goes to OUT.pub.",
+)
+@click.option("--force", is_flag=True, help="Replace existing key files.")
+def keygen(out: Path, force: bool) -> None:
+    """Make a key pair for signing checkpoints: the private key (PKCS #8 PEM, mode 0600)
+    for whoever writes checkpoints, the public key (OUT.pub) for whoever verifies them.
+    Keep the private key away from the ledger's own machine if you can: whoever holds
+    it can sign a checkpoint of a rewritten ledger.
+
+    \b
+    Examples:
+      decision-trace keygen --out ~/.config/decision-trace/checkpoint.key
+    """
+    from .checkpoint import generate_key_pair, key_id, load_public_key
+
+    private, public = generate_key_pair(out.expanduser(), overwrite=force)
+    _out(f"Private key: {private} (mode 0600; keep it secret)")
+    _out(f"Public key:  {public}")
+    _out(f"Key id:      {key_id(load_public_key(public))}")
+
+
+@main.command(short_help="Write a signed checkpoint of the ledger's chain.")
+@click.option(
+    "--key",
+    "key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The private key (from decision-trace keygen).",
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(),
+    default=None,
+    help="Write the checkpoint to this file, or into this folder (named by position and "
+    "time; a path ending in / is a folder, made if missing). Default: standard output.",
+)
+@_db_option
+def checkpoint(db: str | None, key: Path, out: str | None) -> None:
+    """Sign where the ledger's chain stands (ledger id, entries, last position and hash,
+    time) with an Ed25519 key, as a short text to keep outside the ledger: in another
+    system, a git repository, a ticket. verify --checkpoint then proves the ledger still
+    reaches it: nothing before it was changed, deleted or rebuilt since.
+
+    \b
+    Examples:
+      decision-trace checkpoint --key checkpoint.key --out checkpoints/
+      decision-trace checkpoint --key checkpoint.key | git -C audit commit -F - ...
+    """
+    from .checkpoint import format_checkpoint, load_private_key, write_checkpoint_file
+    from .integrity import Checkpoint
+
+    private = load_private_key(key.expanduser())
+    with _open(db) as ledger:
+        state = ledger.chain_state()
+    text = format_checkpoint(
+        Checkpoint(state.ledger_id, state.position, state.entries, state.hash, time.time_ns()),
+        private,
+    )
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    target = Path(out).expanduser()
+    if out.endswith(("/", os.sep)):  # a folder, made if missing
+        target.mkdir(parents=True, exist_ok=True)
+    written = write_checkpoint_file(target, text)
+    _err(f"Checkpoint of {state.entries:,} entries (to position {state.position}): {written}")
+
+
+@main.command(short_help="Prove the ledger unaltered: recompute its chain.")
+@click.option(
+    "--checkpoint",
+    "checkpoint_files",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    multiple=True,
+    help="A signed checkpoint the ledger must still reach (repeatable); needs --pubkey.",
+)
+@click.option(
+    "--pubkey",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="The public key the checkpoints were signed with.",
+)
+@click.option(
+    "--max-problems",
+    type=click.IntRange(1, 100_000),
+    default=20,
+    show_default=True,
+    help="Problems to list (all are counted).",
+)
+@_common
+def verify(
+    db: str | None,
+    as_json: bool,
+    checkpoint_files: tuple[Path, ...],
+    pubkey: Path | None,
+    max_problems: int,
+) -> None:
+    """Recompute the ledger's tamper-evident chain over every event and act, and report:
+    OK with the counts, or each event that was changed, inserted, deleted or reordered
+    (by id and position), and each checkpoint the ledger no longer reaches (truncated,
+    or rebuilt by someone with write access). Erased and pruned events verify as such.
+
+    Exit status: 0 everything verified; 1 a problem was found (or a checkpoint is not
+    authentic); 2 usage.
+
+    \b
+    Examples:
+      decision-trace verify
+      decision-trace verify --checkpoint checkpoints/checkpoint-1200-*.txt --pubkey k.pub
+      decision-trace verify --json
+    """
+    from .checkpoint import load_public_key, read_checkpoint_file
+
+    if checkpoint_files and pubkey is None:
+        raise click.UsageError("--checkpoint needs --pubkey (the key that signed it)")
+    checkpoints = []
+    if checkpoint_files:
+        assert pubkey is not None
+        public = load_public_key(pubkey)
+        checkpoints = [read_checkpoint_file(path, public) for path in checkpoint_files]
+    with _open(db) as ledger:
+        state = ledger.chain_state()
+        for path, cp in zip(checkpoint_files, checkpoints, strict=True):
+            if cp.ledger_id != state.ledger_id:
+                raise _Fail(
+                    f"{path} is a checkpoint of ledger {cp.ledger_id}, not of this one "
+                    f"({state.ledger_id})"
+                )
+        bar = (
+            click.progressbar(length=state.entries, label="Verifying", file=sys.stderr)
+            if not as_json and _is_tty(sys.stderr)
+            else None
+        )
+        with bar if bar is not None else nullcontext():
+            report = ledger.verify(
+                checkpoints=checkpoints,
+                max_problems=max_problems,
+                progress=None if bar is None else lambda n: bar.update(n - bar.pos),
+            )
+    if as_json:
+        _print_json(
+            {
+                "ok": report.ok,
+                "ledger_id": state.ledger_id,
+                "entries": report.entries,
+                "events": report.events,
+                "erased": report.erased,
+                "payload_pruned": report.payload_pruned,
+                "pruned": report.pruned,
+                "acts": [
+                    {"position": a.position, **a.body, "at": _iso_ns(a.at_ns)} for a in report.acts
+                ],
+                "head": {"position": report.head_position, "hash": report.head_hash.hex()},
+                "checkpoints": report.checkpoints_checked,
+                "problem_count": report.problem_count,
+                "problems": [
+                    {
+                        "kind": p.kind,
+                        "position": p.position,
+                        "event_id": p.event_id,
+                        "detail": p.detail,
+                    }
+                    for p in report.problems
+                ],
+            }
+        )
+    else:
+        counts = (
+            f"{report.entries:,} chain entries: {_count(report.events, 'event')} intact, "
+            f"{report.erased:,} erased, {report.payload_pruned:,} pruned to their skeleton, "
+            f"{report.pruned:,} pruned, {_count(len(report.acts), 'act')} recorded"
+        )
+        if report.ok:
+            _out(_wrap(f"OK: {counts}.", ""))
+            if checkpoints:
+                _out(f"Checkpoints reached: {len(checkpoints)} of {len(checkpoints)}.")
+            _out(f"Head: position {report.head_position}, hash {report.head_hash.hex()}")
+        else:
+            _out(_wrap(f"FAILED: {_count(report.problem_count, 'problem')} in {counts}.", ""))
+            for p in report.problems:
+                _out(_wrap(_safe(str(p)), "  "))
+            if report.problem_count > len(report.problems):
+                _out(f"  ... and {report.problem_count - len(report.problems):,} more")
+    if not report.ok:
+        sys.exit(1)
+
+
+def _iso_ns(ns: int) -> str:
+    return datetime_from_ns(ns).isoformat().replace("+00:00", "Z")
+
+
+@main.command(short_help="Erase a person's data, keeping the audit skeleton.")
+@click.option(
+    "--subject",
+    required=True,
+    metavar="TYPE:ID",
+    help="user:ID (a user actor) or an object type and id holding personal data (customer:ID).",
+)
+@click.option("--reason", required=True, help="Why (kept in the ledger's chain).")
+@click.option(
+    "--requested-by",
+    "requested_by",
+    default=None,
+    help="Who asked (kept in the chain). Default: the operating-system user.",
+)
+@click.option("--dry-run", is_flag=True, help="Only list the events that would be erased.")
+@click.option(
+    "--no-compact",
+    is_flag=True,
+    help="Skip compacting the ledger afterwards (the erased bytes then stay on disk until "
+    "the next prune --vacuum).",
+)
+@_common
+def erase(
+    db: str | None,
+    as_json: bool,
+    subject: str,
+    reason: str,
+    requested_by: str | None,
+    dry_run: bool,
+    no_compact: bool,
+) -> None:
+    """Remove every plaintext occurrence of a subject's personal data from the events
+    that involve it (the events a user acted in, or that touched a customer): names,
+    e-mails, descriptions, reasoning and context, alternatives, object states and ids,
+    metadata, tags. Each event keeps its skeleton (id, time, type, actor type, outcome,
+    object types) with a keyed pseudonym in place of the ids, the erasure is recorded
+    in the chain (who asked, when, why, how many events), and verify still proves the
+    ledger. The ledger is then compacted, so the bytes leave the file, its log and its
+    search index.
+
+    A ledger that ships keeps no other copy in step: erase the subject at every
+    destination too (docs/proving.md).
+
+    \b
+    Examples:
+      decision-trace erase --subject customer:c-42 --reason "GDPR request 2026-118" --dry-run
+      decision-trace erase --subject user:u-7 --reason "account deleted" --requested-by dpo
+    """
+    import getpass
+
+    from .integrity import parse_subject
+
+    subject_type, subject_id = parse_subject(subject)
+    who = requested_by or getpass.getuser()
+    with _open(db, write=True) as ledger:
+        report = ledger.erase(
+            subject_type, subject_id, reason=reason, requested_by=who, dry_run=dry_run
+        )
+        compacted: bool | None = None
+        if report.events and not dry_run and not no_compact:
+            compacted = ledger.compact()
+    if as_json:
+        _print_json(
+            {
+                "dry_run": dry_run,
+                "subject_type": report.subject_type,
+                "pseudonym": report.pseudonym,
+                "events": report.events,
+                "event_ids": list(report.event_ids),
+                "position": report.position,
+                "compacted": compacted,
+            }
+        )
+        return
+    if dry_run:
+        _out(f"Would erase {_count(report.events, 'event')} involving {_safe(subject)}:")
+        for event_id in report.event_ids:
+            _out(f"  {event_id}")
+        return
+    if not report.events:
+        _out(f"Nothing to erase: no event involves {_safe(subject)} (or it was erased before).")
+        return
+    _out(
+        _wrap(
+            f"Erased {_count(report.events, 'event')} involving {_safe(subject)}; they keep "
+            f"their skeletons, with {report.pseudonym} in place of the id. The erasure is "
+            f"recorded in the chain at position {report.position}.",
+            "",
+        )
+    )
+    if compacted:
+        _out("Ledger compacted: the erased bytes are gone from disk.")
+    elif compacted is False:
+        _err(
+            _wrap(
+                "Compacted, but another process is reading the ledger: the old pages leave "
+                "the file at its next checkpoint (or run prune --vacuum later).",
                 "",
             )
         )

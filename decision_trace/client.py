@@ -52,6 +52,8 @@ from .storage.http import HTTPLedger
 from .storage.outbox import SHIP_TO_ENV_VAR, SHIP_TOKEN_ENV_VAR, DestinationStatus, Outbox
 
 if TYPE_CHECKING:
+    from .checkpoint import BackgroundCheckpointer
+    from .integrity import Checkpoint, ErasureReport, VerifyReport
     from .shipping import BackgroundShipper
 
 __all__ = ["DEFAULT_SHUTDOWN_TIMEOUT_S", "SHUTDOWN_TIMEOUT_ENV", "DecisionTraceClient"]
@@ -145,6 +147,16 @@ class DecisionTraceClient:
             ``$DECISION_TRACE_SHIP_TO``; unset means no shipping. ``close()`` ships what
             it can within its deadline and leaves the rest for the next start.
         ship_token: Bearer token of ``ship_to``; default ``$DECISION_TRACE_SHIP_TOKEN``.
+        checkpoint_key: Write signed checkpoints of the ledger's chain with this private
+            key (``decision-trace keygen``; needs the ``[audit]`` extra), from a
+            background thread, and a last one at ``close()`` (docs/proving.md).
+        checkpoint_dir: Where checkpoints go; default ``<ledger file>.checkpoints``
+            beside an SQLite ledger (required for a ledger named by URL). Copy them
+            somewhere the ledger's writers cannot change.
+        checkpoint_every: Write one once this many more events were written (default
+            10,000 when ``checkpoint_interval_s`` is not given either).
+        checkpoint_interval_s: Write one when this many seconds passed with events
+            written (default 3600 when ``checkpoint_every`` is not given either).
 
     A client opened on the ``http(s)://`` URL of a ledger service (``decision-trace
     serve``) is read-only: its query methods read the service, and ``trace()`` and
@@ -170,6 +182,10 @@ class DecisionTraceClient:
         shutdown_timeout_s: float | None = None,
         ship_to: str | None = None,
         ship_token: str | None = None,
+        checkpoint_key: str | os.PathLike[str] | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        checkpoint_every: int | None = None,
+        checkpoint_interval_s: float | None = None,
     ) -> None:
         if durability not in ("sync", "batch"):
             raise InvalidInputError("durability", f"must be 'sync' or 'batch', got {durability!r}")
@@ -239,7 +255,53 @@ class DecisionTraceClient:
         self._recent_lock = threading.Lock()
         self._closed = False
         self._shipper = self._start_shipping(ship)
+        self._checkpointer: BackgroundCheckpointer | None = None
+        if checkpoint_key is not None:
+            try:
+                self._checkpointer = self._start_checkpoints(
+                    checkpoint_key, checkpoint_dir, checkpoint_every, checkpoint_interval_s
+                )
+            except BaseException:
+                self.close()
+                raise
         _lifecycle.register(self)
+
+    def _start_checkpoints(
+        self,
+        key: str | os.PathLike[str],
+        folder: str | os.PathLike[str] | None,
+        every: int | None,
+        interval_s: float | None,
+    ) -> BackgroundCheckpointer:
+        from pathlib import Path
+
+        from .checkpoint import BackgroundCheckpointer, load_private_key
+        from .storage import is_url
+
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int)):
+            raise InvalidInputError("checkpoint_every", f"must be an int, got {every!r}")
+        if every is not None and every < 1:
+            raise InvalidInputError("checkpoint_every", f"must be at least 1, got {every}")
+        if interval_s is not None and not interval_s > 0:
+            raise InvalidInputError(
+                "checkpoint_interval_s", f"must be a positive number, got {interval_s!r}"
+            )
+        if every is None and interval_s is None:
+            every, interval_s = 10_000, 3600.0
+        if folder is None:
+            if is_url(self._storage.location):
+                raise InvalidInputError(
+                    "checkpoint_dir", "is required when the ledger is named by URL"
+                )
+            folder = f"{self._storage.location}.checkpoints"
+        return BackgroundCheckpointer(
+            self._storage,
+            load_private_key(key),
+            Path(folder).expanduser(),
+            lambda: self._ledger.stats().written,
+            every=every,
+            interval_s=interval_s,
+        )
 
     def _start_shipping(self, ship: tuple[str, str | None] | None) -> BackgroundShipper | None:
         if ship is None:
@@ -463,6 +525,52 @@ class DecisionTraceClient:
             return self._storage.outbox_status()
         return []
 
+    def verify(self, checkpoints: Iterable[Checkpoint] = ()) -> VerifyReport:
+        """Write what was recorded, then recompute the ledger's tamper-evident chain
+        (``decision-trace verify``; docs/proving.md).
+
+        Args:
+            checkpoints: Checkpoints the ledger must still reach, already read and
+                authenticated (:func:`decision_trace.checkpoint.read_checkpoint_file`).
+        """
+        self.flush()
+        return self._storage.verify(checkpoints=tuple(checkpoints))
+
+    def erase(
+        self,
+        subject: str,
+        *,
+        reason: str,
+        requested_by: str,
+        dry_run: bool = False,
+        compact: bool = True,
+    ) -> ErasureReport:
+        """Erase a subject's personal data from the ledger, keeping the audit skeleton
+        (``decision-trace erase``; docs/proving.md). Events recorded before the call are
+        written first, so they are erased too.
+
+        Args:
+            subject: ``"user:ID"`` (the events a user acted in) or an object type and id
+                (``"customer:c-42"``: the events that touched it).
+            reason: Why (kept in the ledger's chain).
+            requested_by: Who asked (kept likewise).
+            dry_run: Only find the events.
+            compact: Afterwards compact the ledger, so the bytes leave the storage.
+
+        Raises:
+            InvalidInputError: a malformed subject, or no reason or requester.
+        """
+        from .integrity import parse_subject
+
+        subject_type, subject_id = parse_subject(subject)
+        self.flush()
+        report = self._storage.erase(
+            subject_type, subject_id, reason=reason, requested_by=requested_by, dry_run=dry_run
+        )
+        if compact and report.events and not dry_run:
+            self._storage.compact()
+        return report
+
     def stats(self) -> LedgerStats:
         """Counters of recorded, written, failed and queued events in this process, and
         per exporter (``exporters``) of spans exported, failed and dropped."""
@@ -512,6 +620,7 @@ class DecisionTraceClient:
         deadline = time.monotonic() + timeout
         try:
             self._close_ledger(deadline)
+            self._close_checkpointer(deadline)
             self._close_shipper(deadline)
             self._close_exporters(deadline)
         finally:
@@ -523,6 +632,11 @@ class DecisionTraceClient:
 
     def _close_ledger(self, deadline: float) -> None:
         self._ledger.close_within(deadline)
+
+    def _close_checkpointer(self, deadline: float) -> None:
+        checkpointer = getattr(self, "_checkpointer", None)
+        if checkpointer is not None:
+            checkpointer.close(max(0.0, deadline - time.monotonic()))
 
     def _close_shipper(self, deadline: float) -> None:
         if self._shipper is None:

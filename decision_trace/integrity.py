@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Literal
@@ -63,6 +63,9 @@ __all__ = [
     "skeleton_bytes",
     "verify_entries",
 ]
+
+PROGRESS_EVERY = 10_000
+"""How often (in entries) :func:`verify_entries` reports its progress."""
 
 GENESIS = bytes(32)
 """The "previous hash" of a ledger's first entry."""
@@ -415,6 +418,7 @@ def verify_entries(
     *,
     checkpoints: Sequence[Checkpoint] = (),
     max_problems: int = 100,
+    progress: Callable[[int], object] | None = None,
 ) -> VerifyReport:
     """Check a ledger's chain.
 
@@ -426,6 +430,8 @@ def verify_entries(
             erased and pruned on purpose must be known before the events it covers.
         checkpoints: Checkpoints (already found authentic) the chain must reach.
         max_problems: How many problems to keep (all are counted).
+        progress: Called with the number of entries checked so far, every
+            :data:`PROGRESS_EVERY` entries and at the end.
 
     Returns:
         The report; ``ok`` only when every entry, event and checkpoint verified.
@@ -458,6 +464,8 @@ def verify_entries(
             )
             continue
         entries += 1
+        if progress is not None and not entries % PROGRESS_EVERY:
+            progress(entries)
         position = entry.position
         computed = entry_hash(
             previous, position, entry.kind, entry.start_ns, entry.skeleton, entry.commitment
@@ -528,6 +536,8 @@ def verify_entries(
             problem("changed", position, event_id, f"{what} was changed")
             continue
         events += 1
+    if progress is not None:
+        progress(entries)
     for cp in checkpoints:
         if cp.position not in reached:
             problem(

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ..errors import StoreError
@@ -200,10 +200,15 @@ class Ledger(Protocol):
         ...
 
     def verify(
-        self, *, checkpoints: Sequence[Checkpoint] = (), max_problems: int = 100
+        self,
+        *,
+        checkpoints: Sequence[Checkpoint] = (),
+        max_problems: int = 100,
+        progress: Callable[[int], object] | None = None,
     ) -> VerifyReport:
         """Recompute the chain over every stored event and act, and check it reaches
-        each of ``checkpoints`` (whose signatures the caller has checked)."""
+        each of ``checkpoints`` (whose signatures the caller has checked); ``progress``
+        is called with the entries checked so far, now and then."""
         ...
 
     def erase(

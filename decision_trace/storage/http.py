@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import fields
 from http.client import HTTPException
 from typing import Any, NoReturn
@@ -301,7 +301,11 @@ class HTTPLedger:
         self._read_only("read the chain (checkpoint the service's own ledger, with --db)")
 
     def verify(
-        self, *, checkpoints: Sequence[Checkpoint] = (), max_problems: int = 100
+        self,
+        *,
+        checkpoints: Sequence[Checkpoint] = (),
+        max_problems: int = 100,
+        progress: Callable[[int], object] | None = None,
     ) -> VerifyReport:
         """Always raises :class:`StoreError`: verify the service's own ledger."""
         self._read_only("verify (run `decision-trace verify --db` on the service's own ledger)")

@@ -8,7 +8,7 @@ face of the two.
 from __future__ import annotations
 
 import os
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 
 from .. import query as q
@@ -152,13 +152,21 @@ class SQLiteLedger:
         return q.chain_state(self.store.read_connection())
 
     def verify(
-        self, *, checkpoints: Sequence[Checkpoint] = (), max_problems: int = 100
+        self,
+        *,
+        checkpoints: Sequence[Checkpoint] = (),
+        max_problems: int = 100,
+        progress: Callable[[int], object] | None = None,
     ) -> VerifyReport:
         conn = self.store.read_connection()
         chain = q.iter_chain(conn)
         try:
             return verify_entries(
-                chain, q.chain_acts(conn), checkpoints=checkpoints, max_problems=max_problems
+                chain,
+                q.chain_acts(conn),
+                checkpoints=checkpoints,
+                max_problems=max_problems,
+                progress=progress,
             )
         finally:
             chain.close()

@@ -1156,7 +1156,11 @@ class PostgresLedger:
         raise StoreError("the chain is not built on PostgreSQL yet")
 
     def verify(
-        self, *, checkpoints: Sequence[Checkpoint] = (), max_problems: int = 100
+        self,
+        *,
+        checkpoints: Sequence[Checkpoint] = (),
+        max_problems: int = 100,
+        progress: Callable[[int], object] | None = None,
     ) -> VerifyReport:
         raise StoreError("the chain is not built on PostgreSQL yet")
 
