@@ -1833,7 +1833,8 @@ def prune(
     help="The private key file to create (mode 0600); the public key goes to OUT.pub.",
 )
 @click.option("--force", is_flag=True, help="Replace existing key files.")
-def keygen(out: Path, force: bool) -> None:
+@_json_option
+def keygen(out: Path, force: bool, as_json: bool) -> None:
     """Make a key pair for signing checkpoints: the private key (PKCS #8 PEM, mode 0600)
     for whoever writes checkpoints, the public key (OUT.pub) for whoever verifies them.
     Keep the private key away from the ledger's own machine if you can: whoever holds
@@ -1846,9 +1847,13 @@ def keygen(out: Path, force: bool) -> None:
     from .checkpoint import generate_key_pair, key_id, load_public_key
 
     private, public = generate_key_pair(out.expanduser(), overwrite=force)
+    ident = key_id(load_public_key(public))
+    if as_json:
+        _print_json({"private_key": str(private), "public_key": str(public), "key_id": ident})
+        return
     _out(f"Private key: {private} (mode 0600; keep it secret)")
     _out(f"Public key:  {public}")
-    _out(f"Key id:      {key_id(load_public_key(public))}")
+    _out(f"Key id:      {ident}")
 
 
 @main.command(short_help="Write a signed checkpoint of the ledger's chain.")
@@ -1867,8 +1872,8 @@ def keygen(out: Path, force: bool) -> None:
     help="Write the checkpoint to this file, or into this folder (named by position and "
     "time; a path ending in / is a folder, made if missing). Default: standard output.",
 )
-@_db_option
-def checkpoint(db: str | None, key: Path, out: str | None) -> None:
+@_common
+def checkpoint(db: str | None, as_json: bool, key: Path, out: str | None) -> None:
     """Sign where the ledger's chain stands (ledger id, entries, last position and hash,
     time) with an Ed25519 key, as a short text to keep outside the ledger: in another
     system, a git repository, a ticket. verify --checkpoint then proves the ledger still
@@ -1877,7 +1882,8 @@ def checkpoint(db: str | None, key: Path, out: str | None) -> None:
     \b
     Examples:
       decision-trace checkpoint --key checkpoint.key --out checkpoints/
-      decision-trace checkpoint --key checkpoint.key | git -C audit commit -F - ...
+      decision-trace checkpoint --key checkpoint.key > audit/ledger-checkpoint.txt
+      decision-trace checkpoint --key checkpoint.key --json
     """
     from .checkpoint import format_checkpoint, load_private_key, write_checkpoint_file
     from .integrity import Checkpoint
@@ -1889,14 +1895,27 @@ def checkpoint(db: str | None, key: Path, out: str | None) -> None:
         Checkpoint(state.ledger_id, state.position, state.entries, state.hash, time.time_ns()),
         private,
     )
-    if out is None:
+    written = None
+    if out is not None:
+        target = Path(out).expanduser()
+        if out.endswith(("/", os.sep)):  # a folder, made if missing
+            target.mkdir(parents=True, exist_ok=True)
+        written = write_checkpoint_file(target, text)
+    if as_json:
+        _print_json(
+            {
+                "ledger_id": state.ledger_id,
+                "position": state.position,
+                "entries": state.entries,
+                "hash": state.hash.hex(),
+                "file": None if written is None else str(written),
+                "text": text,
+            }
+        )
+    elif written is None:
         click.echo(text, nl=False)
-        return
-    target = Path(out).expanduser()
-    if out.endswith(("/", os.sep)):  # a folder, made if missing
-        target.mkdir(parents=True, exist_ok=True)
-    written = write_checkpoint_file(target, text)
-    _err(f"Checkpoint of {state.entries:,} entries (to position {state.position}): {written}")
+    else:
+        _err(f"Checkpoint of {state.entries:,} entries (to position {state.position}): {written}")
 
 
 @main.command(short_help="Prove the ledger unaltered: recompute its chain.")
@@ -1939,7 +1958,7 @@ def verify(
     \b
     Examples:
       decision-trace verify
-      decision-trace verify --checkpoint checkpoints/checkpoint-1200-*.txt --pubkey k.pub
+      decision-trace verify --checkpoint cps/checkpoint-1200-*.txt --pubkey k.pub
       decision-trace verify --json
     """
     from .checkpoint import load_public_key, read_checkpoint_file
@@ -2067,8 +2086,9 @@ def erase(
 
     \b
     Examples:
-      decision-trace erase --subject customer:c-42 --reason "GDPR request 2026-118" --dry-run
-      decision-trace erase --subject user:u-7 --reason "account deleted" --requested-by dpo
+      decision-trace erase --subject customer:c-42 --reason "GDPR 118" --dry-run
+      decision-trace erase --subject customer:c-42 --reason "GDPR 118"
+      decision-trace erase --subject user:u-7 --reason "closed" --requested-by dpo
     """
     import getpass
 
