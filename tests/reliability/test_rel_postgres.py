@@ -28,6 +28,7 @@ from reliability_support import (
 
 from decision_trace import DecisionTraceClient
 from decision_trace.storage import EventFilters, open_ledger
+from decision_trace.storage.postgres.schema import SCHEMA_VERSION
 
 # --- 8 processes x 5,000 events --------------------------------------------------------
 
@@ -378,6 +379,15 @@ def test_many_processes_opening_a_new_ledger_at_once_all_succeed(
             ctx.__exit__(None, None, None)
     assert len(printed) == OPENERS
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        assert conn.execute("SELECT version FROM decision_trace_schema").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM decision_trace_schema").fetchall() == [
+            (SCHEMA_VERSION,)
+        ]
     check_intact(pg_url)  # every partition in all three tables, with its bounds
     assert stored_ids(pg_url) == set(printed)
+    ledger = open_ledger(pg_url)
+    try:
+        report = ledger.verify()  # one chain, in commit order, across the processes
+        assert report.ok, report.problems
+        assert report.events == OPENERS
+    finally:
+        ledger.close()

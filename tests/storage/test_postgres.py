@@ -19,7 +19,11 @@ from decision_trace.errors import SchemaVersionError, StoreError
 from decision_trace.record import EventRecord, ns_from_datetime
 from decision_trace.storage import EventFilters, open_ledger
 from decision_trace.storage.postgres import PostgresLedger
-from decision_trace.storage.postgres.schema import partition_of, partitions_ahead
+from decision_trace.storage.postgres.schema import (
+    SCHEMA_VERSION,
+    partition_of,
+    partitions_ahead,
+)
 
 
 @pytest.fixture
@@ -195,7 +199,9 @@ def test_many_processes_opening_a_new_ledger_at_once_make_one_schema(schema_url:
         thread.join()
     assert errors == []
     with _admin(schema_url) as conn:
-        assert conn.execute("SELECT version FROM decision_trace_schema").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM decision_trace_schema").fetchall() == [
+            (SCHEMA_VERSION,)
+        ]
 
 
 def test_a_dropped_reader_connection_is_replaced(schema_url: str) -> None:
@@ -382,5 +388,28 @@ def test_search_with_thousands_of_words_requires_every_one(schema_url: str) -> N
         assert ledger.search(" ".join([*words, "absent"])) == []
         assert ledger.search(" ".join(["absent", *words])) == []
         assert ledger.search(("x " * 50_000)[:100_000]) == []
+    finally:
+        ledger.close()
+
+
+def test_a_ledger_from_before_the_chain_adopts_its_events(schema_url: str) -> None:
+    ledger = open_ledger(schema_url)
+    records = [_record(f"{n:016x}", ns_from_datetime(BASE, "t") + n) for n in range(1, 4)]
+    records[1] = replace(records[1], decision_json='{"b": 1e+16, "a": [1.50, "x"]}')
+    ledger.write(records)
+    ledger.close()
+    with _admin(schema_url) as conn:  # back to schema version 1, as an older release left it
+        conn.execute("DROP TABLE chain, ledger_meta")
+        conn.execute("ALTER TABLE events DROP COLUMN salt, DROP COLUMN payload")
+        conn.execute("UPDATE decision_trace_schema SET version = 1")
+    ledger = open_ledger(schema_url)
+    try:
+        report = ledger.verify()
+        assert report.ok, report.problems
+        assert (report.entries, report.events) == (4, 3)
+        assert [(act.kind, act.body["events"]) for act in report.acts] == [("adopt", 3)]
+        ledger.write([_record("e" * 16, ns_from_datetime(BASE, "t") + 9)])
+        assert ledger.verify().ok
+        assert ledger.chain_state().entries == 5
     finally:
         ledger.close()

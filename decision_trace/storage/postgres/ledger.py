@@ -7,9 +7,17 @@ are idempotent, so a batch whose commit was in doubt stores nothing twice); a
 ``psycopg_pool`` pool of autocommit connections for reads, where a query that fails
 because its connection was dropped is run once more on a fresh one.
 
-A batch is one statement: its columns go in as arrays, ``unnest`` makes them rows, and
-``INSERT ... ON CONFLICT DO NOTHING RETURNING`` feeds the object and tag inserts of the
-events that were new, in the same statement.
+A batch is COPied straight into the ledger when none of it is stored yet; otherwise it
+is staged, and one ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` statement moves the
+new events, and their objects and tags, into the ledger.
+
+The chain (docs/proving.md, :mod:`decision_trace.integrity`): every event written gets a
+salt and a copy of its hashed payload (``payload``: ``jsonb`` does not keep the bytes
+written), and a chain entry in the same transaction. Chain positions are given out under
+a transaction-level advisory lock (:data:`_CHAIN_LOCK_KEY`) taken after the events are
+inserted and held until commit, so the chain is in commit order across processes; an
+event's position is not its ``seq``. ``verify`` hashes the stored payload and checks
+that the queryable columns agree with it.
 
 Text: PostgreSQL cannot hold U+0000 in text or JSON, so the backend stores it as U+FFFD
 (and looks values up the same way), as it does a lone surrogate escaped in JSON text
@@ -19,15 +27,20 @@ order or number spelling (``1e+16`` reads back as ``10000000000000000``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import random
 import re
+import secrets
 import threading
 import time
+import uuid
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from decimal import Decimal
+from operator import itemgetter
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -43,8 +56,31 @@ from ...errors import (
     SchemaVersionError,
     StoreError,
 )
-from ...integrity import ChainState, Checkpoint, ErasureReport, VerifyReport
-from ...models import ObjectType, TraceEvent, clean_text
+from ...integrity import (
+    GENESIS,
+    KIND_ACT,
+    KIND_EVENT,
+    PAYLOAD_COLUMNS,
+    SKELETON_COLUMNS,
+    USER_SUBJECT,
+    Act,
+    ChainEntry,
+    ChainState,
+    Checkpoint,
+    ErasureReport,
+    FoundEvent,
+    VerifyReport,
+    act_body,
+    decode_act,
+    entry_hash,
+    link_act,
+    parse_subject,
+    payload_bytes,
+    pseudonym,
+    skeleton_bytes,
+    verify_entries,
+)
+from ...models import ActorType, ObjectType, TraceEvent, clean_text
 from ...query import ChainNode, LedgerSummary
 from ...record import MAX_NS, MIN_NS, EventRecord, datetime_from_ns
 from ...store import Durability, PruneReport
@@ -71,6 +107,8 @@ one would end the parent's session on the shared socket), only kept from the GC.
 
 _MAX_INT64 = 2**63 - 1
 _LOCK_KEY = "hashtextextended('decision-trace:' || current_schema(), 0)"
+_CHAIN_LOCK_KEY = "hashtextextended('decision-trace-chain:' || current_schema(), 0)"
+"""The advisory lock (transaction-level) under which chain positions are given out."""
 
 
 @contextmanager
@@ -112,29 +150,31 @@ _SELECT = f"SELECT {_COLUMNS} FROM events AS e"
 # the objects and tags of those that were new.
 _WRITE_COLUMNS = EVENT_COLUMNS[1:]  # without the rowid: seq comes from the sequence
 _STAGE_TYPES = {"start_ns": "bigint", "duration_ns": "bigint"}
+_CHAINED_COLUMNS = (*_WRITE_COLUMNS, "salt", "payload")
+"""What a write stores of an event: its columns, its salt and its hashed payload."""
 _CREATE_STAGE = (
     "CREATE TEMPORARY TABLE IF NOT EXISTS dt_stage_events (n integer, "
-    + ", ".join(f"{c} {_STAGE_TYPES.get(c, 'text')}" for c in _WRITE_COLUMNS)
+    + ", ".join(f"{c} {_STAGE_TYPES.get(c, 'text')}" for c in _CHAINED_COLUMNS)
     + ") ON COMMIT DELETE ROWS;"
     "CREATE TEMPORARY TABLE IF NOT EXISTS dt_stage_objects (id text, start_ns bigint, "
     "position integer, object_type text, external_id text) ON COMMIT DELETE ROWS;"
     "CREATE TEMPORARY TABLE IF NOT EXISTS dt_stage_tags (id text, start_ns bigint, tag text) "
     "ON COMMIT DELETE ROWS"
 )
-_COPY_EVENTS = f"COPY dt_stage_events (n, {', '.join(_WRITE_COLUMNS)}) FROM STDIN"
+_COPY_EVENTS = f"COPY dt_stage_events (n, {', '.join(_CHAINED_COLUMNS)}) FROM STDIN"
 _COPY_OBJECTS = (
     "COPY dt_stage_objects (id, start_ns, position, object_type, external_id) FROM STDIN"
 )
 _COPY_TAGS = "COPY dt_stage_tags (id, start_ns, tag) FROM STDIN"
-_COPY_LEDGER_EVENTS = f"COPY events (seq, {', '.join(_WRITE_COLUMNS)}) FROM STDIN"
+_COPY_LEDGER_EVENTS = f"COPY events (seq, {', '.join(_CHAINED_COLUMNS)}) FROM STDIN"
 _COPY_LEDGER_OBJECTS = (
     "COPY event_objects (event_seq, position, object_type, external_id, start_ns) FROM STDIN"
 )
 _COPY_LEDGER_TAGS = "COPY event_tags (tag, event_seq, start_ns) FROM STDIN"
-_VALUES = ", ".join(f"s.{c}::jsonb" if c in _JSON_COLUMNS else f"s.{c}" for c in _WRITE_COLUMNS)
+_VALUES = ", ".join(f"s.{c}::jsonb" if c in _JSON_COLUMNS else f"s.{c}" for c in _CHAINED_COLUMNS)
 _MOVE_BATCH = f"""
 WITH ins AS (
-    INSERT INTO events ({", ".join(_WRITE_COLUMNS)})
+    INSERT INTO events ({", ".join(_CHAINED_COLUMNS)})
     SELECT {_VALUES} FROM dt_stage_events AS s ORDER BY s.n
     ON CONFLICT DO NOTHING
     RETURNING seq, id, start_ns
@@ -147,8 +187,27 @@ WITH ins AS (
     SELECT t.tag, ins.seq, ins.start_ns
     FROM ins JOIN dt_stage_tags AS t ON t.id = ins.id AND t.start_ns = ins.start_ns
 )
-SELECT count(*) FROM ins
+SELECT s.n, ins.seq FROM ins
+JOIN dt_stage_events AS s ON s.id = ins.id AND s.start_ns = ins.start_ns
+ORDER BY s.n
 """
+"""Moves the staged batch; returns the batch position and seq of each event that was new."""
+
+_CHAIN_COLUMNS = "position, kind, event_id, event_seq, start_ns, skeleton, commitment, hash, body"
+_COPY_CHAIN = f"COPY chain ({_CHAIN_COLUMNS}) FROM STDIN"
+_CHAIN_SELECT = f"SELECT {_CHAIN_COLUMNS} FROM chain"
+_CHAIN_HEAD = "SELECT position, hash FROM chain ORDER BY position DESC LIMIT 1"
+_CHAIN_PAGE = 2000
+"""Chain entries (and their events) verify reads at a time."""
+
+_skeleton_of = itemgetter(*(EVENT_COLUMNS.index(c) for c in SKELETON_COLUMNS))
+_payload_of = itemgetter(*(EVENT_COLUMNS.index(c) for c in PAYLOAD_COLUMNS))
+_sha256 = hashlib.sha256
+
+_Sealed = tuple[bytes, bytes]
+"""An event's skeleton digest and salted payload commitment."""
+_NewEvent = tuple[int, str, int, bytes, bytes]
+"""An event just inserted: seq, id, start time, skeleton digest, commitment."""
 
 # SQLSTATE classes that are about the row written, not about the database: data
 # exceptions (22: malformed JSON, a number out of range, bad encoding), integrity (23)
@@ -364,6 +423,317 @@ def _object_links(external_id: str, object_type: ObjectType | str | None, params
     return sql
 
 
+# -- the chain (docs/proving.md) --------------------------------------------------------
+
+
+def _unhex(value: object) -> bytes:
+    """Stored hex as bytes; anything else (a damaged entry) as no bytes at all."""
+    try:
+        return bytes.fromhex(value) if isinstance(value, str) else b""
+    except ValueError:
+        return b""
+
+
+def _chain_head(conn: psycopg.Connection[Any]) -> tuple[int, bytes]:
+    """``(position, hash)`` of the chain's last entry; ``(0, GENESIS)`` when it is empty."""
+    row = conn.execute(_CHAIN_HEAD).fetchone()
+    return (0, GENESIS) if row is None else (int(row[0]), _unhex(row[1]))
+
+
+def _append_act(conn: psycopg.Connection[Any], values: dict[str, Any]) -> ChainEntry:
+    """Append an act to the chain (the open transaction's last work: it takes the chain
+    lock, held to the commit)."""
+    conn.execute(f"SELECT pg_advisory_xact_lock({_CHAIN_LOCK_KEY})")
+    position, previous = _chain_head(conn)
+    entry = link_act(previous, position + 1, int(values["at_ns"]), act_body(values))
+    conn.execute(
+        f"INSERT INTO chain ({_CHAIN_COLUMNS}) VALUES (%s, %s, NULL, NULL, %s, %s, %s, %s, %s)",
+        (
+            entry.position,
+            KIND_ACT,
+            entry.start_ns,
+            entry.skeleton.hex(),
+            entry.commitment.hex(),
+            entry.hash.hex(),
+            entry.body,
+        ),
+    )
+    return entry
+
+
+def _chain_entry(row: Sequence[Any]) -> ChainEntry:
+    """A ``_CHAIN_SELECT`` row as an entry (``event_seq`` left out)."""
+    return ChainEntry(
+        int(row[0]),
+        int(row[1]),
+        row[2],
+        int(row[4]),
+        _unhex(row[5]),
+        _unhex(row[6]),
+        _unhex(row[7]),
+        row[8],
+    )
+
+
+def _pseudonym_key(conn: psycopg.Connection[Any]) -> bytes:
+    row = conn.execute("SELECT value FROM ledger_meta WHERE key = 'pseudonym_key'").fetchone()
+    if row is None:
+        raise StoreError("the ledger has no pseudonym key (its schema predates the chain)")
+    return bytes.fromhex(row[0])
+
+
+_ERASE_EVENTS = (
+    "UPDATE events AS e SET description = '', actor_id = u.alias, actor_name = NULL, "
+    "actor_json = NULL, reasoning = NULL, decision_json = NULL, objects_json = NULL, "
+    "tags_json = NULL, error = NULL, metadata_json = NULL, salt = NULL, payload = NULL "
+    "FROM unnest(%s::bigint[], %s::text[]) AS u(seq, alias) WHERE e.seq = u.seq"
+)
+_ERASE_OBJECTS = (
+    "UPDATE event_objects AS o SET external_id = u.alias "
+    "FROM unnest(%s::bigint[], %s::integer[], %s::text[]) AS u(seq, position, alias) "
+    "WHERE o.event_seq = u.seq AND o.position = u.position"
+)
+
+
+def _strip_payloads(conn: psycopg.Connection[Any], seqs: Sequence[int], key: bytes) -> None:
+    """Remove the personal payload of the events ``seqs`` (in the open transaction):
+    clear it, its salt and its hashed copy, put keyed pseudonyms in place of the actor's
+    and the objects' ids, and drop the tags. The stored search vector is generated, so
+    it follows; the old row versions go at the next ``VACUUM`` (``compact``)."""
+    for i in range(0, len(seqs), 1000):
+        part = list(seqs[i : i + 1000])
+        events = conn.execute(
+            "SELECT seq, actor_type, actor_id FROM events WHERE seq = ANY(%s)", (part,)
+        ).fetchall()
+        conn.execute(
+            _ERASE_EVENTS,
+            (
+                [seq for seq, _, _ in events],
+                [
+                    pseudonym(key, actor_type or "actor", actor_id) if actor_id else None
+                    for _, actor_type, actor_id in events
+                ],
+            ),
+        )
+        linked = conn.execute(
+            "SELECT event_seq, position, object_type, external_id FROM event_objects "
+            "WHERE event_seq = ANY(%s)",
+            (part,),
+        ).fetchall()
+        if linked:
+            conn.execute(
+                _ERASE_OBJECTS,
+                (
+                    [seq for seq, _, _, _ in linked],
+                    [position for _, position, _, _ in linked],
+                    [pseudonym(key, kind, external_id) for _, _, kind, external_id in linked],
+                ),
+            )
+        conn.execute("DELETE FROM event_tags WHERE event_seq = ANY(%s)", (part,))
+
+
+_VERIFY_COLUMNS = f"{_COLUMNS}, e.salt, e.payload"
+"""An event as verify reads it: its columns (JSON as text) in ``EVENT_COLUMNS`` order,
+then its salt and hashed payload."""
+_TEXT_PAYLOAD = frozenset(PAYLOAD_COLUMNS) - _JSON_COLUMNS
+_PAYLOAD_INDEX = tuple(
+    (number, column, EVENT_COLUMNS.index(column))
+    for number, column in enumerate(PAYLOAD_COLUMNS, 1)
+)
+
+
+def _loads(text: str) -> Any:
+    """JSON decoded with exact numbers (``jsonb`` keeps numbers as exact decimals)."""
+    return json.loads(text, parse_float=Decimal)
+
+
+def _mismatch(row: Sequence[Any], payload: str, ids: Sequence[str]) -> str | None:
+    """Which queryable column of ``row`` disagrees with the hashed ``payload``, or None.
+
+    Text columns must be equal; JSON columns equal as decoded JSON (``jsonb`` keeps
+    neither key order nor the spelling of numbers); the object ids equal, in order.
+    """
+    try:
+        hashed = _loads(payload)
+    except (ValueError, RecursionError):
+        return "its payload (the hashed copy is not JSON)"
+    if not isinstance(hashed, list) or len(hashed) != len(PAYLOAD_COLUMNS) + 2:
+        return "its payload (the hashed copy is malformed)"
+    for number, column, index in _PAYLOAD_INDEX:
+        stored, copy = row[index], hashed[number]
+        if column in _TEXT_PAYLOAD or stored is None or copy is None:
+            agree = stored == copy
+        else:
+            try:
+                agree = isinstance(copy, str) and _loads(copy) == _loads(stored)
+            except (ValueError, RecursionError):
+                agree = False
+        if not agree:
+            return f"its {column} (it disagrees with the hashed payload)"
+    if hashed[-1] != list(ids):
+        return "its object ids (they disagree with the hashed payload)"
+    return None
+
+
+def _found_event(
+    position: int, row: Sequence[Any], linked: tuple[list[str], list[str]] | None
+) -> FoundEvent:
+    """What verify finds of one stored event (``_VERIFY_COLUMNS``), at ``position``."""
+    types, ids = linked if linked is not None else ([], [])
+    skeleton = _sha256(skeleton_bytes(_skeleton_of(row), types)).digest()
+    salt, payload = row[-2], row[-1]
+    if salt is None:
+        return FoundEvent(position, row[1], skeleton, None)
+    salt_bytes = _unhex(salt)
+    if payload is None or not salt_bytes:
+        return FoundEvent(
+            position, row[1], skeleton, b"", "its payload (the hashed copy or its salt is gone)"
+        )
+    commitment = _sha256(salt_bytes + payload.encode()).digest()
+    return FoundEvent(position, row[1], skeleton, commitment, _mismatch(row, payload, ids))
+
+
+def _objects_by_event(
+    conn: psycopg.Connection[Any], seqs: Sequence[int]
+) -> dict[tuple[int, int], tuple[list[str], list[str]]]:
+    """``(seq, start time) -> (object types, object ids)`` of the events ``seqs``."""
+    found: dict[tuple[int, int], tuple[list[str], list[str]]] = {}
+    if not seqs:
+        return found
+    for seq, start_ns, object_type, external_id in conn.execute(
+        "SELECT event_seq, start_ns, object_type, external_id FROM event_objects "
+        "WHERE event_seq = ANY(%s) ORDER BY event_seq, start_ns, position",
+        (list(seqs),),
+    ):
+        pair = found.get((seq, start_ns))
+        if pair is None:
+            found[(seq, start_ns)] = pair = ([], [])
+        pair[0].append(object_type)
+        pair[1].append(external_id)
+    return found
+
+
+def _iter_chain(
+    conn: psycopg.Connection[Any],
+) -> Generator[tuple[ChainEntry | None, FoundEvent | None], None, None]:
+    """Every chain entry in position order with the event row it names
+    (``chain LEFT JOIN events ON events.seq = chain.event_seq``), a page at a time; then
+    every event no entry names, as ``(None, found)`` whose position is the event's
+    ``seq`` (it has no chain position). Run it in one snapshot (REPEATABLE READ)."""
+    after: int | None = None
+    while True:
+        keyset = "" if after is None else " WHERE position > %s"
+        rows = conn.execute(
+            f"{_CHAIN_SELECT}{keyset} ORDER BY position LIMIT {_CHAIN_PAGE}",
+            () if after is None else (after,),
+        ).fetchall()
+        if not rows:
+            break
+        after = int(rows[-1][0])
+        seqs = list({int(row[3]) for row in rows if row[3] is not None})
+        events: dict[int, list[Any]] = {}
+        if seqs:
+            for event in conn.execute(
+                f"SELECT {_VERIFY_COLUMNS} FROM events AS e WHERE e.seq = ANY(%s) "
+                "ORDER BY e.seq, e.start_ns",
+                (seqs,),
+            ):
+                events.setdefault(int(event[0]), []).append(event)
+        objects = _objects_by_event(conn, seqs)
+        for row in rows:
+            entry = _chain_entry(row)
+            held = events.pop(int(row[3]), None) if row[3] is not None else None
+            if not held:
+                yield entry, None
+                continue
+            first, *others = held
+            yield entry, _found_event(entry.position, first, objects.get((first[0], first[4])))
+            for other in others:  # two rows with one seq: the others were added
+                yield None, _found_event(entry.position, other, objects.get((other[0], other[4])))
+    after = None
+    while True:
+        keyset = "" if after is None else " AND e.seq > %s"
+        rows = conn.execute(
+            f"SELECT {_VERIFY_COLUMNS} FROM events AS e WHERE NOT EXISTS "
+            f"(SELECT 1 FROM chain AS c WHERE c.event_seq = e.seq){keyset} "
+            f"ORDER BY e.seq LIMIT {_CHAIN_PAGE}",
+            () if after is None else (after,),
+        ).fetchall()
+        if not rows:
+            return
+        after = int(rows[-1][0])
+        objects = _objects_by_event(conn, [int(row[0]) for row in rows])
+        for row in rows:
+            yield None, _found_event(int(row[0]), row, objects.get((row[0], row[4])))
+
+
+def _adopt_events(conn: psycopg.Connection[Any]) -> None:
+    """Give a ledger its id and pseudonym key, chain the events it held before it had a
+    chain (in ``seq`` order, each with a salt and its hashed payload, computed from the
+    values as stored), and record the adoption: the chain proves them unchanged since
+    now, not before. Part of migration 2's transaction."""
+    conn.execute(
+        "INSERT INTO ledger_meta (key, value) VALUES ('ledger_id', %s), ('pseudonym_key', %s)",
+        (str(uuid.uuid4()), secrets.token_hex(32)),
+    )
+    conn.execute(
+        "CREATE TEMPORARY TABLE dt_adopt (seq bigint, salt text, payload text) ON COMMIT DROP"
+    )
+    position, previous = 0, GENESIS
+    after: int | None = None
+    while True:
+        keyset = "" if after is None else " WHERE e.seq > %s"
+        rows = conn.execute(
+            f"{_SELECT}{keyset} ORDER BY e.seq LIMIT {_CHAIN_PAGE}",
+            () if after is None else (after,),
+        ).fetchall()
+        if not rows:
+            break
+        after = int(rows[-1][0])
+        objects = _objects_by_event(conn, [int(row[0]) for row in rows])
+        pool = os.urandom(16 * len(rows))
+        updates: list[tuple[object, ...]] = []
+        chained: list[tuple[object, ...]] = []
+        for n, row in enumerate(rows):
+            types, ids = objects.get((row[0], row[4]), ([], []))
+            salt = pool[16 * n : 16 * n + 16]
+            payload = payload_bytes(_payload_of(row), ids)
+            skeleton = _sha256(skeleton_bytes(_skeleton_of(row), types)).digest()
+            commitment = _sha256(salt + payload).digest()
+            position += 1
+            previous = entry_hash(previous, position, KIND_EVENT, row[4], skeleton, commitment)
+            updates.append((row[0], salt.hex(), payload.decode()))
+            chained.append(
+                (
+                    position,
+                    KIND_EVENT,
+                    row[1],
+                    row[0],
+                    row[4],
+                    skeleton.hex(),
+                    commitment.hex(),
+                    previous.hex(),
+                    None,
+                )
+            )
+        PostgresLedger._copy(conn, "COPY dt_adopt (seq, salt, payload) FROM STDIN", updates)
+        conn.execute(
+            "UPDATE events AS e SET salt = a.salt, payload = a.payload FROM dt_adopt AS a "
+            "WHERE e.seq = a.seq"
+        )
+        conn.execute("DELETE FROM dt_adopt")
+        PostgresLedger._copy(conn, _COPY_CHAIN, chained)
+    if position:
+        _append_act(
+            conn,
+            {"act": "adopt", "at_ns": time.time_ns(), "events": position, "up_to": position},
+        )
+
+
+_AFTER_MIGRATION: dict[int, Callable[[psycopg.Connection[Any]], None]] = {2: _adopt_events}
+"""What a migration needs done in Python, after its script, in its transaction."""
+
+
 class PostgresLedger:
     """A :class:`~decision_trace.storage.Ledger` in a PostgreSQL database (the schema
     first on the URL's ``search_path``, ``public`` by default).
@@ -474,6 +844,9 @@ class PostgresLedger:
                     )
                 for number in range(version + 1, SCHEMA_VERSION + 1):
                     conn.execute(MIGRATIONS[number - 1])
+                    after_script = _AFTER_MIGRATION.get(number)
+                    if after_script is not None:
+                        after_script(conn)
                     conn.execute(
                         f"INSERT INTO {VERSION_TABLE} (version) VALUES (%s) ON CONFLICT "
                         "(singleton) DO UPDATE SET version = excluded.version",
@@ -700,58 +1073,77 @@ class PostgresLedger:
     @staticmethod
     def _rows(
         records: Sequence[EventRecord], seqs: Sequence[int] | None
-    ) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]], list[tuple[object, ...]]]:
+    ) -> tuple[
+        list[tuple[object, ...]],
+        list[tuple[object, ...]],
+        list[tuple[object, ...]],
+        list[_Sealed],
+    ]:
         """The rows of ``records`` for COPY: events (led by ``seqs`` if given, else by the
-        batch position), objects and tags (keyed by the seq if given, else by id and
-        start time)."""
+        batch position; with a fresh salt and the hashed payload), objects and tags (keyed
+        by the seq if given, else by id and start time); and each event's digests.
+
+        The digests hash the values exactly as PostgreSQL is given them (after U+0000
+        and lone surrogates became U+FFFD), so the stored payload is what was hashed.
+        """
         events: list[tuple[object, ...]] = []
         objects: list[tuple[object, ...]] = []
         tags: list[tuple[object, ...]] = []
+        sealed: list[_Sealed] = []
+        pool = os.urandom(16 * len(records))
         for n, r in enumerate(records):
             start = r.start_ns
             lead = n if seqs is None else seqs[n]
-            events.append(
-                (
-                    lead,
-                    r.id,
-                    r.trace_id,
-                    r.parent_id,
-                    start,
-                    r.duration_ns,
-                    _text(r.event_type),
-                    _text(r.description),
-                    _text(r.actor_type),
-                    _text(r.actor_id),
-                    _text(r.actor_name),
-                    _json(r.actor_json),
-                    _text(r.reasoning),
-                    _json(r.decision_json),
-                    _json(r.objects_json),
-                    _tags_json(r.tags),
-                    _text(r.outcome),
-                    _text(r.error),
-                    _json(r.metadata_json),
-                    _text(r.service_name),
-                )
+            row = (
+                lead,
+                r.id,
+                r.trace_id,
+                r.parent_id,
+                start,
+                r.duration_ns,
+                _text(r.event_type),
+                _text(r.description),
+                _text(r.actor_type),
+                _text(r.actor_id),
+                _text(r.actor_name),
+                _json(r.actor_json),
+                _text(r.reasoning),
+                _json(r.decision_json),
+                _json(r.objects_json),
+                _tags_json(r.tags),
+                _text(r.outcome),
+                _text(r.error),
+                _json(r.metadata_json),
+                _text(r.service_name),
             )
+            types: list[str | None] = []
+            ids: list[str | None] = []
             if r.object_types:
-                for position, (object_type, external_id) in enumerate(
+                for position, (given_type, given_id) in enumerate(
                     zip(r.object_types, r.object_ids, strict=False)
                 ):
+                    object_type, external_id = _text(given_type), _text(given_id)
+                    types.append(object_type)
+                    ids.append(external_id)
                     if seqs is None:
-                        objects.append(
-                            (r.id, start, position, _text(object_type), _text(external_id))
-                        )
+                        objects.append((r.id, start, position, object_type, external_id))
                     else:
-                        objects.append(
-                            (lead, position, _text(object_type), _text(external_id), start)
-                        )
+                        objects.append((lead, position, object_type, external_id, start))
+            salt = pool[16 * n : 16 * n + 16]
+            payload = payload_bytes(_payload_of(row), ids)  # type: ignore[arg-type]
+            sealed.append(
+                (
+                    _sha256(skeleton_bytes(_skeleton_of(row), types)).digest(),  # type: ignore[arg-type]
+                    _sha256(salt + payload).digest(),
+                )
+            )
+            events.append((*row, salt.hex(), payload.decode()))
             if r.tags:
                 for tag in dict.fromkeys(r.tags):
                     tags.append(
                         (r.id, start, _text(tag)) if seqs is None else (_text(tag), lead, start)
                     )
-        return events, objects, tags
+        return events, objects, tags, sealed
 
     @staticmethod
     def _copy(
@@ -763,16 +1155,20 @@ class PostgresLedger:
                 for row in rows:
                     write_row(row)
 
-    def _copy_batch(self, conn: psycopg.Connection[Any], records: Sequence[EventRecord]) -> None:
-        """COPY ``records`` into the session's staging tables (in the open transaction)."""
-        events, objects, tags = self._rows(records, None)
+    def _copy_batch(
+        self, conn: psycopg.Connection[Any], records: Sequence[EventRecord]
+    ) -> list[_Sealed]:
+        """COPY ``records`` into the session's staging tables (in the open transaction);
+        return their digests."""
+        events, objects, tags, sealed = self._rows(records, None)
         self._copy(conn, _COPY_EVENTS, events)
         self._copy(conn, _COPY_OBJECTS, objects)
         self._copy(conn, _COPY_TAGS, tags)
+        return sealed
 
     def _copy_new(
         self, conn: psycopg.Connection[Any], records: Sequence[EventRecord]
-    ) -> int | None:
+    ) -> list[_NewEvent] | None:
         """The fast path of a batch: leave out the records already stored, and COPY the
         rest straight into the ledger (in the open transaction). None if another writer
         stored one of them meanwhile (a unique violation): the caller then rolls back
@@ -786,14 +1182,14 @@ class PostgresLedger:
         if stored:
             records = [r for r in records if (r.id, r.start_ns) not in stored]
             if not records:
-                return 0
+                return []
         seqs = [
             int(row[0])
             for row in conn.execute(
                 "SELECT nextval('events_seq') FROM generate_series(1, %s)", (len(records),)
             )
         ]
-        events, objects, tags = self._rows(records, seqs)
+        events, objects, tags, sealed = self._rows(records, seqs)
         try:
             with conn.transaction():  # a savepoint: a unique violation undoes only this
                 self._copy(conn, _COPY_LEDGER_EVENTS, events)
@@ -801,53 +1197,89 @@ class PostgresLedger:
                 self._copy(conn, _COPY_LEDGER_TAGS, tags)
         except psycopg.errors.UniqueViolation:
             return None
-        return len(records)
+        return [
+            (seq, r.id, r.start_ns, skeleton, commitment)
+            for seq, r, (skeleton, commitment) in zip(seqs, records, sealed, strict=True)
+        ]
 
     def _move_batch(
         self, conn: psycopg.Connection[Any], records: Sequence[EventRecord], *, clear: bool = False
-    ) -> int:
+    ) -> list[_NewEvent]:
         """Stage ``records`` and move the new ones into the ledger (in the open
-        transaction); return how many were new. The staging tables empty themselves at
+        transaction); return those that were new. The staging tables empty themselves at
         commit; ``clear`` empties them now (for several moves in one transaction)."""
-        self._copy_batch(conn, records)
-        row = conn.execute(_MOVE_BATCH).fetchone()
+        sealed = self._copy_batch(conn, records)
+        new = [
+            (int(seq), records[n].id, records[n].start_ns, *sealed[n])
+            for n, seq in conn.execute(_MOVE_BATCH).fetchall()
+        ]
         if clear:
             # DELETE, not TRUNCATE: a TRUNCATE per record (new files, catalog updates)
             # made a 600-event batch with one refused record take a minute to write.
             for table in ("dt_stage_events", "dt_stage_objects", "dt_stage_tags"):
                 conn.execute(f"DELETE FROM {table}")
-        return int(row[0]) if row is not None else 0
+        return new
+
+    @staticmethod
+    def _chain_events(conn: psycopg.Connection[Any], new: Sequence[_NewEvent]) -> None:
+        """Chain the events just inserted (in the open transaction, as its last work):
+        take the chain lock, which the transaction holds to its commit, and append their
+        entries after the head."""
+        if not new:
+            return
+        conn.execute(f"SELECT pg_advisory_xact_lock({_CHAIN_LOCK_KEY})")
+        position, previous = _chain_head(conn)
+        rows: list[tuple[object, ...]] = []
+        for seq, event_id, start_ns, skeleton, commitment in new:
+            position += 1
+            previous = entry_hash(previous, position, KIND_EVENT, start_ns, skeleton, commitment)
+            rows.append(
+                (
+                    position,
+                    KIND_EVENT,
+                    event_id,
+                    seq,
+                    start_ns,
+                    skeleton.hex(),
+                    commitment.hex(),
+                    previous.hex(),
+                    None,
+                )
+            )
+        PostgresLedger._copy(conn, _COPY_CHAIN, rows)
 
     def _write_batch(self, conn: psycopg.Connection[Any], records: Sequence[EventRecord]) -> int:
         with conn.transaction():
-            written = self._copy_new(conn, records)
-            if written is None:
-                written = self._move_batch(conn, records)
-            return written
+            new = self._copy_new(conn, records)
+            if new is None:
+                new = self._move_batch(conn, records)
+            self._chain_events(conn, new)
+            return len(new)
 
     def _write_each(
         self, conn: psycopg.Connection[Any], records: Sequence[EventRecord]
     ) -> tuple[int, list[tuple[str, str]]]:
         """Write ``records`` one at a time, each in its own savepoint of one transaction,
         leaving out (and returning) those refused on their own account."""
-        written = 0
+        new: list[_NewEvent] = []
         rejected: list[tuple[str, str]] = []
         try:
             with conn.transaction():
                 for record in records:
                     try:
                         with conn.transaction():  # a savepoint
-                            new = self._move_batch(conn, [record], clear=True)
+                            added = self._move_batch(conn, [record], clear=True)
                     except Exception as exc:
                         if conn.broken or not _about_row(exc):
                             raise
                         rejected.append((str(record.id), f"{type(exc).__name__}: {exc}"))
                         continue
-                    written += new
+                    new.extend(added)
+                self._chain_events(conn, new)
         except psycopg.Error as exc:
             self._drop_writer()
             raise StoreError(f"cannot write to {self._location}: {exc}") from None
-        return written, rejected
+        return len(new), rejected
 
     # -- reads ------------------------------------------------------------------------
 
@@ -1150,10 +1582,26 @@ class PostgresLedger:
 
     # -- retention and maintenance ----------------------------------------------------
 
-    # TEMPORARY (issue 17 in progress): the chain on PostgreSQL is being built; these
-    # three raise until it lands.
+    # -- the chain (docs/proving.md) ----------------------------------------------------
+
     def chain_state(self) -> ChainState:
-        raise StoreError("the chain is not built on PostgreSQL yet")
+        def work(conn: psycopg.Connection[Any]) -> ChainState:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                meta = conn.execute(
+                    "SELECT value FROM ledger_meta WHERE key = 'ledger_id'"
+                ).fetchone()
+                head = conn.execute(_CHAIN_HEAD).fetchone()
+                entries = conn.execute("SELECT count(*) FROM chain").fetchone()
+            return ChainState(
+                ledger_id=str(meta[0]) if meta else "",
+                position=int(head[0]) if head else 0,
+                entries=int(entries[0]) if entries else 0,
+                hash=_unhex(head[1]) if head else GENESIS,
+            )
+
+        state: ChainState = self._read(work)
+        return state
 
     def verify(
         self,
@@ -1162,7 +1610,36 @@ class PostgresLedger:
         max_problems: int = 100,
         progress: Callable[[int], object] | None = None,
     ) -> VerifyReport:
-        raise StoreError("the chain is not built on PostgreSQL yet")
+        """Check the chain (:func:`decision_trace.integrity.verify_entries`), reading it
+        and the events in one snapshot. Each event's stored payload is hashed, and its
+        queryable columns must agree with that payload (else it is reported changed).
+
+        An event no chain entry names is reported ``inserted`` at its ``seq`` (it has no
+        chain position); those come after the chain's own problems.
+        """
+
+        def work(conn: psycopg.Connection[Any]) -> VerifyReport:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                acts: list[Act] = []
+                for row in conn.execute(f"{_CHAIN_SELECT} WHERE kind = 1 ORDER BY position"):
+                    act = decode_act(_chain_entry(row))
+                    if act is not None:
+                        acts.append(act)
+                chain = _iter_chain(conn)
+                try:
+                    return verify_entries(
+                        chain,
+                        acts,
+                        checkpoints=checkpoints,
+                        max_problems=max_problems,
+                        progress=progress,
+                    )
+                finally:
+                    chain.close()
+
+        report: VerifyReport = self._read(work)
+        return report
 
     def erase(
         self,
@@ -1173,7 +1650,81 @@ class PostgresLedger:
         requested_by: str,
         dry_run: bool = False,
     ) -> ErasureReport:
-        raise StoreError("erasure is not built on PostgreSQL yet")
+        """Remove the personal payload of every event involving a subject (a user actor,
+        or an object), keep their skeletons, and record the erasure in the chain (as
+        :meth:`decision_trace.store.Store.erase`). The old row versions leave the
+        tables at the next ``VACUUM`` (:meth:`compact`)."""
+        subject_type, subject_id = parse_subject(f"{subject_type}:{subject_id}")
+        if not reason.strip() or not requested_by.strip():
+            raise InvalidInputError("reason", "an erasure needs a reason and who asked for it")
+        params: list[Any] = []
+        if subject_type == USER_SUBJECT:
+            where = (
+                _in("e.actor_type", [ActorType.USER.value], params, keyed=True)
+                + " AND "
+                + _in("e.actor_id", [subject_id], params, keyed=True)
+            )
+        else:
+            kind = ObjectType.parse(subject_type, "subject type").value
+            where = (
+                "(e.seq, e.start_ns) IN (SELECT o.event_seq, o.start_ns FROM event_objects "
+                "AS o WHERE "
+                + _in("o.object_type", [kind], params, keyed=True)
+                + " AND "
+                + _in("o.external_id", [subject_id], params, keyed=True)
+                + ")"
+            )
+        find = (
+            "SELECT e.seq, e.id, c.position FROM events AS e LEFT JOIN chain AS c "
+            f"ON c.event_seq = e.seq WHERE {where} AND e.salt IS NOT NULL "
+            "ORDER BY c.position NULLS LAST, e.seq"
+        )
+
+        def statements(conn: psycopg.Connection[Any]) -> ErasureReport:
+            key = _pseudonym_key(conn)
+            found = conn.execute(find, params).fetchall()
+            alias = pseudonym(key, subject_type, subject_id)
+            position = None
+            if found and not dry_run:
+                _strip_payloads(conn, [int(seq) for seq, _, _ in found], key)
+                position = _append_act(
+                    conn,
+                    {
+                        "act": "erasure",
+                        "at_ns": time.time_ns(),
+                        "subject": alias,
+                        "subject_type": subject_type,
+                        "reason": reason,
+                        "requested_by": requested_by,
+                        "events": len(found),
+                        "positions": [int(p) for _, _, p in found if p is not None],
+                    },
+                ).position
+            return ErasureReport(
+                subject_type=subject_type,
+                pseudonym=alias,
+                events=len(found),
+                event_ids=tuple(str(event_id) for _, event_id, _ in found),
+                position=position,
+            )
+
+        if dry_run:
+
+            def look(conn: psycopg.Connection[Any]) -> ErasureReport:
+                with conn.transaction():
+                    return statements(conn)
+
+            report: ErasureReport = self._read(look)
+            return report
+        self._forked()
+        with self._write_lock:
+            conn = self._writer_connection()
+            try:
+                with conn.transaction():
+                    return statements(conn)
+            except psycopg.Error as exc:
+                self._drop_writer()
+                raise StoreError(f"cannot erase in {self._location}: {exc}") from None
 
     def prune(
         self,
@@ -1184,8 +1735,11 @@ class PostgresLedger:
         keep_skeleton: bool = False,
     ) -> PruneReport:
         """Delete events that started before ``older_than_ns`` (with their objects and
-        tags); with ``dry_run``, only count them. ``force`` changes nothing here: a
-        PostgreSQL ledger does not ship (it is the destination), so nothing waits in it.
+        tags) and record the prune in the chain (their chain entries stay, so ``verify``
+        tells them pruned, not deleted); with ``keep_skeleton``, remove only their
+        payloads (as an erasure does); with ``dry_run``, only count them. ``force``
+        changes nothing here: a PostgreSQL ledger does not ship (it is the destination),
+        so nothing waits in it.
 
         Partitions that lie wholly before the cut-off are dropped (their space goes back
         to the operating system at once); only the partition the cut-off falls in is
@@ -1197,49 +1751,97 @@ class PostgresLedger:
             conn = self._writer_connection()
             try:
                 with _locked(conn):
-                    counts = {table: 0 for table in TABLES}
-                    dropped: list[Partition] = []
-                    for suffix in sorted(self._existing_suffixes(conn)):
-                        partition = partition_named(suffix)
-                        if partition is None:
-                            continue  # not one of ours: never touched
-                        if partition.covered_by(cutoff):
-                            for table in TABLES:
-                                row = conn.execute(
-                                    _sql.SQL("SELECT count(*) FROM {}").format(
-                                        _sql.Identifier(partition.name(table))
-                                    )
-                                ).fetchone()
-                                counts[table] += int(row[0]) if row is not None else 0
-                            dropped.append(partition)
-                        elif partition.low is None or partition.low < cutoff:
-                            for table in TABLES:
-                                name = _sql.Identifier(partition.name(table))
-                                statement = (
-                                    "SELECT count(*) FROM {} WHERE start_ns < %s"
-                                    if dry_run
-                                    else "WITH gone AS (DELETE FROM {} WHERE start_ns < %s "
-                                    "RETURNING 1) SELECT count(*) FROM gone"
-                                )
-                                row = conn.execute(
-                                    _sql.SQL(statement).format(name), (cutoff,)
-                                ).fetchone()
-                                counts[table] += int(row[0]) if row is not None else 0
-                    if not dry_run:
-                        for partition in dropped:
-                            for table in reversed(TABLES):
-                                conn.execute(
-                                    _sql.SQL("DROP TABLE {}").format(
-                                        _sql.Identifier(partition.name(table))
-                                    )
-                                )
-                            self._partitions.discard(partition.suffix)
+                    if keep_skeleton:
+                        counts = self._prune_payloads(conn, cutoff, dry_run=dry_run)
+                    else:
+                        counts = self._prune_events(conn, cutoff, dry_run=dry_run)
+                    if counts["events"] and not dry_run:
+                        _append_act(
+                            conn,
+                            {
+                                "act": "prune-payload" if keep_skeleton else "prune",
+                                "at_ns": time.time_ns(),
+                                "before_ns": cutoff,
+                                "events": counts["events"],
+                            },
+                        )
             except psycopg.Error as exc:
                 self._drop_writer()
                 raise StoreError(f"cannot prune {self._location}: {exc}") from None
         return PruneReport(
-            events=counts["events"], objects=counts["event_objects"], tags=counts["event_tags"]
+            events=counts["events"],
+            objects=counts["event_objects"],
+            tags=counts["event_tags"],
+            kept_skeleton=keep_skeleton,
         )
+
+    @staticmethod
+    def _prune_payloads(
+        conn: psycopg.Connection[Any], cutoff: int, *, dry_run: bool
+    ) -> dict[str, int]:
+        """``prune --keep-skeleton``: strip the payloads of the events before ``cutoff``
+        that still have one (in the open transaction); count them, their objects, tags."""
+        seqs = [
+            int(seq)
+            for (seq,) in conn.execute(
+                "SELECT seq FROM events WHERE start_ns < %s AND salt IS NOT NULL ORDER BY seq",
+                (cutoff,),
+            )
+        ]
+        counts = {"events": len(seqs), "event_objects": 0, "event_tags": 0}
+        if not seqs:
+            return counts
+        for table in ("event_objects", "event_tags"):
+            row = conn.execute(
+                _sql.SQL(
+                    "SELECT count(*) FROM {} WHERE event_seq = ANY(%s) AND start_ns < %s"
+                ).format(_sql.Identifier(table)),
+                (seqs, cutoff),
+            ).fetchone()
+            counts[table] = int(row[0]) if row is not None else 0
+        if not dry_run:
+            _strip_payloads(conn, seqs, _pseudonym_key(conn))
+        return counts
+
+    def _prune_events(
+        self, conn: psycopg.Connection[Any], cutoff: int, *, dry_run: bool
+    ) -> dict[str, int]:
+        """Drop or delete the events before ``cutoff`` (in the open transaction); count
+        them, their objects and tags. Their chain entries stay."""
+        counts = {table: 0 for table in TABLES}
+        dropped: list[Partition] = []
+        for suffix in sorted(self._existing_suffixes(conn)):
+            partition = partition_named(suffix)
+            if partition is None:
+                continue  # not one of ours: never touched
+            if partition.covered_by(cutoff):
+                for table in TABLES:
+                    row = conn.execute(
+                        _sql.SQL("SELECT count(*) FROM {}").format(
+                            _sql.Identifier(partition.name(table))
+                        )
+                    ).fetchone()
+                    counts[table] += int(row[0]) if row is not None else 0
+                dropped.append(partition)
+            elif partition.low is None or partition.low < cutoff:
+                for table in TABLES:
+                    name = _sql.Identifier(partition.name(table))
+                    statement = (
+                        "SELECT count(*) FROM {} WHERE start_ns < %s"
+                        if dry_run
+                        else "WITH gone AS (DELETE FROM {} WHERE start_ns < %s "
+                        "RETURNING 1) SELECT count(*) FROM gone"
+                    )
+                    row = conn.execute(_sql.SQL(statement).format(name), (cutoff,)).fetchone()
+                    counts[table] += int(row[0]) if row is not None else 0
+        if not dry_run:
+            for partition in dropped:
+                for table in reversed(TABLES):
+                    conn.execute(
+                        _sql.SQL("DROP TABLE {}").format(_sql.Identifier(partition.name(table)))
+                    )
+                self._partitions.discard(partition.suffix)
+        return counts
 
     def size_bytes(self) -> tuple[int, int]:
         rows = self._scalar_rows(

@@ -1,14 +1,22 @@
 """The PostgreSQL ledger's schema: tables, migrations and monthly partitions.
 
-Layout (schema version 1)::
+Layout (schema version 2; version 2 adds the chain)::
 
     decision_trace_schema  one row: the schema version (migrations take an advisory lock)
     events                 one row per event; range-partitioned by start_ns, one partition
                            a calendar month (UTC) from 2000 to 2099, and one partition each
                            for everything before 2000 and from 2100 on; primary key
-                           (id, start_ns), so writing the same span twice stores it once
+                           (id, start_ns), so writing the same span twice stores it once.
+                           ``salt`` (hex) and ``payload`` (the exact text of
+                           :func:`decision_trace.integrity.payload_bytes` the commitment
+                           hashes: ``jsonb`` does not keep the bytes written) are NULL once
+                           an erasure or ``prune --keep-skeleton`` removed the payload
     event_objects          one row per object an event touched, partitioned like events
     event_tags             one row per tag, partitioned like events
+    chain                  the tamper-evident chain (docs/proving.md): one entry per event
+                           (``event_seq`` names its row) and per act, by ``position``
+                           (commit order; not partitioned, never pruned)
+    ledger_meta            the ledger's id and its pseudonym key
 
 Every partition of the three tables covers the same range and has the same suffix
 (``events_p2026_12``, ``event_objects_p2026_12``...), so retention drops all three.
@@ -109,7 +117,31 @@ CREATE INDEX event_tags_by_tag ON event_tags ({_key("tag")}, start_ns);
 CREATE INDEX event_tags_by_event ON event_tags (event_seq);
 """
 
-MIGRATIONS: tuple[str, ...] = (_MIGRATION_1,)
+_MIGRATION_2 = """
+ALTER TABLE events ADD COLUMN salt text, ADD COLUMN payload text;
+CREATE TABLE chain (
+    position   bigint PRIMARY KEY,
+    kind       smallint NOT NULL,
+    event_id   text COLLATE "C",
+    event_seq  bigint,
+    start_ns   bigint NOT NULL,
+    skeleton   text NOT NULL,
+    commitment text NOT NULL,
+    hash       text NOT NULL,
+    body       text
+);
+CREATE INDEX chain_acts ON chain (position) WHERE kind = 1;
+CREATE INDEX chain_by_event ON chain (event_seq) WHERE event_seq IS NOT NULL;
+CREATE TABLE ledger_meta (
+    key   text PRIMARY KEY,
+    value text NOT NULL
+);
+"""
+"""The chain. The ledger's id and pseudonym key, and the adoption of the events stored
+before (chained in ``seq`` order, then an "adopt" act), are written by the ledger right
+after this script, in the same transaction (they are made in Python)."""
+
+MIGRATIONS: tuple[str, ...] = (_MIGRATION_1, _MIGRATION_2)
 """Schema migrations in order; migration ``n`` brings the version from n-1 to n."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
