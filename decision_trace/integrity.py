@@ -53,11 +53,13 @@ __all__ = [
     "VerifyReport",
     "act_body",
     "entry_hash",
+    "erased_form",
     "event_digests",
     "link_act",
     "link_events",
     "parse_subject",
     "payload_bytes",
+    "payload_of",
     "pseudonym",
     "row_digests",
     "skeleton_bytes",
@@ -147,6 +149,26 @@ def event_digests(
 
 _skeleton_of = itemgetter(*(EVENT_COLUMNS.index(c) for c in SKELETON_COLUMNS))
 _payload_of = itemgetter(*(EVENT_COLUMNS.index(c) for c in PAYLOAD_COLUMNS))
+payload_of = _payload_of
+"""The :data:`PAYLOAD_COLUMNS` of a stored row (:data:`~decision_trace._rows.EVENT_COLUMNS`
+order)."""
+
+
+ERASED_PREFIX = "erased-"
+"""How every pseudonym an erasure leaves starts (:func:`pseudonym`)."""
+
+
+def erased_form(payload: Sequence[Any], object_ids: Sequence[str]) -> bool:
+    """Whether an event's payload (the :data:`PAYLOAD_COLUMNS` as stored, and its object
+    ids) is what an erasure leaves: an empty description, pseudonyms for ids, nothing
+    else. An erased event whose payload holds anything more was written to afterwards."""
+    description, actor_id, *rest = payload
+    return (
+        description == ""
+        and (actor_id is None or str(actor_id).startswith(ERASED_PREFIX))
+        and all(value is None for value in rest)
+        and all(str(i).startswith(ERASED_PREFIX) for i in object_ids)
+    )
 
 
 def row_digests(
@@ -211,7 +233,7 @@ def pseudonym(key: bytes, subject_type: str, subject_id: str) -> str:
     pseudonym in one ledger, so its erased events stay linked; whoever holds the ledger
     (and so its key) can test a guessed id, nobody can read the id back."""
     digest = hmac.new(key, f"{subject_type}:{subject_id}".encode(), hashlib.sha256).hexdigest()
-    return f"erased-{digest[:24]}"
+    return f"{ERASED_PREFIX}{digest[:24]}"
 
 
 def act_body(values: dict[str, Any]) -> str:
@@ -303,8 +325,9 @@ class FoundEvent:
     """The commitment recomputed from the stored payload and salt; None when the payload
     was removed (erased, or pruned with ``--keep-skeleton``)."""
     mismatch: str | None = None
-    """Set by a backend that keeps a copy of the hashed payload (PostgreSQL): which
-    stored column disagrees with it."""
+    """What of the stored row disagrees with what was hashed or erased: a column that
+    disagrees with the hashed payload (PostgreSQL keeps a copy), or the payload of an
+    erased event, which holds data again (:func:`erased_form`)."""
 
 
 @dataclass(frozen=True)
@@ -519,7 +542,9 @@ def verify_entries(
             )
             continue
         if found.commitment is None:
-            if position in index.erased:
+            if found.mismatch is not None:
+                problem("changed", position, event_id, f"{found.mismatch} was changed")
+            elif position in index.erased:
                 erased += 1
             elif _covered(index.payload_cutoffs, position, entry.start_ns):
                 payload_pruned += 1

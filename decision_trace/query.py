@@ -769,6 +769,7 @@ def iter_chain(
         )
         link = objects.fetchone()
         digests = integrity.row_digests
+        payload_of = integrity.payload_of
         entry_row = chain.fetchone()
         event_row = events.fetchone()
         while entry_row is not None or event_row is not None:
@@ -786,7 +787,10 @@ def iter_chain(
                 skeleton, commitment = digests(
                     event_row, types, ids, bytes.fromhex(salt) if salt is not None else None
                 )
-                found = integrity.FoundEvent(rowid, event_row[1], skeleton, commitment)
+                mismatch = None
+                if commitment is None and not integrity.erased_form(payload_of(event_row), ids):
+                    mismatch = "the payload of this erased event"
+                found = integrity.FoundEvent(rowid, event_row[1], skeleton, commitment, mismatch)
                 event_row = events.fetchone()
                 if entry_row is None or entry_row[0] != rowid:
                     yield None, found

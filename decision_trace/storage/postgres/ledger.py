@@ -73,6 +73,7 @@ from ...integrity import (
     act_body,
     decode_act,
     entry_hash,
+    erased_form,
     link_act,
     parse_subject,
     payload_bytes,
@@ -583,7 +584,9 @@ def _found_event(
     skeleton = _sha256(skeleton_bytes(_skeleton_of(row), types)).digest()
     salt, payload = row[-2], row[-1]
     if salt is None:
-        return FoundEvent(position, row[1], skeleton, None)
+        erased = payload is None and erased_form(_payload_of(row), ids)
+        mismatch = None if erased else "the payload of this erased event"
+        return FoundEvent(position, row[1], skeleton, None, mismatch)
     salt_bytes = _unhex(salt)
     if payload is None or not salt_bytes:
         return FoundEvent(
