@@ -399,7 +399,7 @@ def test_a_schema_3_ledger_is_adopted(tmp_path: Path) -> None:
     make_older_ledger(path, 3)
     reading = open_ledger(path, read_only=True)
     try:
-        with pytest.raises(StoreError, match="no chain yet.*open it writable once"):
+        with pytest.raises(StoreError, match=r"no chain yet.*open it writable once"):
             reading.verify()
         with pytest.raises(StoreError, match="no chain yet"):
             reading.chain_state()
@@ -611,9 +611,7 @@ def test_prune_is_recorded(ledger: Ledger, built: Built, tmp_path: Path) -> None
     assert _kinds(_verify(copy)) == [("deleted", 6, built.ids[5]), ("deleted", COUNT + 2, late)]
 
 
-def test_prune_refuses_unshipped_events_keeping_skeletons_too(
-    ledger: Ledger, built: Built
-) -> None:
+def test_prune_refuses_unshipped_events_keeping_skeletons_too(ledger: Ledger, built: Built) -> None:
     assert ledger.register_destination("https://team.example") == 0
     everything = _rows(built.path, "true")
     for keep_skeleton in (True, False):
