@@ -31,7 +31,7 @@ from decision_trace.checkpoint import (
 )
 from decision_trace.errors import InvalidInputError, UnshippedEventsError
 from decision_trace.record import ns_from_datetime
-from decision_trace.storage import Ledger, open_ledger
+from decision_trace.storage import EventFilters, Ledger, open_ledger
 
 START = datetime(2026, 3, 1, tzinfo=timezone.utc)
 COUNT = 12
@@ -686,3 +686,37 @@ def test_erased_bytes_leave_the_file_after_compaction(tmp_path: Path) -> None:
     found = [s for s in secrets_ if s.encode() in data]
     assert found == []
     assert tail.encode() not in data
+
+
+# --- what verify does not see (yet) ---------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="event_tags is not checked against the hashed tags_json: a tag row deleted or "
+    "added changes what a query by tag returns, and verify reports nothing",
+)
+def test_a_tag_row_deleted(built: Built, tmp_path: Path) -> None:
+    copy = _copy(built.path, tmp_path / "copy")
+    _tamper(copy, "DELETE FROM event_tags WHERE event_rowid = 5 AND tag = 'refund'")
+    ledger = open_ledger(copy, read_only=True)
+    try:
+        assert built.ids[4] not in [e.id for e in ledger.query(EventFilters(tags=("refund",)))]
+        report = ledger.verify()
+    finally:
+        ledger.close()
+    assert _kinds(report) == [("changed", 5, built.ids[4])]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="event_objects.start_ns is not checked against the event's hashed start_ns: an "
+    "object's story can be reordered or an event hidden from a time range unseen",
+)
+def test_an_object_rows_time(built: Built, tmp_path: Path) -> None:
+    copy = _copy(built.path, tmp_path / "copy")
+    _tamper(
+        copy, "UPDATE event_objects SET start_ns = start_ns + 86400000000000 WHERE event_rowid = 3"
+    )
+    report = _verify(copy)
+    assert _kinds(report) == [("changed", 3, built.ids[2])]
