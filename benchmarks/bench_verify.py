@@ -95,8 +95,7 @@ _CHAIN_SQL = (
     "FROM chain ORDER BY position"
 )
 _OBJECTS_SQL = (
-    "SELECT event_rowid, object_type, external_id FROM event_objects "
-    "ORDER BY event_rowid, position"
+    "SELECT event_rowid, object_type, external_id FROM event_objects ORDER BY event_rowid, position"
 )
 
 
