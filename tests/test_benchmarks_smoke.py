@@ -38,6 +38,13 @@ REQUIRED = {
         "ratio record ship/no-ship realistic",
         "shipped during a burst",
     ),
+    "bench_verify": (
+        "ratio verify events/s / 100,000",
+        "read the rows (Python)",
+        "sha256 of",
+        "bytes per event:",
+        "verify report: ok",
+    ),
 }
 """Lines a script must always print."""
 RATIO_LINE = re.compile(r"ratio [^:]+: \d+\.\d\dx \(target (<=|>=) [\d.]+x\) (MET|MISSED)")
@@ -49,6 +56,7 @@ def test_every_benchmark_is_found() -> None:
     names = {script.stem for script in SCRIPTS}
     assert {"bench_pg_write", "bench_pg_end_to_end", "bench_pg_queries"} <= names
     assert "bench_shipping" in names
+    assert "bench_verify" in names
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
