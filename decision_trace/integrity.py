@@ -30,7 +30,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from ._rows import EVENT_COLUMNS, StoredRow
 from .errors import InvalidInputError
@@ -298,9 +298,10 @@ class ChainState:
     """The last entry's stored hash (:data:`GENESIS` for an empty chain)."""
 
 
-@dataclass(frozen=True)
-class ChainEntry:
-    """One stored chain entry, as the ledger holds it."""
+class ChainEntry(NamedTuple):
+    """One stored chain entry, as the ledger holds it. (A named tuple rather than a
+    frozen dataclass, as :class:`FoundEvent`: verify and the writers make one an event,
+    and a dataclass's ``__init__`` cost more than hashing the event.)"""
 
     position: int
     kind: int
@@ -313,8 +314,7 @@ class ChainEntry:
     """The act's canonical JSON (acts only)."""
 
 
-@dataclass(frozen=True)
-class FoundEvent:
+class FoundEvent(NamedTuple):
     """What the ledger holds for the event at one position (its own row)."""
 
     position: int
@@ -542,19 +542,20 @@ def verify_entries(
             )
             continue
         if found.commitment is None:
-            if found.mismatch is not None:
-                problem("changed", position, event_id, f"{found.mismatch} was changed")
-            elif position in index.erased:
-                erased += 1
-            elif _covered(index.payload_cutoffs, position, entry.start_ns):
-                payload_pruned += 1
-            else:
+            was_erased = position in index.erased
+            if not was_erased and not _covered(index.payload_cutoffs, position, entry.start_ns):
                 problem(
                     "erased-unrecorded",
                     position,
                     event_id,
                     "its payload is gone, and no erasure or prune in the chain removed it",
                 )
+            elif found.mismatch is not None:
+                problem("changed", position, event_id, f"{found.mismatch} was changed")
+            elif was_erased:
+                erased += 1
+            else:
+                payload_pruned += 1
             continue
         if found.commitment != entry.commitment or found.mismatch is not None:
             what = found.mismatch or "its content"

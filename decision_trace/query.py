@@ -6,6 +6,7 @@ Every function takes an open SQLite connection from
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sqlite3
 from collections.abc import Callable, Generator, Sequence
@@ -17,7 +18,7 @@ from . import integrity
 from ._rows import EVENT_COLUMNS, build_chain, events_from_rows, records_from_rows
 from .errors import EventNotFoundError, InvalidInputError, StoreError
 from .models import ChainNode, ObjectType, TraceEvent, clean_text
-from .record import MAX_NS, MIN_NS, EventRecord, datetime_from_ns
+from .record import MAX_NS, MIN_NS, EventRecord, datetime_from_ns, loads_json
 from .storage.filters import EventFilters, Order
 from .storage.outbox import DestinationStatus, Rejection
 
@@ -752,49 +753,204 @@ class _snapshot:
             self.conn.execute("COMMIT")
 
 
+# The canonical bytes of each event, made by SQLite (C) rather than Python: json_array
+# writes text, integers and NULL byte for byte as integrity._dumps does (tested over
+# every code point, tests/test_integrity.py). Any digest that disagrees is recomputed
+# from the row by integrity.py itself before it is reported, so this only ever
+# accelerates. The object types' list also turns into a mismatch when an object row's
+# time disagrees with its event's (an index the chain does not hash otherwise).
+_CANONICAL = (
+    "json_array('dt-skeleton-1', e.id, e.trace_id, e.parent_id, e.start_ns, e.duration_ns, "
+    "e.event_type, e.actor_type, e.outcome, e.service_name, (SELECT json_group_array("
+    "CASE WHEN o.start_ns = e.start_ns THEN o.object_type END) FROM (SELECT object_type, "
+    "start_ns FROM event_objects WHERE event_rowid = e.rowid ORDER BY position) AS o)), "
+    "json_array('dt-payload-1', e.description, e.actor_id, e.actor_name, e.actor_json, "
+    "e.reasoning, e.decision_json, e.objects_json, e.tags_json, e.error, e.metadata_json, "
+    "(SELECT json_group_array(o.external_id) FROM (SELECT external_id FROM event_objects "
+    "WHERE event_rowid = e.rowid ORDER BY position) AS o))"
+)
+_CHAIN_AND_EVENTS = (
+    "SELECT c.position, c.kind, c.event_id, c.start_ns, c.skeleton, c.commitment, c.hash, "
+    f"c.body, e.rowid, e.id, e.salt, {_CANONICAL}, {{missing_tags}} FROM chain AS c "
+    "LEFT JOIN events AS e ON e.rowid = c.position ORDER BY c.position"
+)
+# Tag rows are an index of each event's hashed tags_json, which verify checks two ways
+# (tag rows missing for an event count in _CHAIN_AND_EVENTS, its last column): when the
+# ledger holds as many tag rows as its events hold distinct tags, and none is missing,
+# none was added either. Only when the totals disagree are the added rows looked for.
+_TAG_TOTALS = (
+    "SELECT (SELECT count(*) FROM event_tags), (SELECT sum((SELECT count(DISTINCT value) "
+    "FROM json_each(tags_json))) FROM events WHERE json_valid(tags_json))"
+)
+_ADDED_TAGS = (
+    "SELECT DISTINCT t.event_rowid FROM event_tags AS t LEFT JOIN events AS e "
+    "ON e.rowid = t.event_rowid WHERE e.rowid IS NULL OR NOT EXISTS (SELECT 1 FROM "
+    "json_each(CASE WHEN json_valid(e.tags_json) THEN e.tags_json END) AS j "
+    "WHERE j.value = t.tag)"
+)
+_MISSING_TAGS = (
+    "(SELECT count(*) FROM json_each(CASE WHEN json_valid(e.tags_json) THEN e.tags_json "
+    "END) AS j WHERE NOT EXISTS (SELECT 1 FROM event_tags AS t WHERE t.tag = j.value "
+    "AND t.event_rowid = e.rowid))"
+)
+
+
+def _prefetched(
+    conn: sqlite3.Connection, first: Callable[[], object], sql: str, size: int = 1000
+) -> Generator[Any, None, None]:
+    """``first()``'s result, then the rows of ``sql`` in lists of ``size``, read by a
+    thread of its own: SQLite releases the GIL while it steps, so reading (and building
+    the canonical bytes) overlaps the caller's hashing. Closing the generator stops the
+    thread; an error in it is raised here."""
+    import queue
+    import threading
+
+    handoff: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=8)
+    stop = threading.Event()
+
+    def put(item: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            if not put(("item", first())):
+                return
+            cursor = conn.execute(sql)
+            while True:
+                rows = cursor.fetchmany(size)
+                if not rows or not put(("item", rows)):
+                    break
+            cursor.close()
+            put(("end", None))
+        except BaseException as exc:  # handed to the reader of the generator
+            put(("error", exc))
+
+    thread = threading.Thread(target=read, name="decision-trace-verify-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = handoff.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _found_in_python(conn: sqlite3.Connection, rowid: int) -> integrity.FoundEvent:
+    """The event at ``rowid`` as verify finds it, computed by integrity.py from the row
+    (the reference for the fast path), its object rows' times and its tag rows checked."""
+    row = conn.execute(f"{_SELECT_WITH_SALT} WHERE e.rowid = ?", (rowid,)).fetchone()
+    linked = conn.execute(
+        "SELECT object_type, external_id, start_ns FROM event_objects "
+        "WHERE event_rowid = ? ORDER BY position",
+        (rowid,),
+    ).fetchall()
+    types = [link[0] for link in linked]
+    ids = [link[1] for link in linked]
+    salt = row[-1]
+    skeleton, commitment = integrity.row_digests(
+        row, types, ids, bytes.fromhex(salt) if salt is not None else None
+    )
+    mismatch = None
+    if commitment is None and not integrity.erased_form(integrity.payload_of(row), ids):
+        mismatch = "the payload of this erased event"
+    elif any(link[2] != row[4] for link in linked):
+        mismatch = "the time of its object rows"
+    elif not _tags_agree(conn, rowid, row[15]):
+        mismatch = "its tag rows (they disagree with its hashed tags)"
+    return integrity.FoundEvent(rowid, row[1], skeleton, commitment, mismatch)
+
+
+def _tags_agree(conn: sqlite3.Connection, rowid: int, tags_json: str | None) -> bool:
+    stored = {tag for (tag,) in conn.execute(_TAGS_OF, (rowid,))}
+    try:
+        hashed = set(loads_json(tags_json)) if tags_json else set()
+    except (ValueError, TypeError):
+        return False
+    return stored == hashed
+
+
+_SELECT_WITH_SALT = f"SELECT {_COLUMNS}, e.salt FROM events AS e"
+
+
+def _is_erased_form(payload: str) -> bool:
+    try:
+        values = loads_json(payload)
+    except ValueError:
+        return False
+    return integrity.erased_form(values[1:-1], values[-1])
+
+
+_TAGS_OF = "SELECT tag FROM event_tags WHERE event_rowid = ?"
+
+
 def iter_chain(
     conn: sqlite3.Connection,
 ) -> Generator[tuple[integrity.ChainEntry | None, integrity.FoundEvent | None], None, None]:
-    """Every chain entry and every stored event, merged by position (what
-    :func:`integrity.verify_entries` takes), read in one snapshot."""
+    """Every chain entry with the event stored at its position (what
+    :func:`integrity.verify_entries` takes), then every event no entry names, as
+    ``(None, found)``; read in one snapshot."""
     _has_chain(conn)
+    sha256 = hashlib.sha256
+    fromhex = bytes.fromhex
+    entry_of = integrity.ChainEntry
+    found_of = integrity.FoundEvent
     with _snapshot(conn):
-        chain = conn.execute(f"{_CHAIN_SELECT} ORDER BY position")
-        events = conn.cursor()
-        events.execute(f"SELECT {_COLUMNS}, e.salt FROM events AS e ORDER BY e.rowid")
-        objects = conn.cursor()
-        objects.execute(
-            "SELECT event_rowid, object_type, external_id FROM event_objects "
-            "ORDER BY event_rowid, position"
+
+        def added_tags() -> set[int]:
+            rows, tags = conn.execute(_TAG_TOTALS).fetchone()
+            if rows == (tags or 0):
+                return set()
+            return {rowid for (rowid,) in conn.execute(_ADDED_TAGS)}
+
+        batches = _prefetched(
+            conn, added_tags, _CHAIN_AND_EVENTS.format(missing_tags=_MISSING_TAGS)
         )
-        link = objects.fetchone()
-        digests = integrity.row_digests
-        payload_of = integrity.payload_of
-        entry_row = chain.fetchone()
-        event_row = events.fetchone()
-        while entry_row is not None or event_row is not None:
-            found = None
-            if event_row is not None and (entry_row is None or event_row[0] <= entry_row[0]):
-                rowid = event_row[0]
-                types: list[str] = []
-                ids: list[str] = []
-                while link is not None and link[0] <= rowid:
-                    if link[0] == rowid:
-                        types.append(link[1])
-                        ids.append(link[2])
-                    link = objects.fetchone()
-                salt = event_row[-1]
-                skeleton, commitment = digests(
-                    event_row, types, ids, bytes.fromhex(salt) if salt is not None else None
-                )
-                mismatch = None
-                if commitment is None and not integrity.erased_form(payload_of(event_row), ids):
-                    mismatch = "the payload of this erased event"
-                found = integrity.FoundEvent(rowid, event_row[1], skeleton, commitment, mismatch)
-                event_row = events.fetchone()
-                if entry_row is None or entry_row[0] != rowid:
-                    yield None, found
-                    continue
-            assert entry_row is not None
-            yield _entry(entry_row), found
-            entry_row = chain.fetchone()
+        try:
+            suspect: set[int] = next(batches)
+            for rows in batches:
+                for row in rows:
+                    skeleton, commitment = fromhex(row[4]), fromhex(row[5])
+                    entry = entry_of(
+                        row[0],
+                        row[1],
+                        row[2],
+                        row[3],
+                        skeleton,
+                        commitment,
+                        fromhex(row[6]),
+                        row[7],
+                    )
+                    rowid = row[8]
+                    if rowid is None:
+                        yield entry, None
+                        continue
+                    salt = row[10]
+                    if row[13] or rowid in suspect or sha256(row[11].encode()).digest() != skeleton:
+                        yield entry, _found_in_python(conn, rowid)
+                    elif salt is None:
+                        if _is_erased_form(row[12]):
+                            yield entry, found_of(rowid, row[9], skeleton, None)
+                        else:
+                            yield entry, _found_in_python(conn, rowid)
+                    elif sha256(fromhex(salt) + row[12].encode()).digest() != commitment:
+                        yield entry, _found_in_python(conn, rowid)
+                    else:
+                        yield entry, found_of(rowid, row[9], skeleton, commitment)
+        finally:
+            batches.close()
+        for (rowid,) in conn.execute(
+            "SELECT rowid FROM events AS e WHERE NOT EXISTS "
+            "(SELECT 1 FROM chain AS c WHERE c.position = e.rowid) ORDER BY rowid"
+        ).fetchall():
+            yield None, _found_in_python(conn, rowid)
