@@ -37,6 +37,7 @@ from decision_trace.errors import StoreError
 from decision_trace.models import ObjectType
 from decision_trace.record import EventRecord
 from decision_trace.storage import is_url, open_ledger
+from decision_trace.storage.postgres.schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from decision_trace.store import SCHEMA_VERSION
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -652,7 +653,7 @@ def test_stats(ledger: Ledger) -> None:
     assert stats["db"] == ledger.db  # a URL as given (it holds no password)
     if on_postgres(ledger.db):  # the three tables with their indexes; no separate log
         assert stats["size_bytes"] > 0 and stats["wal_bytes"] == 0
-        assert stats["schema_version"] == 1
+        assert stats["schema_version"] == PG_SCHEMA_VERSION == 2
     else:
         assert stats["size_bytes"] == Path(ledger.db).stat().st_size > 0
         assert stats["schema_version"] == SCHEMA_VERSION == 4
