@@ -1,5 +1,6 @@
-"""The Guarantees sections of docs/guarantees.md and docs/shipping.md name only tests
-that exist, and every reliability test module is named in docs/guarantees.md."""
+"""The Guarantees sections of docs/guarantees.md, docs/shipping.md and docs/proving.md
+name only tests that exist, and every reliability test module is named in
+docs/guarantees.md."""
 
 from __future__ import annotations
 
@@ -50,3 +51,15 @@ def test_every_shipping_guarantee_names_an_existing_test() -> None:
     for module, test in named:
         folder = HERE if module.startswith("test_rel_") else HERE.parent
         assert test in _tests_in(folder / module), f"{module}::{test} named in docs/shipping.md"
+
+
+PROVING = HERE.parent.parent / "docs" / "proving.md"
+
+
+def test_every_proving_guarantee_names_an_existing_test() -> None:
+    text = PROVING.read_text(encoding="utf-8")
+    section = text.split("\n## Each guarantee and its test\n", 1)[1].split("\n## ", 1)[0]
+    named = re.findall(r"`tests/((?:reliability/|storage/)?test_\w+\.py)::(test_\w+)`", section)
+    assert len(named) >= 30
+    for module, test in named:
+        assert test in _tests_in(HERE.parent / module), f"{module}::{test} named in docs/proving.md"
