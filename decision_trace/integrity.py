@@ -54,12 +54,14 @@ __all__ = [
     "act_body",
     "entry_hash",
     "erased_form",
+    "erasure_act",
     "event_digests",
     "link_act",
     "link_events",
     "parse_subject",
     "payload_bytes",
     "payload_of",
+    "prune_act",
     "pseudonym",
     "row_digests",
     "skeleton_bytes",
@@ -234,6 +236,38 @@ def pseudonym(key: bytes, subject_type: str, subject_id: str) -> str:
     (and so its key) can test a guessed id, nobody can read the id back."""
     digest = hmac.new(key, f"{subject_type}:{subject_id}".encode(), hashlib.sha256).hexdigest()
     return f"{ERASED_PREFIX}{digest[:24]}"
+
+
+def erasure_act(
+    subject: str, subject_type: str, reason: str, requested_by: str, positions: Sequence[int]
+) -> dict[str, Any]:
+    """The record of an erasure (both backends append the same): ``subject`` is the
+    subject's pseudonym, ``positions`` the chain positions of the events erased."""
+    import time
+
+    return {
+        "act": "erasure",
+        "at_ns": time.time_ns(),
+        "subject": subject,
+        "subject_type": subject_type,
+        "reason": reason,
+        "requested_by": requested_by,
+        "events": len(positions),
+        "positions": list(positions),
+    }
+
+
+def prune_act(before_ns: int, events: int, *, keep_skeleton: bool) -> dict[str, Any]:
+    """The record of a prune of ``events`` events that started before ``before_ns``
+    (their payloads only, with ``keep_skeleton``)."""
+    import time
+
+    return {
+        "act": "prune-payload" if keep_skeleton else "prune",
+        "at_ns": time.time_ns(),
+        "before_ns": before_ns,
+        "events": events,
+    }
 
 
 def act_body(values: dict[str, Any]) -> str:

@@ -1337,13 +1337,7 @@ class Store:
                     rowids = [row[0] for row in conn.execute(old, (older_than_ns,))]
                     _strip_payloads(conn, rowids, self._pseudonym_key(conn))
                     _append_act(
-                        conn,
-                        {
-                            "act": "prune-payload",
-                            "at_ns": time.time_ns(),
-                            "before_ns": older_than_ns,
-                            "events": counts[0],
-                        },
+                        conn, integrity.prune_act(older_than_ns, counts[0], keep_skeleton=True)
                     )
                 elif not dry_run and counts[0]:
                     # Row numbers are never given out twice (see _LAST_ROWID).
@@ -1360,13 +1354,7 @@ class Store:
                     )
                     conn.execute("DELETE FROM events WHERE start_ns < ?", (older_than_ns,))
                     _append_act(
-                        conn,
-                        {
-                            "act": "prune",
-                            "at_ns": time.time_ns(),
-                            "before_ns": older_than_ns,
-                            "events": counts[0],
-                        },
+                        conn, integrity.prune_act(older_than_ns, counts[0], keep_skeleton=False)
                     )
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
@@ -1444,19 +1432,10 @@ class Store:
             position = None
             if found and not dry_run:
                 _strip_payloads(conn, [rowid for rowid, _ in found], key)
-                position = _append_act(
-                    conn,
-                    {
-                        "act": "erasure",
-                        "at_ns": time.time_ns(),
-                        "subject": alias,
-                        "subject_type": subject_type,
-                        "reason": reason,
-                        "requested_by": requested_by,
-                        "events": len(found),
-                        "positions": [rowid for rowid, _ in found],
-                    },
-                ).position
+                act = integrity.erasure_act(
+                    alias, subject_type, reason, requested_by, [rowid for rowid, _ in found]
+                )
+                position = _append_act(conn, act).position
             report.append(
                 integrity.ErasureReport(
                     subject_type=subject_type,

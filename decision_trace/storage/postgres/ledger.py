@@ -74,9 +74,11 @@ from ...integrity import (
     decode_act,
     entry_hash,
     erased_form,
+    erasure_act,
     link_act,
     parse_subject,
     payload_bytes,
+    prune_act,
     pseudonym,
     skeleton_bytes,
     verify_entries,
@@ -1690,18 +1692,9 @@ class PostgresLedger:
             position = None
             if found and not dry_run:
                 _strip_payloads(conn, [int(seq) for seq, _, _ in found], key)
+                positions = [int(p) for _, _, p in found if p is not None]
                 position = _append_act(
-                    conn,
-                    {
-                        "act": "erasure",
-                        "at_ns": time.time_ns(),
-                        "subject": alias,
-                        "subject_type": subject_type,
-                        "reason": reason,
-                        "requested_by": requested_by,
-                        "events": len(found),
-                        "positions": [int(p) for _, _, p in found if p is not None],
-                    },
+                    conn, erasure_act(alias, subject_type, reason, requested_by, positions)
                 ).position
             return ErasureReport(
                 subject_type=subject_type,
@@ -1761,12 +1754,7 @@ class PostgresLedger:
                     if counts["events"] and not dry_run:
                         _append_act(
                             conn,
-                            {
-                                "act": "prune-payload" if keep_skeleton else "prune",
-                                "at_ns": time.time_ns(),
-                                "before_ns": cutoff,
-                                "events": counts["events"],
-                            },
+                            prune_act(cutoff, counts["events"], keep_skeleton=keep_skeleton),
                         )
             except psycopg.Error as exc:
                 self._drop_writer()
