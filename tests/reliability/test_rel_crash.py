@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from reliability_support import run_python, started_python, stored_ids, write_script
 
+from decision_trace._lifecycle import SHUTDOWN_TIMEOUT_ENV
+
 pytestmark = pytest.mark.usefixtures("ledger_target")
 
 _ID = re.compile(r"^[0-9a-f]{16}$")
@@ -131,7 +133,13 @@ def test_batch_flushes_on_sigterm_mid_stream(
     db = ledger_target
     script = write_script(tmp_path, "recorder.py", RECORDER)
     printed: list[str] = []
-    with started_python(script, db, durability, "-1") as proc:
+    # The promise is "flushed at SIGTERM, within the shutdown deadline"; this tests the
+    # first half (test_rel_shutdown_deadline.py tests the deadline). Its one failure (493
+    # of the printed ids missing, on a loaded CI machine, before stderr was shown) fits
+    # a queue (up to 20,000 events) not written within the default 10 s, the rest being
+    # dropped as documented; a deadline no machine reaches keeps it about flushing.
+    env = {SHUTDOWN_TIMEOUT_ENV: "120"}
+    with started_python(script, db, durability, "-1", env=env) as proc:
         assert proc.stdout is not None
         stop_at = rng.randint(200, 3000)
         for line in proc.stdout:
