@@ -795,57 +795,6 @@ _MISSING_TAGS = (
 )
 
 
-def _prefetched(
-    conn: sqlite3.Connection, first: Callable[[], object], sql: str, size: int = 1000
-) -> Generator[Any, None, None]:
-    """``first()``'s result, then the rows of ``sql`` in lists of ``size``, read by a
-    thread of its own: SQLite releases the GIL while it steps, so reading (and building
-    the canonical bytes) overlaps the caller's hashing. Closing the generator stops the
-    thread; an error in it is raised here."""
-    import queue
-    import threading
-
-    handoff: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=8)
-    stop = threading.Event()
-
-    def put(item: tuple[str, Any]) -> bool:
-        while not stop.is_set():
-            try:
-                handoff.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def read() -> None:
-        try:
-            if not put(("item", first())):
-                return
-            cursor = conn.execute(sql)
-            while True:
-                rows = cursor.fetchmany(size)
-                if not rows or not put(("item", rows)):
-                    break
-            cursor.close()
-            put(("end", None))
-        except BaseException as exc:  # handed to the reader of the generator
-            put(("error", exc))
-
-    thread = threading.Thread(target=read, name="decision-trace-verify-read", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, value = handoff.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise value
-            yield value
-    finally:
-        stop.set()
-        thread.join()
-
-
 def _found_in_python(conn: sqlite3.Connection, rowid: int) -> integrity.FoundEvent:
     """The event at ``rowid`` as verify finds it, computed by integrity.py from the row
     (the reference for the fast path), its object rows' times and its tag rows checked."""
@@ -913,12 +862,10 @@ def iter_chain(
                 return set()
             return {rowid for (rowid,) in conn.execute(_ADDED_TAGS)}
 
-        batches = _prefetched(
-            conn, added_tags, _CHAIN_AND_EVENTS.format(missing_tags=_MISSING_TAGS)
-        )
+        suspect = added_tags()
+        cursor = conn.execute(_CHAIN_AND_EVENTS.format(missing_tags=_MISSING_TAGS))
         try:
-            suspect: set[int] = next(batches)
-            for rows in batches:
+            while rows := cursor.fetchmany(1000):
                 for row in rows:
                     skeleton, commitment = fromhex(row[4]), fromhex(row[5])
                     entry = entry_of(
@@ -948,7 +895,7 @@ def iter_chain(
                     else:
                         yield entry, found_of(rowid, row[9], skeleton, commitment)
         finally:
-            batches.close()
+            cursor.close()
         for (rowid,) in conn.execute(
             "SELECT rowid FROM events AS e WHERE NOT EXISTS "
             "(SELECT 1 FROM chain AS c WHERE c.position = e.rowid) ORDER BY rowid"
