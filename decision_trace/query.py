@@ -855,14 +855,10 @@ def iter_chain(
     entry_of = integrity.ChainEntry
     found_of = integrity.FoundEvent
     with _snapshot(conn):
-
-        def added_tags() -> set[int]:
-            rows, tags = conn.execute(_TAG_TOTALS).fetchone()
-            if rows == (tags or 0):
-                return set()
-            return {rowid for (rowid,) in conn.execute(_ADDED_TAGS)}
-
-        suspect = added_tags()
+        tag_rows, tags = conn.execute(_TAG_TOTALS).fetchone()
+        suspect: set[int] = set()
+        if tag_rows != (tags or 0):
+            suspect = {rowid for (rowid,) in conn.execute(_ADDED_TAGS)}
         cursor = conn.execute(_CHAIN_AND_EVENTS.format(missing_tags=_MISSING_TAGS))
         try:
             while rows := cursor.fetchmany(1000):
