@@ -290,7 +290,6 @@ def _adopt_events(conn: sqlite3.Connection) -> None:
         return
     conn.execute("UPDATE events SET salt = lower(hex(randomblob(16)))")
     previous = GENESIS
-    last = 0
     after = 0
     while True:
         rows = conn.execute(
@@ -308,10 +307,8 @@ def _adopt_events(conn: sqlite3.Connection) -> None:
         )
         _insert_chain(conn, entries)
         previous = entries[-1].hash
-        last = after = rows[-1][0]
-    at_ns = time.time_ns()
-    body = integrity.act_body({"act": "adopt", "at_ns": at_ns, "events": count, "up_to": last})
-    _insert_chain(conn, [integrity.link_act(previous, last + 1, at_ns, body)])
+        after = rows[-1][0]
+    _append_act(conn, {"act": "adopt", "at_ns": time.time_ns(), "events": count, "up_to": after})
 
 
 def _objects_of(
