@@ -55,7 +55,6 @@ __all__ = [
     "entry_hash",
     "erased_form",
     "erasure_act",
-    "event_digests",
     "link_act",
     "link_events",
     "parse_subject",
@@ -135,20 +134,6 @@ def payload_bytes(values: Sequence[Any], object_ids: Sequence[str]) -> bytes:
 _sha256 = hashlib.sha256
 
 
-def event_digests(
-    skeleton: Sequence[Any],
-    object_types: Sequence[str],
-    payload: Sequence[Any],
-    object_ids: Sequence[str],
-    salt: bytes,
-) -> tuple[bytes, bytes]:
-    """``(skeleton digest, commitment)`` of one event (see the module's docstring)."""
-    return (
-        _sha256(skeleton_bytes(skeleton, object_types)).digest(),
-        _sha256(salt + payload_bytes(payload, object_ids)).digest(),
-    )
-
-
 _skeleton_of = itemgetter(*(EVENT_COLUMNS.index(c) for c in SKELETON_COLUMNS))
 _payload_of = itemgetter(*(EVENT_COLUMNS.index(c) for c in PAYLOAD_COLUMNS))
 payload_of = _payload_of
@@ -176,8 +161,10 @@ def erased_form(payload: Sequence[Any], object_ids: Sequence[str]) -> bool:
 def row_digests(
     row: StoredRow, object_types: Sequence[str], object_ids: Sequence[str], salt: bytes | None
 ) -> tuple[bytes, bytes | None]:
-    """:func:`event_digests` of a stored row (:data:`~decision_trace._rows.EVENT_COLUMNS`
-    order); the commitment is None when the row has no salt (its payload was removed)."""
+    """``(skeleton digest, commitment)`` of a stored row (in
+    :data:`~decision_trace._rows.EVENT_COLUMNS` order), as the module's docstring
+    defines them; the commitment is None when the row has no salt (its payload was
+    removed)."""
     skeleton = _sha256(skeleton_bytes(_skeleton_of(row), object_types)).digest()
     if salt is None:
         return skeleton, None
