@@ -228,7 +228,10 @@ def test_concurrent_writers_make_one_valid_chain(ledger_target: str, ledger: Led
 
 def test_writers_in_two_processes_make_one_valid_chain(ledger_target: str, ledger: Ledger) -> None:
     if not _is_pg(ledger_target):
-        pytest.skip("processes sharing a ledger are PostgreSQL's (SQLite: one file a writer)")
+        pytest.skip(
+            "SQLite's writer processes are tested in tests/reliability/test_rel_integrity.py"
+            "::test_four_processes_make_one_chain"
+        )
     script = textwrap.dedent(
         """
         import sys
