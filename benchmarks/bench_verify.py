@@ -30,12 +30,11 @@ import sys
 import time
 from pathlib import Path
 
-from _common import cache_dir, fmt_rate, header, median, report_ratio, scratch_dir, size, timed
-from bench_web import BATCH, _records
+from _common import fmt_rate, header, median, report_ratio, scratch_dir, size, timed
+from bench_web import cached_ledger
 
 from decision_trace import integrity
 from decision_trace._rows import EVENT_COLUMNS
-from decision_trace.record import EventRecord
 from decision_trace.storage import open_ledger
 
 TARGET_PER_S = 100_000
@@ -51,31 +50,7 @@ def _arg(name: str, default: int) -> int:
 
 def verify_ledger(count: int) -> Path:
     """The chained ledger of ``count`` events, built once and cached."""
-    path = cache_dir() / f"verify-ledger-{count}-v{LEDGER_VERSION}.db"
-    marker = Path(f"{path}.done")
-    if path.exists() and marker.exists() and marker.read_text() == str(count):
-        return path
-    for suffix in ("", "-wal", "-shm", ".done"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
-    print(f"   building the {count:,}-event ledger at {path} (once)...", flush=True)
-    start = time.perf_counter()
-    ledger = open_ledger(path)
-    try:
-        batch: list[EventRecord] = []
-        for record in _records(count):
-            batch.append(record)
-            if len(batch) == BATCH:
-                ledger.write(batch)
-                batch = []
-        if batch:
-            ledger.write(batch)
-    finally:
-        ledger.close()
-    with sqlite3.connect(path) as conn:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    marker.write_text(str(count))
-    print(f"   built in {time.perf_counter() - start:.0f} s", flush=True)
-    return path
+    return cached_ledger("verify", count, LEDGER_VERSION)
 
 
 def time_verify(path: Path) -> tuple[float, integrity.VerifyReport]:

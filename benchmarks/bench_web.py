@@ -167,7 +167,13 @@ def _records(count: int) -> Iterator[EventRecord]:
 
 def web_ledger(count: int) -> Path:
     """The ledger of ``count`` events, built once and cached."""
-    path = cache_dir() / f"web-ledger-{count}-v{LEDGER_VERSION}.db"
+    return cached_ledger("web", count, LEDGER_VERSION)
+
+
+def cached_ledger(name: str, count: int, version: int) -> Path:
+    """A ledger of ``count`` of this benchmark's events, built once and cached as
+    ``<name>-ledger-<count>-v<version>.db`` (bench_verify.py builds its own so)."""
+    path = cache_dir() / f"{name}-ledger-{count}-v{version}.db"
     marker = Path(f"{path}.done")
     if path.exists() and marker.exists() and marker.read_text() == str(count):
         return path

@@ -795,9 +795,13 @@ _MISSING_TAGS = (
 )
 
 
-def _found_in_python(conn: sqlite3.Connection, rowid: int) -> integrity.FoundEvent:
+def _found_in_python(
+    conn: sqlite3.Connection, rowid: int, tags_added: bool
+) -> integrity.FoundEvent:
     """The event at ``rowid`` as verify finds it, computed by integrity.py from the row
-    (the reference for the fast path), its object rows' times and its tag rows checked."""
+    (the reference for the fast path), its object rows' times and its tag rows checked
+    (``tags_added``: ``_ADDED_TAGS`` found rows of it its hashed tags may lack, which
+    SQLite's JSON functions can be wrong about: a NUL cuts their strings)."""
     row = conn.execute(f"{_SELECT_WITH_SALT} WHERE e.rowid = ?", (rowid,)).fetchone()
     linked = conn.execute(
         "SELECT object_type, external_id, start_ns FROM event_objects "
@@ -815,18 +819,24 @@ def _found_in_python(conn: sqlite3.Connection, rowid: int) -> integrity.FoundEve
         mismatch = "the payload of this erased event"
     elif any(link[2] != row[4] for link in linked):
         mismatch = "the time of its object rows"
-    elif not _tags_agree(conn, rowid, row[15]):
+    elif not _tags_agree(conn, rowid, row[15], all_rows=tags_added):
         mismatch = "its tag rows (they disagree with its hashed tags)"
     return integrity.FoundEvent(rowid, row[1], skeleton, commitment, mismatch)
 
 
-def _tags_agree(conn: sqlite3.Connection, rowid: int, tags_json: str | None) -> bool:
-    stored = {tag for (tag,) in conn.execute(_TAGS_OF, (rowid,))}
+def _tags_agree(
+    conn: sqlite3.Connection, rowid: int, tags_json: str | None, *, all_rows: bool
+) -> bool:
+    """Whether the event's tag rows are its hashed tags: every one has its row (looked
+    up by the table's key), and, with ``all_rows``, there is no other (a scan of the
+    table, which has no index by event: only for events suspected of added rows)."""
     try:
         hashed = set(loads_json(tags_json)) if tags_json else set()
     except (ValueError, TypeError):
         return False
-    return stored == hashed
+    if all_rows:
+        return {tag for (tag,) in conn.execute(_TAGS_OF, (rowid,))} == hashed
+    return all(conn.execute(_TAG_STORED, (tag, rowid)).fetchone() is not None for tag in hashed)
 
 
 _SELECT_WITH_SALT = f"SELECT {_COLUMNS}, e.salt FROM events AS e"
@@ -840,6 +850,7 @@ def _is_erased_form(payload: str) -> bool:
     return integrity.erased_form(values[1:-1], values[-1])
 
 
+_TAG_STORED = "SELECT 1 FROM event_tags WHERE tag = ? AND event_rowid = ?"
 _TAGS_OF = "SELECT tag FROM event_tags WHERE event_rowid = ?"
 
 
@@ -880,14 +891,14 @@ def iter_chain(
                         continue
                     salt = row[10]
                     if row[13] or rowid in suspect or sha256(row[11].encode()).digest() != skeleton:
-                        yield entry, _found_in_python(conn, rowid)
+                        yield entry, _found_in_python(conn, rowid, rowid in suspect)
                     elif salt is None:
                         if _is_erased_form(row[12]):
                             yield entry, found_of(rowid, row[9], skeleton, None)
                         else:
-                            yield entry, _found_in_python(conn, rowid)
+                            yield entry, _found_in_python(conn, rowid, rowid in suspect)
                     elif sha256(fromhex(salt) + row[12].encode()).digest() != commitment:
-                        yield entry, _found_in_python(conn, rowid)
+                        yield entry, _found_in_python(conn, rowid, rowid in suspect)
                     else:
                         yield entry, found_of(rowid, row[9], skeleton, commitment)
         finally:
@@ -896,4 +907,4 @@ def iter_chain(
             "SELECT rowid FROM events AS e WHERE NOT EXISTS "
             "(SELECT 1 FROM chain AS c WHERE c.position = e.rowid) ORDER BY rowid"
         ).fetchall():
-            yield None, _found_in_python(conn, rowid)
+            yield None, _found_in_python(conn, rowid, rowid in suspect)
